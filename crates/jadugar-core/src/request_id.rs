@@ -1,0 +1,146 @@
+//! The `x-request-id` of each request.
+//!
+//! [`RequestIdLayer`] keeps a caller's valid `x-request-id` (printable ASCII,
+//! at most 128 bytes) or generates a UUIDv7, stores it in the request
+//! extensions as [`RequestId`], echoes it on the response, and makes it
+//! available to [`current`] for the duration of the request, which is how
+//! every [`Problem`](crate::Problem) learns it without being told.
+//!
+//! ```
+//! use jadugar_core::request_id::{RequestId, RequestIdLayer};
+//! use tower::{ServiceBuilder, ServiceExt, service_fn};
+//!
+//! # tokio_test();
+//! # fn tokio_test() { tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let svc = ServiceBuilder::new()
+//!     .layer(RequestIdLayer::new())
+//!     .service(service_fn(|req: http::Request<()>| async move {
+//!         let id = req.extensions().get::<RequestId>().unwrap().clone();
+//!         assert_eq!(jadugar_core::request_id::current().as_deref(), Some(id.as_str()));
+//!         Ok::<_, std::convert::Infallible>(http::Response::new(()))
+//!     }));
+//! let req = http::Request::builder().header("x-request-id", "abc-123").body(()).unwrap();
+//! let res = svc.oneshot(req).await.unwrap();
+//! assert_eq!(res.headers()["x-request-id"], "abc-123");
+//! # }) }
+//! ```
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::{HeaderName, HeaderValue, Request, Response};
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// The request id header.
+pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The longest request id kept from a caller.
+pub const MAX_LEN: usize = 128;
+
+tokio::task_local! {
+    static CURRENT: RequestId;
+}
+
+/// The id of one request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestId(String);
+
+impl RequestId {
+    /// A fresh UUIDv7 id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// Keeps `value` if it is a valid id: 1 to [`MAX_LEN`] bytes of visible
+    /// ASCII.
+    pub fn parse(value: &str) -> Option<Self> {
+        let valid = !value.is_empty()
+            && value.len() <= MAX_LEN
+            && value.bytes().all(|b| b.is_ascii_graphic());
+        valid.then(|| Self(value.to_owned()))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Runs `fut` with this id as [`current`].
+    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+        CURRENT.scope(self, fut)
+    }
+}
+
+impl std::fmt::Display for RequestId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The id of the request being served by this task, if any.
+pub fn current() -> Option<String> {
+    CURRENT.try_with(|id| id.0.clone()).ok()
+}
+
+/// Keeps or generates `x-request-id`; see the [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestIdLayer;
+
+impl RequestIdLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self
+    }
+}
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestIdService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestIdService { inner }
+    }
+}
+
+/// The service of [`RequestIdLayer`].
+#[derive(Debug, Clone)]
+pub struct RequestIdService<S> {
+    inner: S,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestIdService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let id = req
+            .headers()
+            .get(&HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(RequestId::parse)
+            .unwrap_or_else(RequestId::generate);
+        if let Ok(value) = HeaderValue::from_str(id.as_str()) {
+            req.headers_mut().insert(HEADER, value);
+        }
+        req.extensions_mut().insert(id.clone());
+        let fut = self.inner.call(req);
+        let header = HeaderValue::from_str(id.as_str()).ok();
+        Box::pin(id.scope(async move {
+            let mut res = fut.await?;
+            if let Some(value) = header {
+                res.headers_mut().insert(HEADER, value);
+            }
+            Ok(res)
+        }))
+    }
+}

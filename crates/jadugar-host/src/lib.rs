@@ -1,0 +1,1 @@
+//! The Jadugar reference host.

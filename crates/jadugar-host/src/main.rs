@@ -1,0 +1,2 @@
+//! The `jadugar` binary.
+fn main() {}

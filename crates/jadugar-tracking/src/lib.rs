@@ -1,0 +1,1 @@
+//! Jadugar tracking.
