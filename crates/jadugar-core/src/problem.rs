@@ -18,7 +18,7 @@
 //! assert_eq!(json["type"], "https://jadugar.dev/problems/validation");
 //! assert_eq!(json["errors"][0]["field"], "email");
 //!
-//! let response = problem.to_response();
+//! let response: http::Response<bytes::Bytes> = problem.to_response();
 //! assert_eq!(response.headers()["content-type"], "application/problem+json");
 //! ```
 
