@@ -1,2 +1,155 @@
-//! The `jadugar` binary.
-fn main() {}
+//! The `jadugar` binary: parses arguments and configuration, then hands over
+//! to the `jadugar_host` library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use jadugar_host::config::{CONFIG_FILE_VAR, Config, LogFormat};
+use jadugar_host::{HostError, commands, telemetry};
+
+/// Jadugar: authentication, service registry, progress tracking and API
+/// gateway in one binary.
+#[derive(Debug, Parser)]
+#[command(name = "jadugar", version, about)]
+struct Cli {
+    /// Configuration file (TOML). Without one, defaults and JADUGAR_*
+    /// variables apply.
+    #[arg(long, short, global = true, env = CONFIG_FILE_VAR, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format; overrides `log_format`.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<Format>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP (or HTTPS) until SIGINT/SIGTERM.
+    Serve,
+    /// Apply every component's database migrations and exit.
+    Migrate,
+    /// Write a consistent copy of the SQLite database to PATH (safe while
+    /// serving).
+    Backup {
+        /// The file to create.
+        path: PathBuf,
+    },
+    /// Inspect the configuration.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Report every problem in FILE (or --config) with its key and line;
+    /// exit 2 if there is any.
+    Check {
+        /// The file to check; defaults to --config.
+        file: Option<PathBuf>,
+    },
+    /// Print the effective configuration, secrets redacted.
+    Print,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(main_async(cli))
+}
+
+async fn main_async(cli: Cli) -> ExitCode {
+    if let Command::Config {
+        command: ConfigCommand::Check { file },
+    } = &cli.command
+    {
+        let file = file.as_ref().or(cli.config.as_ref());
+        return match Config::load(file.map(PathBuf::as_path)) {
+            Ok(_) => {
+                println!("configuration OK");
+                ExitCode::SUCCESS
+            }
+            Err(problems) => {
+                for problem in problems.iter() {
+                    println!("{problem}");
+                }
+                ExitCode::from(2)
+            }
+        };
+    }
+
+    let mut config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(problems) => {
+            eprintln!("error: {problems}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(format) = cli.log_format {
+        config.log_format = match format {
+            Format::Human => LogFormat::Human,
+            Format::Json => LogFormat::Json,
+        };
+    }
+    if let Err(e) = telemetry::init_tracing(config.log_format, &config.log_level) {
+        eprintln!("error: {e}");
+        return ExitCode::from(2);
+    }
+
+    let result = match cli.command {
+        Command::Serve => serve(config).await,
+        Command::Migrate => commands::migrate(&config).await.map(|count| {
+            println!("migrations applied; the database records {count} in all");
+        }),
+        Command::Backup { path } => commands::backup(&config, &path).await.map(|bytes| {
+            println!("backup written to {} ({bytes} bytes)", path.display());
+        }),
+        Command::Config {
+            command: ConfigCommand::Print,
+        } => {
+            print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check { .. },
+        } => Ok(()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                HostError::Config(_) => ExitCode::from(2),
+                _ => ExitCode::FAILURE,
+            }
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), HostError> {
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| HostError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+    jadugar_host::run(listener, config, jadugar_host::shutdown_signal()).await
+}

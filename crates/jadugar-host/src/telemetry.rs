@@ -1,0 +1,155 @@
+//! Logs, the access log and Prometheus metrics.
+//!
+//! [`init_tracing`] installs the global subscriber (human or JSON lines).
+//! [`AccessLogLayer`] writes one line per request (method, path, status,
+//! latency, request id) under the target `jadugar::access` and records
+//! `http_requests_total` and `http_request_duration_seconds`, labelled by
+//! method, route (the matched route pattern, never the raw path, so label
+//! cardinality stays bounded) and status. [`metrics_handle`] renders them.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use jadugar_core::request_id::RequestId;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower::{Layer, Service};
+
+use crate::config::LogFormat;
+
+/// Installs the global `tracing` subscriber. `RUST_LOG` wins over `filter`.
+/// Fails if one is already installed.
+pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .map_err(|e| format!("log filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Human => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// The process-wide Prometheus recorder's handle (installed on first use).
+///
+/// If another recorder was installed first (an embedding application's),
+/// the handle renders an empty registry.
+pub fn metrics_handle() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            const BUCKETS: &[f64] = &[
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ];
+            let builder = || {
+                PrometheusBuilder::new()
+                    .set_buckets(BUCKETS)
+                    .unwrap_or_else(|_| PrometheusBuilder::new())
+            };
+            builder()
+                .install_recorder()
+                .unwrap_or_else(|_| builder().build_recorder().handle())
+        })
+        .clone()
+}
+
+/// The route label of a response: the matched route pattern, set by
+/// [`tag_route`] inside the router.
+#[derive(Debug, Clone)]
+pub struct RouteLabel(pub String);
+
+/// Router middleware copying the matched route into the response, for the
+/// access log outside the router.
+pub async fn tag_route(request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let mut response = next.run(request).await;
+    if let Some(route) = route {
+        response.extensions_mut().insert(RouteLabel(route));
+    }
+    response
+}
+
+/// Writes the access log line and request metrics; see the
+/// [module docs](self).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessLogLayer;
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+/// The service of [`AccessLogLayer`].
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+impl<S, B> Service<http::Request<B>> for AccessLog<S>
+where
+    S: Service<http::Request<B>, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let start = Instant::now();
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let request_id = request
+            .extensions()
+            .get::<RequestId>()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default();
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let result = future.await;
+            let latency = start.elapsed();
+            if let Ok(response) = &result {
+                let status = response.status().as_u16();
+                let route = response
+                    .extensions()
+                    .get::<RouteLabel>()
+                    .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
+                tracing::info!(
+                    target: "jadugar::access",
+                    method = %method,
+                    path = %path,
+                    status,
+                    latency_ms = latency.as_secs_f64() * 1000.0,
+                    request_id = %request_id,
+                    "{method} {path} {status}"
+                );
+                let labels = [
+                    ("method", method.as_str().to_owned()),
+                    ("route", route),
+                    ("status", status.to_string()),
+                ];
+                metrics::counter!("http_requests_total", &labels).increment(1);
+                metrics::histogram!("http_request_duration_seconds", &labels)
+                    .record(latency.as_secs_f64());
+            }
+            result
+        })
+    }
+}
