@@ -213,8 +213,8 @@ fn with_host_layers(router: Router, config: &Config) -> Router {
     let limit = config.body_limit_bytes;
     router
         .layer(DefaultBodyLimit::max(limit))
-        .layer(axum::middleware::map_response(problem_for_413))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
+        .layer(axum::middleware::map_response(problem_for_413))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(

@@ -96,7 +96,7 @@ pub async fn open_database(config: &Config) -> Result<Database, HostError> {
     }
     let options = DatabaseOptions {
         max_connections: config.database_max_connections,
-        acquire_timeout: Duration::from_secs(5),
+        acquire_timeout: Duration::from_secs(config.database_timeout_secs),
         schema: config.database_schema.clone(),
     };
     Database::connect(&url, &options)

@@ -70,6 +70,9 @@ pub struct Config {
     pub database_schema: Option<String>,
     /// Most connections in the database pool. Default 16.
     pub database_max_connections: u32,
+    /// How long to wait for a database connection (at start and per
+    /// request) before giving up. Default 5.
+    pub database_timeout_secs: u64,
     /// Optional `redis://` or `rediss://` URL; without it, everything that
     /// could live in Redis stays in the process or the database.
     #[serde(serialize_with = "serialize_url")]
@@ -109,6 +112,7 @@ impl Default for Config {
             database_url: None,
             database_schema: None,
             database_max_connections: 16,
+            database_timeout_secs: 5,
             redis_url: None,
             redis_prefix: "jadugar:".to_owned(),
             master_key: None,
@@ -431,6 +435,9 @@ impl Config {
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log_level) {
             problems.push(origins.problem("log_level", format!("not a tracing filter: {e}")));
+        }
+        if self.database_timeout_secs == 0 {
+            problems.push(origins.problem("database_timeout_secs", "must be at least 1"));
         }
         if self.request_timeout_secs == 0 {
             problems.push(origins.problem("request_timeout_secs", "must be at least 1"));

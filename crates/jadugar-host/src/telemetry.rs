@@ -5,7 +5,9 @@
 //! latency, request id) under the target `jadugar::access` and records
 //! `http_requests_total` and `http_request_duration_seconds`, labelled by
 //! method, route (the matched route pattern, never the raw path, so label
-//! cardinality stays bounded) and status. [`metrics_handle`] renders them.
+//! cardinality stays bounded; `unmatched` for the fallback) and status. The
+//! layer goes on the router (`Router::layer`), after routing, where the
+//! matched route is known. [`metrics_handle`] renders them.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,8 +15,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
 use axum::response::Response;
 use jadugar_core::request_id::RequestId;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -61,25 +62,6 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
-/// The route label of a response: the matched route pattern, set by
-/// [`tag_route`] inside the router.
-#[derive(Debug, Clone)]
-pub struct RouteLabel(pub String);
-
-/// Router middleware copying the matched route into the response, for the
-/// access log outside the router.
-pub async fn tag_route(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|m| m.as_str().to_owned());
-    let mut response = next.run(request).await;
-    if let Some(route) = route {
-        response.extensions_mut().insert(RouteLabel(route));
-    }
-    response
-}
-
 /// Writes the access log line and request metrics; see the
 /// [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -116,6 +98,10 @@ where
         let start = Instant::now();
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
+        let route = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
         let request_id = request
             .extensions()
             .get::<RequestId>()
@@ -127,10 +113,6 @@ where
             let latency = start.elapsed();
             if let Ok(response) = &result {
                 let status = response.status().as_u16();
-                let route = response
-                    .extensions()
-                    .get::<RouteLabel>()
-                    .map_or_else(|| "unmatched".to_owned(), |r| r.0.clone());
                 tracing::info!(
                     target: "jadugar::access",
                     method = %method,

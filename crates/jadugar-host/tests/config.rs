@@ -1,0 +1,198 @@
+//! Configuration: precedence (default < file < environment) and errors.
+#![allow(clippy::unwrap_used)]
+
+use jadugar_core::MasterKey;
+use jadugar_host::Config;
+use jadugar_host::config::LogFormat;
+
+fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+const FILE: &str = r#"
+listen = "0.0.0.0:9000"
+database_url = "postgres://app:filepass@db.internal:5432/jadugar"
+shutdown_grace_secs = 5
+log_format = "json"
+
+[tls]
+cert = "/etc/jadugar/cert.pem"
+key = "/etc/jadugar/key.pem"
+"#;
+
+#[test]
+fn defaults_then_file_then_environment() {
+    let defaults = Config::load_from(None, []).unwrap();
+    assert_eq!(defaults.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(
+        defaults.effective_database_url(),
+        "sqlite://./jadugar-data/jadugar.db"
+    );
+    assert_eq!(defaults.shutdown_grace_secs, 30);
+    assert_eq!(defaults.log_format, LogFormat::Human);
+    assert!(!defaults.tls.enabled());
+
+    let file = Config::load_from(Some(("jadugar.toml", FILE)), []).unwrap();
+    assert_eq!(file.listen.to_string(), "0.0.0.0:9000");
+    assert_eq!(file.shutdown_grace_secs, 5);
+    assert_eq!(file.log_format, LogFormat::Json);
+    assert!(file.tls.enabled());
+    assert_eq!(
+        file.request_timeout_secs, 60,
+        "untouched keys keep defaults"
+    );
+
+    let both = Config::load_from(
+        Some(("jadugar.toml", FILE)),
+        env(&[
+            ("JADUGAR_LISTEN", "127.0.0.1:7000"),
+            ("JADUGAR_DATABASE_URL", "sqlite://./other.db"),
+            ("JADUGAR_SHUTDOWN_GRACE_SECS", "9"),
+            ("JADUGAR_TLS__KEY", "/run/secrets/key.pem"),
+            ("jadugar_log_format", "human"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(both.listen.to_string(), "127.0.0.1:7000");
+    assert_eq!(both.effective_database_url(), "sqlite://./other.db");
+    assert_eq!(both.shutdown_grace_secs, 9);
+    assert_eq!(both.log_format, LogFormat::Human);
+    assert_eq!(
+        both.tls.key.as_deref(),
+        Some(std::path::Path::new("/run/secrets/key.pem"))
+    );
+    assert_eq!(
+        both.tls.cert.as_deref(),
+        Some(std::path::Path::new("/etc/jadugar/cert.pem")),
+        "a section's other keys stay from the file"
+    );
+}
+
+#[test]
+fn unknown_keys_are_reported_with_their_line() {
+    let text = "listen = \"127.0.0.1:1\"\n\n[tls]\ncert = \"a\"\nkey = \"b\"\ncolour = \"red\"\n";
+    let problems = Config::load_from(Some(("j.toml", text)), []).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].key, "tls.colour");
+    assert_eq!(problems[0].line, Some(6));
+    assert_eq!(problems[0].to_string(), "j.toml:6: tls.colour: unknown key");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = r#"
+lisen = "127.0.0.1:8080"
+database_url = "mysql://db/x"
+redis_url = "redis://[broken"
+shutdown_grace_secs = "soon"
+listen = "127.0.0.1:99999"
+"#;
+    let problems = Config::load_from(Some(("j.toml", text)), []).unwrap_err();
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "lisen",
+            "database_url",
+            "redis_url",
+            "shutdown_grace_secs",
+            "listen"
+        ],
+        "{lines:#?}"
+    );
+    assert_eq!(
+        problems.iter().map(|p| p.line.unwrap()).collect::<Vec<_>>(),
+        [2, 3, 4, 5, 6]
+    );
+    assert!(
+        lines[1].contains("neither sqlite://PATH nor postgres://"),
+        "{}",
+        lines[1]
+    );
+    assert!(lines[2].contains("malformed redis URL"), "{}", lines[2]);
+    assert!(lines[4].contains("invalid socket address"), "{}", lines[4]);
+}
+
+#[test]
+fn bad_port_and_malformed_url_from_the_environment() {
+    let problems = Config::load_from(
+        None,
+        env(&[
+            ("JADUGAR_LISTEN", "127.0.0.1:http"),
+            ("JADUGAR_DATABASE_URL", "postgres://user@:5432/db"),
+            ("JADUGAR_MASTER_KEY", "too-short"),
+        ]),
+    )
+    .unwrap_err();
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(lines.len(), 3, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("JADUGAR_LISTEN: listen:"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("JADUGAR_DATABASE_URL: database_url:"))
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("JADUGAR_MASTER_KEY: master_key:"))
+    );
+    assert!(
+        lines.iter().all(|l| !l.contains("too-short")),
+        "secrets are not echoed: {lines:#?}"
+    );
+}
+
+#[test]
+fn tls_needs_both_files() {
+    let problems = Config::load_from(None, env(&[("JADUGAR_TLS__CERT", "/c.pem")])).unwrap_err();
+    assert_eq!(problems[0].key, "tls.key");
+}
+
+#[test]
+fn syntax_errors_name_the_line() {
+    let problems = Config::load_from(Some(("j.toml", "listen = \"x\"\n[tls\n")), []).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].line, Some(2));
+    assert!(problems[0].message.starts_with("not valid TOML"));
+}
+
+#[test]
+fn printing_redacts_secrets() {
+    let key = MasterKey::generate("k1").to_text();
+    let old = MasterKey::generate("k0").to_text();
+    let config = Config::load_from(
+        None,
+        env(&[
+            (
+                "JADUGAR_DATABASE_URL",
+                "postgres://app:hunter2@db.internal/jadugar",
+            ),
+            ("JADUGAR_REDIS_URL", "redis://:redispass@cache:6379"),
+            ("JADUGAR_MASTER_KEY", &key),
+            ("JADUGAR_OLD_MASTER_KEYS", &old),
+        ]),
+    )
+    .unwrap();
+    let text = config.to_redacted_toml();
+    for secret in ["hunter2", "redispass", &key, &old] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    assert!(
+        text.contains("postgres://app:***@db.internal/jadugar"),
+        "{text}"
+    );
+    assert!(text.contains("master_key = \"<redacted>\""), "{text}");
+    // The printout is TOML.
+    let table: toml::Table = toml::from_str(&text).unwrap();
+    assert_eq!(table["listen"].as_str(), Some("127.0.0.1:8080"));
+    assert!(!format!("{:?}", config.master_key).contains(&key));
+}

@@ -1,0 +1,506 @@
+//! The host started through the library `run` on an ephemeral port.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use jadugar_core::storage::{Database, DatabaseOptions};
+use jadugar_core::test_support::{TestPostgres, TestRedis};
+use jadugar_core::{MasterKey, Sealer, SystemClock};
+use jadugar_host::config::{Secret, TlsConfig};
+use jadugar_host::{App, Backends, commands};
+
+use common::{config_in, serve, start};
+
+#[tokio::test]
+async fn zero_config_sqlite_answers_health_and_readiness() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let host = start(config).await;
+
+    let res = reqwest::get(host.url("/healthz")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers().contains_key("x-request-id"));
+    let res = reqwest::get(host.url("/readyz")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "up");
+
+    let data = dir.path().join("data");
+    assert!(data.join("jadugar.db").is_file(), "the SQLite file exists");
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700, "the data directory is private");
+
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn request_ids_problems_openapi_and_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = start(config_in(dir.path())).await;
+    let client = reqwest::Client::new();
+
+    // A caller's request id is kept.
+    let res = client
+        .get(host.url("/healthz"))
+        .header("x-request-id", "trace-me-1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-me-1");
+
+    // Unknown paths are problems carrying the request id.
+    let res = client
+        .get(host.url("/v1/nothing/here"))
+        .header("x-request-id", "trace-me-2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(problem["request_id"], "trace-me-2");
+    assert_eq!(problem["type"], "https://jadugar.dev/problems/not-found");
+
+    // One OpenAPI 3.1 document with the host's paths.
+    let doc: serde_json::Value = client
+        .get(host.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert!(doc["paths"][path].is_object(), "{path} is documented");
+    }
+
+    // Requests are counted, by route pattern.
+    let text = client
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("http_requests_total"), "{text}");
+    assert!(text.contains("route=\"/healthz\""), "{text}");
+    assert!(text.contains("http_request_duration_seconds"), "{text}");
+
+    host.shutdown().await.unwrap();
+}
+
+fn sqlite_backends_config(dir: &std::path::Path) -> jadugar_host::Config {
+    let mut config = config_in(dir);
+    config.master_key = Some(Secret::new(MasterKey::generate("test").to_text()));
+    config
+}
+
+#[tokio::test]
+async fn readyz_is_503_naming_the_database_when_it_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = sqlite_backends_config(dir.path());
+    // A Postgres nobody listens on, connected lazily: the host starts, the
+    // database is down.
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(500))
+        .connect_lazy("postgres://postgres@127.0.0.1:1/nowhere")
+        .unwrap();
+    let backends = Backends {
+        database: Database::Postgres(pool),
+        redis: None,
+        clock: SystemClock::shared(),
+        sealer: Sealer::new(MasterKey::generate("t"), []),
+    };
+    let host = serve(App::builder(config, backends).build()).await;
+    let res = reqwest::get(host.url("/readyz")).await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let problem: serde_json::Value = res.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("database (postgres)"), "{detail}");
+    // Alive all the same.
+    assert_eq!(
+        reqwest::get(host.url("/healthz")).await.unwrap().status(),
+        200
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn readyz_turns_503_when_the_sqlite_pool_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jadugar_host::build(config_in(dir.path())).await.unwrap();
+    let database = app.backends().database.clone();
+    let host = serve(app).await;
+    assert_eq!(
+        reqwest::get(host.url("/readyz")).await.unwrap().status(),
+        200
+    );
+    database.close().await;
+    let res = reqwest::get(host.url("/readyz")).await.unwrap();
+    assert_eq!(res.status(), 503);
+    let problem: serde_json::Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("database (sqlite)"),
+        "{problem}"
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_and_redis_readiness() {
+    let Some(pg) = TestPostgres::new().await else {
+        return;
+    };
+    let Some(redis) = TestRedis::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.database_url = Some(pg.url().to_owned());
+    config.database_schema = Some(pg.schema().to_owned());
+    config.database_max_connections = 2;
+    config.redis_url = Some(redis.url().to_owned());
+    config.redis_prefix = redis.redis().prefix().to_owned();
+    config.master_key = Some(Secret::new(MasterKey::generate("pg").to_text()));
+    let host = start(config).await;
+    let res = reqwest::get(host.url("/readyz")).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["checks"]["database"], "up");
+    assert_eq!(body["checks"]["redis"], "up");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing is written locally when Postgres and the master key are configured"
+    );
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_without_a_master_key_is_refused() {
+    let Some(pg) = TestPostgres::new().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.database_url = Some(pg.url().to_owned());
+    config.database_schema = Some(pg.schema().to_owned());
+    let err = jadugar_host::build(config).await.unwrap_err();
+    assert!(err.to_string().contains("JADUGAR_MASTER_KEY"), "{err}");
+}
+
+#[tokio::test]
+async fn a_slow_request_in_flight_at_shutdown_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let backends = Backends::open(&config).await.unwrap();
+    // A test-only route, mounted the way a component mounts its own.
+    let slow = Router::new().route(
+        "/v1/test/slow",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            "done"
+        }),
+    );
+    let app = App::builder(config, backends)
+        .mount("test", slow, Default::default())
+        .build();
+    let mut host = serve(app).await;
+    let url = host.url("/v1/test/slow");
+    let request = tokio::spawn(async move { reqwest::get(url).await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    host.signal();
+    let addr = host.addr;
+    // Stops accepting promptly...
+    let mut refused = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(refused, "new connections are refused after the signal");
+    // ...yet the request in flight completes.
+    let res = request.await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "done");
+    host.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn background_tasks_are_cancelled_at_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let backends = Backends::open(&config).await.unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let app = App::builder(config, backends)
+        .background(move |token| {
+            vec![tokio::spawn(async move {
+                token.cancelled().await;
+                let _ = tx.send("stopped");
+            })]
+        })
+        .build();
+    let host = serve(app).await;
+    host.shutdown().await.unwrap();
+    assert_eq!(rx.await.unwrap(), "stopped");
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_413_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.body_limit_bytes = 16;
+    let backends = Backends::open(&config).await.unwrap();
+    let echo = Router::new().route(
+        "/v1/test/echo",
+        axum::routing::post(|body: String| async move { body }),
+    );
+    let app = App::builder(config, backends)
+        .mount("test", echo, Default::default())
+        .build();
+    let host = serve(app).await;
+    let client = reqwest::Client::new();
+    let ok = client
+        .post(host.url("/v1/test/echo"))
+        .body("small")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let res = client
+        .post(host.url("/v1/test/echo"))
+        .body("x".repeat(1000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn slow_handlers_time_out_as_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.request_timeout_secs = 1;
+    let backends = Backends::open(&config).await.unwrap();
+    let stuck = Router::new().route(
+        "/v1/test/stuck",
+        get(|| async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            "never"
+        }),
+    );
+    let app = App::builder(config, backends)
+        .mount("test", stuck, Default::default())
+        .build();
+    let res = tower::ServiceExt::oneshot(
+        app.router(),
+        http::Request::get("/v1/test/stuck")
+            .body(axum::body::Body::empty())
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn the_gateway_fallback_never_sees_reserved_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let backends = Backends::open(&config).await.unwrap();
+    let gateway = Router::new().fallback(|| async { "from the gateway" });
+    let app = App::builder(config, backends)
+        .fallback(tower::util::BoxCloneSyncService::new(gateway))
+        .build();
+    let host = serve(app).await;
+    let res = reqwest::get(host.url("/shop/cart")).await.unwrap();
+    assert_eq!(res.text().await.unwrap(), "from the gateway");
+    for path in ["/v1/unknown", "/.well-known/nothing", "/docs/x"] {
+        let res = reqwest::get(host.url(path)).await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn master_key_is_generated_private_and_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let first = Backends::open(&config).await.unwrap();
+    let sealed = first.sealer.seal(b"webhook secret", b"row-1");
+    first.close().await;
+
+    let path = config.master_key_path();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+
+    let second = Backends::open(&config).await.unwrap();
+    assert_eq!(second.sealer.primary_id(), first.sealer.primary_id());
+    assert_eq!(
+        second.sealer.open(&sealed, b"row-1").unwrap(),
+        b"webhook secret"
+    );
+    second.close().await;
+
+    // Rotation: a new primary key from the environment, the generated one
+    // listed as old, still opens what it sealed.
+    let old = std::fs::read_to_string(&path).unwrap();
+    let mut rotated = config.clone();
+    rotated.master_key = Some(Secret::new(MasterKey::generate("k-new").to_text()));
+    rotated.old_master_keys = vec![Secret::new(old.trim())];
+    let third = Backends::open(&rotated).await.unwrap();
+    assert_eq!(third.sealer.primary_id(), "k-new");
+    assert!(third.sealer.needs_reseal(&sealed));
+    assert_eq!(
+        third.sealer.open(&sealed, b"row-1").unwrap(),
+        b"webhook secret"
+    );
+    third.close().await;
+}
+
+#[tokio::test]
+async fn backup_while_serving_is_a_valid_sqlite_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let host = start(config.clone()).await;
+
+    let Database::Sqlite(pool) = Database::connect(
+        &config.effective_database_url(),
+        &DatabaseOptions::default(),
+    )
+    .await
+    .unwrap() else {
+        panic!("not sqlite")
+    };
+    sqlx::query("CREATE TABLE notes (body TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO notes VALUES ('kept')")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let dest = dir.path().join("backup.db");
+    let bytes = commands::backup(&config, &dest).await.unwrap();
+    assert!(bytes > 0);
+    // The host kept serving throughout.
+    assert_eq!(
+        reqwest::get(host.url("/readyz")).await.unwrap().status(),
+        200
+    );
+    // A second backup to the same file is refused, not overwritten.
+    assert!(commands::backup(&config, &dest).await.is_err());
+
+    let copy = Database::connect(
+        &format!("sqlite://{}", dest.display()),
+        &DatabaseOptions::default(),
+    )
+    .await
+    .unwrap();
+    let Database::Sqlite(copy) = copy else {
+        panic!()
+    };
+    let (check,): (String,) = sqlx::query_as("PRAGMA integrity_check")
+        .fetch_one(&copy)
+        .await
+        .unwrap();
+    assert_eq!(check, "ok");
+    let (body,): (String,) = sqlx::query_as("SELECT body FROM notes")
+        .fetch_one(&copy)
+        .await
+        .unwrap();
+    assert_eq!(body, "kept");
+    pool.close().await;
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn backup_of_postgres_points_to_pg_dump() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.database_url = Some("postgres://app:hunter2@db.internal/jadugar".into());
+    let err = commands::backup(&config, &dir.path().join("b.db"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("pg_dump"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
+#[tokio::test]
+async fn migrate_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    commands::migrate(&config).await.unwrap();
+    assert!(config.default_database_path().is_file());
+
+    let Some(pg) = TestPostgres::new().await else {
+        return;
+    };
+    let mut config = config_in(dir.path());
+    config.database_url = Some(pg.url().to_owned());
+    config.database_schema = Some(pg.schema().to_owned());
+    config.database_max_connections = 2;
+    // Idempotent: twice is fine.
+    let first = commands::migrate(&config).await.unwrap();
+    let second = commands::migrate(&config).await.unwrap();
+    assert_eq!(first, second);
+}
+
+#[tokio::test]
+async fn https_when_tls_is_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut config = config_in(dir.path());
+    config.tls = TlsConfig {
+        cert: Some(fixtures.join("localhost.crt")),
+        key: Some(fixtures.join("localhost.key")),
+    };
+    let app = jadugar_host::build(config).await.unwrap();
+    let host = serve(app).await;
+    let ca =
+        reqwest::Certificate::from_pem(&std::fs::read(fixtures.join("localhost.crt")).unwrap())
+            .unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{}/healthz", host.addr.port());
+    let res = client.get(&url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    // Plain HTTP on the TLS port gets nowhere.
+    assert!(reqwest::get(host.url("/healthz")).await.is_err());
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_tls_files_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.tls = TlsConfig {
+        cert: Some(dir.path().join("missing.crt")),
+        key: Some(dir.path().join("missing.key")),
+    };
+    let app = jadugar_host::build(config).await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = app.serve(listener, async {}).await.unwrap_err().to_string();
+    assert!(err.starts_with("TLS: certificate"), "{err}");
+    assert!(err.contains("missing.crt"), "{err}");
+}
