@@ -1,1 +1,146 @@
-//! Jadugar tracking.
+//! Jadugar tracking: projects → milestones → tasks, per-project workflows,
+//! assignment, activity, comments, notifications and signed webhooks.
+//!
+//! The pieces:
+//!
+//! - [`Tracking`] (in [`service`]): the domain logic over a
+//!   [`TrackingStore`](store::TrackingStore); every change writes its
+//!   activity, notifications and outbox events in the same transaction.
+//! - [`http::router`] / [`http::openapi`]: the JSON API under `/v1/tracking`.
+//! - [`webhook::Dispatcher`]: delivers outbox events, signed with the
+//!   Standard Webhooks scheme, at least once, in order per endpoint.
+//! - [`access`]: the permission scheme (`tracking:read|write|admin`, globally
+//!   or per project as `tracking:project:<id>:read|write|admin`).
+//!
+//! ```
+//! use jadugar_core::{ManualClock, MasterKey, Principal, PrincipalKind, Sealer};
+//! use jadugar_tracking::{Config, Tracking};
+//! use jadugar_tracking::model::{NewProject, NewTask, TaskPatch};
+//! use jadugar_tracking::store::MemoryStore;
+//! use std::sync::Arc;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let sealer = Sealer::new(MasterKey::generate("k1"), []);
+//! let tracking = Tracking::new(
+//!     Arc::new(MemoryStore::new()),
+//!     ManualClock::default().shared(),
+//!     sealer,
+//!     Config::default(),
+//! );
+//! let ana = Principal::new("ana", PrincipalKind::User).with_permissions(["tracking:write"]);
+//! let project = tracking
+//!     .create_project(&ana, NewProject { name: "Launch".into(), ..Default::default() }, None)
+//!     .await
+//!     .unwrap()
+//!     .0;
+//! let task = tracking
+//!     .create_task(&ana, project.id, NewTask { title: "Write docs".into(), ..Default::default() }, None)
+//!     .await
+//!     .unwrap()
+//!     .0;
+//! // backlog -> done is not an allowed transition of the default workflow.
+//! let err = tracking
+//!     .update_task(&ana, task.id, TaskPatch { status: Some("backlog".into()), ..Default::default() }, None)
+//!     .await;
+//! assert!(err.is_ok());
+//! let err = tracking
+//!     .update_task(&ana, task.id, TaskPatch { status: Some("done".into()), ..Default::default() }, None)
+//!     .await
+//!     .unwrap_err();
+//! assert_eq!(jadugar_core::Problem::from(err).status, 422);
+//! # });
+//! ```
+
+use serde::Deserialize;
+
+pub mod access;
+pub mod error;
+pub mod http;
+pub mod model;
+pub mod notify;
+pub mod service;
+pub mod store;
+pub mod webhook;
+
+pub use error::Error;
+pub use service::Tracking;
+
+/// The `[tracking]` section of `jadugar.toml`.
+///
+/// ```
+/// let config: jadugar_tracking::Config = toml_like();
+/// # fn toml_like() -> jadugar_tracking::Config {
+/// #     serde_json::from_str(r#"{"bulk_max": 50, "allow_loopback_targets": true}"#).unwrap()
+/// # }
+/// assert_eq!(config.bulk_max, 50);
+/// assert_eq!(config.webhook_retry_window_secs, 86_400);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Most tasks in one bulk update.
+    pub bulk_max: usize,
+    /// How long an `Idempotency-Key` is remembered, in seconds.
+    pub idempotency_ttl_secs: u64,
+    /// Largest request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Timeout of one webhook request (connect + response), in milliseconds.
+    pub webhook_request_timeout_ms: u64,
+    /// How long a claimed delivery stays leased to a dispatcher, in seconds;
+    /// a host that dies mid-delivery has its deliveries re-sent after this.
+    /// Must exceed the request timeout.
+    pub webhook_lease_secs: u64,
+    /// First retry delay, in milliseconds; doubled per attempt, with jitter.
+    pub webhook_retry_base_ms: u64,
+    /// Longest delay between two attempts, in seconds.
+    pub webhook_retry_max_backoff_secs: u64,
+    /// How long a delivery is retried before it fails and its endpoint is
+    /// disabled, in seconds (about a day).
+    pub webhook_retry_window_secs: u64,
+    /// Most deliveries a dispatcher sends at once (one per endpoint).
+    pub webhook_batch: u32,
+    /// How often an idle dispatcher looks for work, in milliseconds.
+    pub webhook_poll_interval_ms: u64,
+    /// A warning is logged when the oldest due delivery is older than this,
+    /// in seconds.
+    pub webhook_lag_warn_secs: u64,
+    /// How long the previous secret keeps signing after a rotation, in seconds.
+    pub webhook_secret_overlap_secs: u64,
+    /// Longest response excerpt kept in the delivery log, in bytes.
+    pub webhook_excerpt_bytes: usize,
+    /// Allow webhooks to loopback addresses (development only).
+    pub allow_loopback_targets: bool,
+    /// Allow webhooks to private (RFC 1918, ULA, CGNAT) addresses.
+    pub allow_private_targets: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bulk_max: 100,
+            idempotency_ttl_secs: 86_400,
+            max_body_bytes: 1024 * 1024,
+            webhook_request_timeout_ms: 10_000,
+            webhook_lease_secs: 60,
+            webhook_retry_base_ms: 5_000,
+            webhook_retry_max_backoff_secs: 3 * 3600,
+            webhook_retry_window_secs: 86_400,
+            webhook_batch: 32,
+            webhook_poll_interval_ms: 500,
+            webhook_lag_warn_secs: 60,
+            webhook_secret_overlap_secs: 86_400,
+            webhook_excerpt_bytes: 512,
+            allow_loopback_targets: false,
+            allow_private_targets: false,
+        }
+    }
+}
+
+impl Config {
+    /// The outbound address policy these settings describe.
+    pub fn address_policy(&self) -> jadugar_core::outbound::AddressPolicy {
+        jadugar_core::outbound::AddressPolicy::strict()
+            .allow_loopback(self.allow_loopback_targets)
+            .allow_private(self.allow_private_targets)
+    }
+}

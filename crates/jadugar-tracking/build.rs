@@ -1,0 +1,4 @@
+//! Rebuilds when the embedded migrations change.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}
