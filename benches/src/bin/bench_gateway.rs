@@ -1,0 +1,2 @@
+//! Placeholder until the gateway crate exposes its API.
+fn main() {}
