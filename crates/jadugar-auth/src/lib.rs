@@ -1,1 +1,14 @@
 //! Jadugar auth.
+
+pub mod config;
+pub mod error;
+mod jwt;
+pub mod model;
+pub mod password;
+pub mod service;
+pub mod store;
+mod throttle;
+
+pub use config::{Config, ExternalIssuer};
+pub use error::Error;
+pub use service::AuthService;

@@ -1,0 +1,2 @@
+//! Auth micro-benchmarks (filled in below).
+fn main() {}
