@@ -180,12 +180,21 @@ pub fn load_or_generate_key(path: &Path) -> Result<MasterKey, HostError> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = MasterKey::generate(format!("k{}", chrono_free_stamp()));
-            let mut file = std::fs::OpenOptions::new()
+            let file = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
-                .open(path)
-                .map_err(|e| fail(format!("cannot create: {e}")))?;
+                .open(path);
+            let mut file = match file {
+                Ok(file) => file,
+                // Another process created it first: use theirs.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let text = std::fs::read_to_string(path)
+                        .map_err(|e| fail(format!("cannot read: {e}")))?;
+                    return MasterKey::parse(&text).map_err(|e| fail(e.to_string()));
+                }
+                Err(e) => return Err(fail(format!("cannot create: {e}"))),
+            };
             file.write_all(key.to_text().as_bytes())
                 .and_then(|()| file.write_all(b"\n"))
                 .and_then(|()| file.sync_all())

@@ -54,7 +54,9 @@ pub const CONFIG_FILE_VAR: &str = "JADUGAR_CONFIG";
 pub const REDACTED: &str = "<redacted>";
 
 /// The whole configuration of a host; each field is a key of `jadugar.toml`.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+///
+/// `Debug` redacts passwords in URLs and master keys, as `config print` does.
+#[derive(Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Address to listen on. Default `127.0.0.1:8080`.
@@ -124,6 +126,30 @@ impl Default for Config {
             body_limit_bytes: 2 * 1024 * 1024,
             tls: TlsConfig::default(),
         }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let url = |u: &Option<String>| u.as_deref().map(redact_url);
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &url(&self.database_url))
+            .field("database_schema", &self.database_schema)
+            .field("database_max_connections", &self.database_max_connections)
+            .field("database_timeout_secs", &self.database_timeout_secs)
+            .field("redis_url", &url(&self.redis_url))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("master_key", &self.master_key)
+            .field("old_master_keys", &self.old_master_keys)
+            .field("log_format", &self.log_format)
+            .field("log_level", &self.log_level)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .field("request_timeout_secs", &self.request_timeout_secs)
+            .field("body_limit_bytes", &self.body_limit_bytes)
+            .field("tls", &self.tls)
+            .finish()
     }
 }
 

@@ -233,11 +233,15 @@ fn serve_with_zero_configuration_then_sigterm() {
         probe.local_addr().unwrap().port()
     };
     let listen = format!("127.0.0.1:{port}");
-    let child = jadugar(dir.path(), &["serve"], &[("JADUGAR_LISTEN", &listen)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = jadugar(
+        dir.path(),
+        &["--log-format", "json", "serve"],
+        &[("JADUGAR_LISTEN", &listen)],
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
 
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -251,7 +255,10 @@ fn serve_with_zero_configuration_then_sigterm() {
         None
     });
     let healthz = runtime.block_on(async {
-        reqwest::get(format!("http://{listen}/healthz"))
+        reqwest::Client::new()
+            .get(format!("http://{listen}/healthz"))
+            .header("x-request-id", "smoke-1")
+            .send()
             .await
             .map(|r| r.status())
     });
@@ -267,6 +274,18 @@ fn serve_with_zero_configuration_then_sigterm() {
     assert_eq!(healthz.unwrap().as_u16(), 200);
     assert!(output.status.success(), "exit after SIGTERM: {stderr}");
     assert!(stderr.contains("SIGTERM received"), "{stderr}");
+
+    // JSON logs, one access line per request with its request id.
+    let access: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter(|line| line["target"] == "jadugar::access" && line["request_id"] == "smoke-1")
+        .collect();
+    assert_eq!(access.len(), 1, "{stderr}");
+    assert_eq!(access[0]["method"], "GET");
+    assert_eq!(access[0]["path"], "/healthz");
+    assert_eq!(access[0]["status"], 200);
+    assert!(access[0]["latency_ms"].as_f64().is_some(), "{stderr}");
 
     let data = dir.path().join("jadugar-data");
     assert!(data.join("jadugar.db").is_file());

@@ -194,5 +194,8 @@ fn printing_redacts_secrets() {
     // The printout is TOML.
     let table: toml::Table = toml::from_str(&text).unwrap();
     assert_eq!(table["listen"].as_str(), Some("127.0.0.1:8080"));
-    assert!(!format!("{:?}", config.master_key).contains(&key));
+    let debug = format!("{config:?}");
+    for secret in ["hunter2", "redispass", &key, &old] {
+        assert!(!debug.contains(secret), "{secret} leaked by Debug: {debug}");
+    }
 }

@@ -57,7 +57,7 @@ pub(crate) async fn start(config: Config) -> Running {
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
     let task = tokio::spawn(jadugar_host::run(listener, config, shutdown_future(rx)));
-    wait_until_listening(addr).await;
+    wait_until_listening(addr, &task).await;
     Running {
         addr,
         stop: Some(tx),
@@ -80,9 +80,10 @@ pub(crate) async fn serve(app: App) -> Running {
 
 /// The listener is bound before `run` starts, so connections queue; this
 /// waits until `/healthz` answers (the backends are open).
-async fn wait_until_listening(addr: SocketAddr) {
+async fn wait_until_listening(addr: SocketAddr, task: &JoinHandle<Result<(), HostError>>) {
     let client = reqwest::Client::new();
     for _ in 0..200 {
+        assert!(!task.is_finished(), "the host stopped before answering");
         if let Ok(res) = client.get(format!("http://{addr}/healthz")).send().await
             && res.status().is_success()
         {
