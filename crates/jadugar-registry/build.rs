@@ -1,0 +1,4 @@
+//! Reruns the build when migrations change.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}

@@ -1,0 +1,4 @@
+//! Client.
+/// Client.
+#[derive(Debug)]
+pub struct RegistryClient;
