@@ -174,6 +174,9 @@ impl AppBuilder {
                     }
                 }),
             )
+            // Only the host's and components' routes: the gateway's
+            // (proxied) responses are never rewritten.
+            .route_layer(axum::middleware::map_response(problem_for_bare_errors))
             .fallback(move |request: axum::extract::Request| {
                 let fallback = fallback.clone();
                 async move { route_fallback(fallback, request).await }
@@ -191,6 +194,7 @@ impl AppBuilder {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .route("/metrics", get(metrics))
+            .route_layer(axum::middleware::map_response(problem_for_bare_errors))
             .with_state(Arc::new(ops_state));
 
         let router = ops.merge(api);
@@ -214,7 +218,10 @@ fn with_host_layers(router: Router, config: &Config) -> Router {
     router
         .layer(DefaultBodyLimit::max(limit))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
-        .layer(axum::middleware::map_response(problem_for_413))
+        .layer(axum::middleware::from_fn_with_state(
+            limit,
+            reject_declared_oversize,
+        ))
         .layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(
@@ -242,17 +249,59 @@ fn with_host_layers(router: Router, config: &Config) -> Router {
         .layer(RequestIdLayer::new())
 }
 
-/// Turns the body limit's bare 413 into a problem.
-async fn problem_for_413(response: Response) -> Response {
+/// A declared `Content-Length` over the limit is refused before anything
+/// reads the body. (Undeclared lengths are cut by `RequestBodyLimitLayer`.)
+async fn reject_declared_oversize(
+    State(limit): State<usize>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Problem::payload_too_large(format!(
+            "the request body exceeds the limit of {limit} bytes"
+        ))
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Turns the framework's bare 405 and 413 into problems (keeping `Allow`).
+async fn problem_for_bare_errors(response: Response) -> Response {
     let is_problem = response
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
-    if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_problem {
-        return Problem::payload_too_large("the request body exceeds the configured limit")
-            .into_response();
+    if is_problem {
+        return response;
     }
-    response
+    match response.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::payload_too_large("the request body exceeds the configured limit")
+                .into_response()
+        }
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allow = response.headers().get(header::ALLOW).cloned();
+            let mut problem = Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method-not-allowed",
+                "Method not allowed",
+            );
+            if let Some(allow) = allow.as_ref().and_then(|v| v.to_str().ok()) {
+                problem = problem.with_detail(format!("allowed: {allow}"));
+            }
+            let mut response = problem.into_response();
+            if let Some(allow) = allow {
+                response.headers_mut().insert(header::ALLOW, allow);
+            }
+            response
+        }
+        _ => response,
+    }
 }
 
 async fn route_fallback(

@@ -288,6 +288,23 @@ async fn oversized_bodies_are_413_problems() {
         .unwrap();
     assert_eq!(res.status(), 413);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
+    // Without a declared length (chunked), the body is cut at the limit.
+    let chunks: Vec<Result<String, std::io::Error>> = vec![Ok("x".repeat(10)), Ok("y".repeat(10))];
+    let res = client
+        .post(host.url("/v1/test/echo"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    // A wrong method is a problem too, naming what is allowed.
+    let res = client.get(host.url("/v1/test/echo")).send().await.unwrap();
+    assert_eq!(res.status(), 405);
+    assert_eq!(res.headers()["allow"], "POST");
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
     host.shutdown().await.unwrap();
 }
 
@@ -324,13 +341,29 @@ async fn the_gateway_fallback_never_sees_reserved_paths() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_in(dir.path());
     let backends = Backends::open(&config).await.unwrap();
-    let gateway = Router::new().fallback(|| async { "from the gateway" });
+    // The gateway's own responses (here an upstream's bare 413) pass
+    // through untouched.
+    let gateway = Router::new()
+        .route(
+            "/upload",
+            axum::routing::post(|| async {
+                (http::StatusCode::PAYLOAD_TOO_LARGE, "upstream says no")
+            }),
+        )
+        .fallback(|| async { "from the gateway" });
     let app = App::builder(config, backends)
         .fallback(tower::util::BoxCloneSyncService::new(gateway))
         .build();
     let host = serve(app).await;
     let res = reqwest::get(host.url("/shop/cart")).await.unwrap();
     assert_eq!(res.text().await.unwrap(), "from the gateway");
+    let res = reqwest::Client::new()
+        .post(host.url("/upload"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    assert_eq!(res.text().await.unwrap(), "upstream says no");
     for path in ["/v1/unknown", "/.well-known/nothing", "/docs/x"] {
         let res = reqwest::get(host.url(path)).await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
