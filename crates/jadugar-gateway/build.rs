@@ -1,0 +1,4 @@
+//! Rebuilds when migrations change.
+fn main() {
+    println!("cargo:rerun-if-changed=migrations");
+}

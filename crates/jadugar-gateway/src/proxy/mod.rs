@@ -1,0 +1,461 @@
+//! The reverse proxy: the gateway's hot path.
+//!
+//! Per request: one atomic load of the route snapshot, a path check and a
+//! radix-tree match, the route's auth, rate limit and transforms, an
+//! instance from the balancer, then the request goes out on a pooled
+//! keep-alive connection (HTTP/1.1 or HTTP/2) with its body streamed, and
+//! the response body streams back. Hop-by-hop headers are removed,
+//! `X-Forwarded-For/Proto/Host` set and the request id propagated.
+//! WebSocket (and any HTTP/1.1 upgrade) is passed through: after the
+//! upstream's `101` both upgraded connections are spliced.
+
+pub mod body;
+pub mod client;
+pub mod headers;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use http_body_util::{BodyExt, Limited};
+use hyper_util::rt::TokioIo;
+use jadugar_core::request_id::{self, RequestId};
+use jadugar_core::{Principal, Problem};
+use tower::retry::budget::Budget;
+
+use self::body::{ProxyBody, RequestBody};
+use crate::Shared;
+use crate::balance::{Backend, hash_key};
+use crate::model::AuthPolicy;
+use crate::ratelimit::{Decision, extract_key};
+use crate::resilience::{is_idempotent, now_ms};
+use crate::router::check_path;
+use crate::snapshot::{CompiledRoute, HashSource};
+use crate::transform::template::TemplateContext;
+
+fn problem(p: &Problem) -> Response<ProxyBody> {
+    p.to_response::<ProxyBody>()
+}
+
+fn bad_gateway(upstream: &str, detail: &str) -> Problem {
+    Problem::new(StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")
+        .with_detail(format!("upstream {upstream}: {detail}"))
+}
+
+fn gateway_timeout(upstream: &str) -> Problem {
+    Problem::new(StatusCode::GATEWAY_TIMEOUT, "gateway-timeout", "Gateway timeout")
+        .with_detail(format!("upstream {upstream} did not answer in time"))
+}
+
+enum Failure {
+    NoInstance,
+    Shed,
+    Connect,
+    Timeout,
+    Upstream,
+}
+
+/// Serves one request end to end.
+pub(crate) async fn handle(shared: Arc<Shared>, mut req: Request<RequestBody>) -> Response<ProxyBody> {
+    let start = Instant::now();
+    let request_id = match req.headers().get(&request_id::HEADER) {
+        Some(v) => Some(v.clone()),
+        None if shared.config.request_id => {
+            let id = RequestId::generate();
+            let v = HeaderValue::from_str(id.as_str()).ok();
+            if let Some(v) = &v {
+                req.headers_mut().insert(request_id::HEADER, v.clone());
+            }
+            v
+        }
+        None => None,
+    };
+    let method = req.method().clone();
+    let uri = req.uri().clone();
+    let mut res = route_and_proxy(&shared, req, &uri, start).await;
+    if let Some(id) = request_id
+        && !res.0.headers().contains_key(&request_id::HEADER)
+    {
+        res.0.headers_mut().insert(request_id::HEADER, id.clone());
+    }
+    let (response, route, instance, upstream_latency) = res;
+    if shared.config.access_log && tracing::enabled!(target: "jadugar_gateway::access", tracing::Level::INFO) {
+        crate::observability::access_log(
+            route.as_deref().unwrap_or("-"),
+            instance.as_deref(),
+            &method,
+            uri.path(),
+            response.status().as_u16(),
+            upstream_latency,
+            start.elapsed(),
+            response.headers().get(&request_id::HEADER).and_then(|v| v.to_str().ok()),
+        );
+    }
+    response
+}
+
+type Outcome = (Response<ProxyBody>, Option<Arc<str>>, Option<Arc<str>>, Option<Duration>);
+
+async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &Uri, start: Instant) -> Outcome {
+    let path = uri.path();
+    if let Err(e) = check_path(path) {
+        return (problem(&Problem::bad_request(e.to_string())), None, None, None);
+    }
+    let snapshot = shared.snapshot.load_full();
+    let host_header = req.headers().get(header::HOST).cloned();
+    let host = host_header
+        .as_ref()
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()));
+    let Some(found) = snapshot.table.find(host, req.method(), path, req.headers(), uri.query()) else {
+        return (problem(&Problem::not_found("no route matches this request")), None, None, None);
+    };
+    let route: &Arc<CompiledRoute> = found.value;
+    let route_id = Some(route.id.clone());
+
+    // Who is calling.
+    let principal = req.extensions_mut().remove::<Principal>();
+    match (&route.auth, &principal) {
+        (AuthPolicy::Public, _) => {}
+        (_, None) => return (problem(&Problem::unauthorized("authentication required")), route_id, None, None),
+        (AuthPolicy::Authenticated, Some(_)) => {}
+        (AuthPolicy::Require(permission), Some(p)) => {
+            if let Err(problem_) = p.require(permission) {
+                return (problem(&problem_), route_id, None, None);
+            }
+        }
+    }
+    let client_ip = crate::ratelimit::client_ip(&req);
+
+    // How fast.
+    let mut decision: Option<Decision> = None;
+    if let Some((limiter, key)) = &route.rate {
+        let key = extract_key(key, principal.as_ref(), req.headers(), client_ip);
+        let d = match limiter.as_local() {
+            Some(local) => local.check(&key),
+            None => match limiter.check(&key).await {
+                Ok(d) => d,
+                Err(e) => return (problem(&Problem::unavailable(e.to_string())), route_id, None, None),
+            },
+        };
+        if !d.allowed {
+            route.metrics.rate_limited.increment(1);
+            route.metrics.record(429, start.elapsed(), None);
+            return (d.to_response::<ProxyBody>(), route_id, None, None);
+        }
+        decision = Some(d);
+    }
+
+    // Identity headers only the gateway may set.
+    for name in &shared.identity_headers {
+        if req.headers().contains_key(name) {
+            req.headers_mut().remove(name);
+        }
+    }
+
+    // What changes.
+    let mut new_pq: Option<PathAndQuery> = None;
+    if !route.transform.is_noop() {
+        let empty = http::HeaderMap::new();
+        let rid = req.headers().get(&request_id::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let ctx = TemplateContext {
+            principal: principal.as_ref(),
+            params: Some(&found.params),
+            headers: &empty,
+            request_id: rid.as_deref(),
+            client_ip,
+            route_id: &route.id,
+        };
+        if let Err(e) = route.transform.apply_request_headers(req.headers_mut(), &ctx) {
+            return (problem(&e.to_problem()), route_id, None, None);
+        }
+        match route.transform.rewrite(path, uri.query(), &ctx) {
+            Ok(pq) => new_pq = pq,
+            Err(e) => return (problem(&e.to_problem()), route_id, None, None),
+        }
+        if route.transform.maps_request_body() && crate::transform::is_json(req.headers()) {
+            let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
+            let max = route.transform.max_body();
+            let bytes = match Limited::new(body, max).collect().await {
+                Ok(c) => c.to_bytes(),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                    return (problem(&crate::transform::TransformError::TooLarge(max).to_problem()), route_id, None, None);
+                }
+                Err(_) => return (problem(&crate::transform::TransformError::Body.to_problem()), route_id, None, None),
+            };
+            match route.transform.map_request_json(req.headers(), bytes) {
+                Ok(mapped) => {
+                    req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                    req.headers_mut().remove(header::TRANSFER_ENCODING);
+                    *req.body_mut() = RequestBody::Full(Some(mapped));
+                }
+                Err(e) => return (problem(&e.to_problem()), route_id, None, None),
+            }
+        }
+    }
+    let route = Arc::clone(route);
+    drop(found);
+    drop(snapshot);
+
+    let hash = route.hash.as_ref().and_then(|source| hash_of(source, req.headers()));
+    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+    // Forwarding headers.
+    {
+        let headers = req.headers_mut();
+        headers::remove_hop_by_hop(headers, upgrade);
+        if let Some(ip) = client_ip {
+            set_forwarded_for(headers, ip, shared.config.trust_forwarded);
+        }
+        if !shared.config.trust_forwarded || !headers.contains_key(headers::X_FORWARDED_PROTO) {
+            headers.insert(headers::X_FORWARDED_PROTO, shared.forwarded_proto.clone());
+        }
+        if let Some(h) = &host_header {
+            headers.insert(headers::X_FORWARDED_HOST, h.clone());
+        }
+    }
+    let pq = new_pq.or_else(|| uri.path_and_query().cloned()).unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let (response, instance, latency) = send(shared, &route, req, pq, hash, upgrade, start).await;
+    let response = match response {
+        Ok(res) => finish_response(&route, res, client_upgrade, decision, principal.as_ref()).await,
+        Err(failure) => {
+            route.metrics.upstream_errors.increment(1);
+            let name = route.pool.name();
+            let p = match failure {
+                Failure::NoInstance => Problem::unavailable(format!("upstream {name} has no available instance")),
+                Failure::Shed => Problem::unavailable(format!("upstream {name} is at its concurrency limit")).with_retry_after(1),
+                Failure::Connect => bad_gateway(name, "connection failed"),
+                Failure::Timeout => gateway_timeout(name),
+                Failure::Upstream => bad_gateway(name, "the request failed"),
+            };
+            problem(&p)
+        }
+    };
+    route.metrics.record(response.status().as_u16(), start.elapsed(), latency);
+    (response, route_id, instance, latency)
+}
+
+fn set_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr, trust: bool) {
+    let value = match headers.get(headers::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prior) if trust => HeaderValue::from_str(&format!("{prior}, {ip}")),
+        _ => HeaderValue::from_str(&ip.to_string()),
+    };
+    if let Ok(v) = value {
+        headers.insert(headers::X_FORWARDED_FOR, v);
+    }
+}
+
+fn hash_of(source: &HashSource, headers: &http::HeaderMap) -> Option<u64> {
+    match source {
+        HashSource::Header(name) => headers.get(name).map(|v| hash_key(v.as_bytes())),
+        HashSource::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| hash_key(v.as_bytes())),
+    }
+}
+
+type Sent = (Result<Response<hyper::body::Incoming>, Failure>, Option<Arc<str>>, Option<Duration>);
+
+async fn send(
+    shared: &Shared,
+    route: &CompiledRoute,
+    req: Request<RequestBody>,
+    pq: PathAndQuery,
+    hash: Option<u64>,
+    upgrade: bool,
+    start: Instant,
+) -> Sent {
+    let _ = shared;
+    let retryable = route.retries > 0
+        && !upgrade
+        && is_idempotent(req.method(), req.headers())
+        && req.body().is_end_stream();
+    if let Some(budget) = &route.budget {
+        budget.deposit();
+    }
+    let (parts, body) = req.into_parts();
+    let saved = retryable.then(|| (parts.method.clone(), parts.headers.clone()));
+    let mut pending = Some((parts, body));
+    let mut attempt = 0;
+    loop {
+        let (mut parts, body) = match pending.take() {
+            Some(p) => p,
+            None => match &saved {
+                Some((method, headers)) => {
+                    let (mut parts, ()) = Request::new(()).into_parts();
+                    parts.method = method.clone();
+                    parts.headers = headers.clone();
+                    (parts, RequestBody::Empty)
+                }
+                None => return (Err(Failure::Upstream), None, None),
+            },
+        };
+        let Some(backend) = route.pool.pick(hash) else {
+            return (Err(Failure::NoInstance), None, None);
+        };
+        let (result, latency) = send_once(route, &backend, &mut parts, body, &pq, upgrade, start).await;
+        let retry_worthy = match &result {
+            Err(Failure::Connect | Failure::Timeout) => true,
+            Ok(res) => matches!(res.status().as_u16(), 502..=504),
+            Err(_) => false,
+        };
+        attempt += 1;
+        if retry_worthy
+            && saved.is_some()
+            && attempt <= route.retries
+            && route.budget.as_ref().is_some_and(|b| b.withdraw())
+        {
+            tracing::debug!(route = %route.id, instance = %backend.label, attempt, "retrying");
+            continue;
+        }
+        return (result, Some(backend.label.clone()), latency);
+    }
+}
+
+async fn send_once(
+    route: &CompiledRoute,
+    backend: &Arc<Backend>,
+    parts: &mut http::request::Parts,
+    body: RequestBody,
+    pq: &PathAndQuery,
+    upgrade: bool,
+    start: Instant,
+) -> (Result<Response<hyper::body::Incoming>, Failure>, Option<Duration>) {
+    let _permit = match &route.pool.limits {
+        Some(limits) => match limits.acquire(route.request_timeout).await {
+            Ok(p) => Some(p),
+            Err(_) => return (Err(Failure::Shed), None),
+        },
+        None => None,
+    };
+    let mut uri_parts = http::uri::Parts::default();
+    uri_parts.scheme = Some(backend.scheme.clone());
+    uri_parts.authority = Some(backend.authority.clone());
+    uri_parts.path_and_query = Some(pq.clone());
+    let Ok(uri) = Uri::from_parts(uri_parts) else {
+        return (Err(Failure::Upstream), None);
+    };
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method.clone();
+    *out.uri_mut() = uri;
+    *out.headers_mut() = std::mem::take(&mut parts.headers);
+    *out.extensions_mut() = std::mem::take(&mut parts.extensions);
+    let h2 = route.http2 && !upgrade;
+    *out.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    if h2 {
+        out.headers_mut().remove(header::HOST);
+    } else if !route.preserve_host || !out.headers().contains_key(header::HOST) {
+        out.headers_mut().insert(header::HOST, backend.host_header.clone());
+    }
+    let client = if upgrade { &route.upgrade_client } else { &route.client };
+    let in_flight = backend.start();
+    route.metrics.in_flight.increment(1.0);
+    let sent_at = Instant::now();
+    let result = tokio::time::timeout(route.request_timeout, client.request(out)).await;
+    route.metrics.in_flight.decrement(1.0);
+    drop(in_flight);
+    let latency = sent_at.elapsed();
+    let _ = start;
+    let spec = &route.pool.spec().outlier;
+    let failed = |backend: &Arc<Backend>| {
+        if backend.outlier.on_failure(spec, now_ms()) {
+            route.pool.ejected(backend);
+        }
+    };
+    match result {
+        Ok(Ok(res)) => {
+            if matches!(res.status().as_u16(), 502..=504) {
+                failed(backend);
+            } else {
+                backend.outlier.on_success();
+                backend.observe(latency);
+            }
+            (Ok(res), Some(latency))
+        }
+        Ok(Err(e)) => {
+            failed(backend);
+            tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
+            if e.is_connect() {
+                (Err(Failure::Connect), Some(latency))
+            } else {
+                (Err(Failure::Upstream), Some(latency))
+            }
+        }
+        Err(_) => {
+            failed(backend);
+            (Err(Failure::Timeout), Some(latency))
+        }
+    }
+}
+
+async fn finish_response(
+    route: &CompiledRoute,
+    mut res: Response<hyper::body::Incoming>,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+    decision: Option<Decision>,
+    principal: Option<&Principal>,
+) -> Response<ProxyBody> {
+    if res.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_side) = client_upgrade
+    {
+        let upstream_side = hyper::upgrade::on(&mut res);
+        splice(client_side, upstream_side);
+    }
+    let (mut parts, body) = res.into_parts();
+    headers::remove_hop_by_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    if route.transform.changes_response_headers() {
+        let empty = http::HeaderMap::new();
+        let ctx = TemplateContext {
+            principal,
+            ..TemplateContext::new(&empty, &route.id)
+        };
+        if route.transform.apply_response_headers(&mut parts.headers, &ctx).is_err() {
+            return problem(&bad_gateway(route.pool.name(), "a response header could not be set"));
+        }
+    }
+    if let Some(d) = decision {
+        d.apply_headers(&mut parts.headers);
+    }
+    if route.transform.maps_response_body() && crate::transform::is_json(&parts.headers) {
+        let max = route.transform.max_body();
+        let bytes: Bytes = match Limited::new(body, max).collect().await {
+            Ok(c) => c.to_bytes(),
+            Err(_) => return problem(&bad_gateway(route.pool.name(), "the response is too large to transform")),
+        };
+        return match route.transform.map_response_json(&parts.headers, bytes) {
+            Ok(mapped) => {
+                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                Response::from_parts(parts, ProxyBody::full(mapped))
+            }
+            Err(_) => problem(&bad_gateway(route.pool.name(), "the response is not valid JSON")),
+        };
+    }
+    Response::from_parts(parts, ProxyBody::Upstream(body))
+}
+
+/// Splices two upgraded connections until either side closes.
+pub(crate) fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        let (client, upstream) = match tokio::try_join!(client, upstream) {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade failed");
+                return;
+            }
+        };
+        let mut client = TokioIo::new(client);
+        let mut upstream = TokioIo::new(upstream);
+        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+    });
+}

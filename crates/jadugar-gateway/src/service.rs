@@ -1,0 +1,231 @@
+//! Route management: validation, persistence, atomic application, and the
+//! background work that keeps a host in step (store polling, discovery).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use jadugar_core::FieldError;
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use utoipa::ToSchema;
+
+use crate::error::Error;
+use crate::model::RouteSpec;
+use crate::snapshot::{self, BuildContext, Snapshot};
+use crate::store::StoredRoute;
+use crate::{Gateway, Shared};
+
+/// Where a route is defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteSource {
+    /// The configuration file (read-only through the API).
+    Config,
+    /// The route store (managed through the API).
+    Store,
+}
+
+/// A route as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RouteView {
+    /// The route.
+    pub route: RouteSpec,
+    /// Where it is defined.
+    pub source: RouteSource,
+    /// The stored revision (0 for configuration routes).
+    pub revision: i64,
+}
+
+impl Shared {
+    fn context(&self) -> BuildContext<'_> {
+        BuildContext {
+            config: &self.config,
+            discovery: &*self.discovery,
+            clients: &self.clients,
+            redis: self.redis.as_ref(),
+        }
+    }
+
+    pub(crate) fn compile(&self, specs: Vec<RouteSpec>, version: i64) -> Result<Snapshot, Vec<FieldError>> {
+        let old = self.snapshot.load();
+        snapshot::build(specs, version, &self.context(), Some(&old))
+    }
+
+    pub(crate) async fn reload(&self) -> Result<(), Error> {
+        let _guard = self.admin.lock().await;
+        self.reload_locked().await
+    }
+
+    async fn reload_locked(&self) -> Result<(), Error> {
+        let (stored, version) = self.store.list().await?;
+        let mut specs = self.config.routes.clone();
+        specs.extend(stored.into_iter().map(|s| s.route));
+        let snapshot = self.compile(specs, version).map_err(Error::Invalid)?;
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    fn check_candidate(&self, mut specs: Vec<RouteSpec>, changed: Option<&RouteSpec>) -> Result<(), Error> {
+        let index = changed.map(|c| {
+            specs.push(c.clone());
+            specs.len() - 1
+        });
+        let prefix = index.map(|i| format!("routes[{i}]."));
+        self.compile(specs, 0).map(|_| ()).map_err(|errors| {
+            Error::Invalid(
+                errors
+                    .into_iter()
+                    .map(|e| match prefix.as_deref().and_then(|p| e.field.strip_prefix(p)) {
+                        Some(rest) => FieldError::new(rest, e.message),
+                        None => e,
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    fn current_specs_except(&self, id: &str) -> Vec<RouteSpec> {
+        self.snapshot.load().specs.iter().filter(|s| s.id != id).cloned().collect()
+    }
+
+    fn is_config_route(&self, id: &str) -> bool {
+        self.config.routes.iter().any(|r| r.id == id)
+    }
+}
+
+impl Gateway {
+    /// Every route: configuration routes first, then stored ones by id.
+    pub async fn list_routes(&self) -> Result<Vec<RouteView>, Error> {
+        let mut out: Vec<RouteView> = self
+            .shared
+            .config
+            .routes
+            .iter()
+            .map(|r| RouteView { route: r.clone(), source: RouteSource::Config, revision: 0 })
+            .collect();
+        let (stored, _) = self.shared.store.list().await?;
+        out.extend(stored.into_iter().map(|s| RouteView { route: s.route, source: RouteSource::Store, revision: s.revision }));
+        Ok(out)
+    }
+
+    /// One route.
+    pub async fn get_route(&self, id: &str) -> Result<RouteView, Error> {
+        if let Some(r) = self.shared.config.routes.iter().find(|r| r.id == id) {
+            return Ok(RouteView { route: r.clone(), source: RouteSource::Config, revision: 0 });
+        }
+        match self.shared.store.get(id).await? {
+            Some(s) => Ok(view(s)),
+            None => Err(Error::NotFound(id.to_owned())),
+        }
+    }
+
+    /// Validates, stores and applies a new route. A route that is invalid,
+    /// or that conflicts with the others, is rejected with the reason and
+    /// nothing changes.
+    pub async fn create_route(&self, route: RouteSpec) -> Result<RouteView, Error> {
+        route.validate().map_err(Error::Invalid)?;
+        let shared = &self.shared;
+        let _guard = shared.admin.lock().await;
+        if shared.is_config_route(&route.id) {
+            return Err(Error::ReadOnly(route.id));
+        }
+        shared.check_candidate(shared.current_specs_except(&route.id), Some(&route))?;
+        let stored = shared.store.create(&route, shared.clock.now()).await?;
+        shared.reload_locked().await?;
+        Ok(view(stored))
+    }
+
+    /// Validates, stores and applies a changed route, if at revision
+    /// `expected` when given.
+    pub async fn update_route(&self, route: RouteSpec, expected: Option<i64>) -> Result<RouteView, Error> {
+        route.validate().map_err(Error::Invalid)?;
+        let shared = &self.shared;
+        let _guard = shared.admin.lock().await;
+        if shared.is_config_route(&route.id) {
+            return Err(Error::ReadOnly(route.id));
+        }
+        shared.check_candidate(shared.current_specs_except(&route.id), Some(&route))?;
+        let stored = shared.store.update(&route, expected, shared.clock.now()).await?;
+        shared.reload_locked().await?;
+        Ok(view(stored))
+    }
+
+    /// Removes a stored route, if at revision `expected` when given.
+    pub async fn delete_route(&self, id: &str, expected: Option<i64>) -> Result<(), Error> {
+        let shared = &self.shared;
+        let _guard = shared.admin.lock().await;
+        if shared.is_config_route(id) {
+            return Err(Error::ReadOnly(id.to_owned()));
+        }
+        shared.store.delete(id, expected).await?;
+        shared.reload_locked().await?;
+        Ok(())
+    }
+
+    /// Reloads routes from the store now (what the sync task does when the
+    /// store version changes).
+    pub async fn reload(&self) -> Result<(), Error> {
+        self.shared.reload().await
+    }
+
+    /// Starts the background work: polling the route store for changes made
+    /// on other hosts, and following `Discovery` changes. Both stop
+    /// promptly when `cancel` is cancelled.
+    pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
+        let sync = {
+            let shared = self.shared.clone();
+            let cancel = cancel.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(shared.config.sync_interval_ms.max(50)));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        _ = tick.tick() => {}
+                    }
+                    match shared.store.version().await {
+                        Ok(v) if v != shared.snapshot.load().version => {
+                            if let Err(e) = shared.reload().await {
+                                tracing::error!(error = %e, "applying stored routes failed; keeping the previous ones");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "route store unreachable"),
+                    }
+                }
+            })
+        };
+        let discovery = {
+            let shared = self.shared.clone();
+            tokio::spawn(async move {
+                let mut changes = shared.discovery.changes();
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        changed = changes.changed() => if changed.is_err() { return },
+                    }
+                    shared.refresh_discovery();
+                }
+            })
+        };
+        vec![sync, discovery]
+    }
+}
+
+impl Shared {
+    /// Re-reads discovery for every registry-backed upstream.
+    pub(crate) fn refresh_discovery(&self) {
+        let snapshot = self.snapshot.load();
+        let ctx = self.context();
+        for pool in snapshot.pools.values() {
+            if pool.spec().service.is_some() {
+                snapshot::refresh_pool(pool, &ctx);
+            }
+        }
+    }
+}
+
+fn view(s: StoredRoute) -> RouteView {
+    RouteView { route: s.route, source: RouteSource::Store, revision: s.revision }
+}

@@ -1,0 +1,238 @@
+//! Compiled routes: what the hot path reads through one atomic load.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::HeaderName;
+use jadugar_core::storage::Redis;
+use jadugar_core::{Discovery, Endpoint, FieldError};
+use tower::retry::budget::TpsBudget;
+
+use crate::Config;
+use crate::balance::UpstreamPool;
+use crate::model::{AuthPolicy, Balance, RateKey, RouteSpec, UpstreamSpec};
+use crate::observability::RouteMetrics;
+use crate::proxy::client::{ClientCache, UpstreamClient};
+use crate::ratelimit::{LocalLimiter, RateLimiter};
+use crate::router::{RouteMatcher, RouteTable};
+use crate::transform::Transform;
+
+/// Where the consistent-hash key comes from.
+#[derive(Debug, Clone)]
+pub(crate) enum HashSource {
+    Header(HeaderName),
+    Cookie(String),
+}
+
+/// One route, ready for the hot path.
+pub(crate) struct CompiledRoute {
+    pub id: Arc<str>,
+    pub auth: AuthPolicy,
+    pub rate: Option<(RateLimiter, RateKey)>,
+    pub transform: Transform,
+    pub pool: Arc<UpstreamPool>,
+    pub client: UpstreamClient,
+    pub upgrade_client: UpstreamClient,
+    pub http2: bool,
+    pub request_timeout: Duration,
+    pub retries: u32,
+    pub budget: Option<Arc<TpsBudget>>,
+    pub preserve_host: bool,
+    pub hash: Option<HashSource>,
+    pub metrics: RouteMetrics,
+}
+
+/// Every route, compiled; swapped atomically as a whole.
+pub(crate) struct Snapshot {
+    pub table: RouteTable<Arc<CompiledRoute>>,
+    pub specs: Vec<RouteSpec>,
+    pub pools: HashMap<String, Arc<UpstreamPool>>,
+    pub limiters: HashMap<String, RateLimiter>,
+    pub version: i64,
+}
+
+impl Snapshot {
+    pub(crate) fn empty() -> Self {
+        Self {
+            table: RouteTable::builder().build(),
+            specs: Vec::new(),
+            pools: HashMap::new(),
+            limiters: HashMap::new(),
+            version: 0,
+        }
+    }
+}
+
+/// What compiling needs.
+pub(crate) struct BuildContext<'a> {
+    pub config: &'a Config,
+    pub discovery: &'a dyn Discovery,
+    pub clients: &'a ClientCache,
+    pub redis: Option<&'a Redis>,
+}
+
+fn pool_key(spec: &UpstreamSpec, name: &str) -> String {
+    format!("{name}|{}", serde_json::to_string(spec).unwrap_or_default())
+}
+
+/// Compiles `specs`; errors name `routes[i].field`.
+pub(crate) fn build(
+    specs: Vec<RouteSpec>,
+    version: i64,
+    ctx: &BuildContext<'_>,
+    old: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if specs.len() > ctx.config.max_routes {
+        errors.push(FieldError::new("routes", format!("at most {} routes", ctx.config.max_routes)));
+        return Err(errors);
+    }
+    let mut seen = HashMap::new();
+    let mut table = RouteTable::builder();
+    let mut pools = HashMap::new();
+    let mut limiters = HashMap::new();
+    for (i, spec) in specs.iter().enumerate() {
+        if let Err(errs) = spec.validate() {
+            errors.extend(errs.into_iter().map(|e| FieldError::new(format!("routes[{i}].{}", e.field), e.message)));
+            continue;
+        }
+        if let Some(first) = seen.insert(spec.id.clone(), i) {
+            errors.push(FieldError::new(format!("routes[{i}].id"), format!("duplicates routes[{first}]")));
+            continue;
+        }
+        let transform = match Transform::compile(&spec.transform, &spec.path) {
+            Ok(t) => t,
+            Err(errs) => {
+                errors.extend(errs.into_iter().map(|e| FieldError::new(format!("routes[{i}].{}", e.field), e.message)));
+                continue;
+            }
+        };
+        let name = spec.upstream_name().to_owned();
+        let key = pool_key(&spec.upstream, &name);
+        let pool = match pools.get(&key).or_else(|| old.and_then(|o| o.pools.get(&key))) {
+            Some(p) => Arc::clone(p),
+            None => {
+                let p = Arc::new(UpstreamPool::new(&name, spec.upstream.clone()));
+                refresh_pool(&p, ctx);
+                p
+            }
+        };
+        pools.insert(key, pool.clone());
+        let rate = match &spec.rate_limit {
+            None => None,
+            Some(rl) => {
+                let key = format!("{}|{}", spec.id, serde_json::to_string(rl).unwrap_or_default());
+                let limiter = match limiters.get(&key).or_else(|| old.and_then(|o| o.limiters.get(&key))) {
+                    Some(l) => Clone::clone(l),
+                    None => make_limiter(spec, ctx, i, &mut errors),
+                };
+                limiters.insert(key, limiter.clone());
+                Some((limiter, rl.key.clone()))
+            }
+        };
+        let r = &spec.resilience;
+        let http2 = spec.upstream.http2;
+        let compiled = CompiledRoute {
+            id: Arc::from(spec.id.as_str()),
+            auth: spec.auth.clone(),
+            rate,
+            transform,
+            client: ctx.clients.get(r.connect_timeout_ms, http2),
+            upgrade_client: ctx.clients.get(r.connect_timeout_ms, false),
+            http2,
+            request_timeout: Duration::from_millis(r.request_timeout_ms),
+            retries: r.retries,
+            budget: (r.retries > 0).then(|| {
+                Arc::new(TpsBudget::new(Duration::from_secs(10), 1, r.retry_budget_percent / 100.0))
+            }),
+            preserve_host: spec.preserve_host,
+            hash: match &spec.upstream.balance {
+                Balance::ConsistentHash { header: Some(h), .. } => {
+                    HeaderName::from_bytes(h.as_bytes()).ok().map(HashSource::Header)
+                }
+                Balance::ConsistentHash { cookie: Some(c), .. } => Some(HashSource::Cookie(c.clone())),
+                _ => None,
+            },
+            metrics: RouteMetrics::new(&spec.id, &name),
+            pool,
+        };
+        if let Err(e) = table.insert(RouteMatcher::from_spec(spec), &spec.id, Arc::new(compiled)) {
+            errors.push(FieldError::new(format!("routes[{i}].path"), e.0));
+        }
+    }
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Snapshot {
+        table: table.build(),
+        specs,
+        pools,
+        limiters,
+        version,
+    })
+}
+
+fn make_limiter(spec: &RouteSpec, ctx: &BuildContext<'_>, i: usize, errors: &mut Vec<FieldError>) -> RateLimiter {
+    let Some(rl) = &spec.rate_limit else {
+        return RateLimiter::Local(LocalLimiter::new(&crate::model::RateLimitSpec {
+            key: RateKey::Ip, requests: 1, per_secs: 1, burst: None, shared: false, fail_open: true,
+        }, 1));
+    };
+    if rl.shared {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = ctx.redis {
+            return RateLimiter::Shared(Arc::new(crate::ratelimit::SharedLimiter::new(
+                redis.clone(),
+                &spec.id,
+                rl,
+                Duration::from_millis(ctx.config.redis_timeout_ms),
+            )));
+        }
+        errors.push(FieldError::new(
+            format!("routes[{i}].rate_limit.shared"),
+            "needs Redis, which is not configured",
+        ));
+    }
+    RateLimiter::Local(LocalLimiter::new(rl, ctx.config.rate_limit_max_keys))
+}
+
+/// The endpoints of a pool right now: its fixed targets, or its service's
+/// instances from discovery; addresses the outbound policy denies are
+/// dropped.
+pub(crate) fn refresh_pool(pool: &UpstreamPool, ctx: &BuildContext<'_>) {
+    let spec = pool.spec();
+    let endpoints: Vec<Endpoint> = match &spec.service {
+        Some(service) => ctx.discovery.endpoints(service, &spec.tags).to_vec(),
+        None => spec
+            .targets
+            .iter()
+            .filter_map(|t| {
+                let url = url::Url::parse(t.url()).ok()?;
+                let host = match url.host()? {
+                    url::Host::Domain(d) => d.to_owned(),
+                    url::Host::Ipv4(ip) => ip.to_string(),
+                    url::Host::Ipv6(ip) => ip.to_string(),
+                };
+                let port = url.port_or_known_default()?;
+                Some(Endpoint::new(t.url(), url.scheme(), host, port).with_weight(t.weight()))
+            })
+            .collect(),
+    };
+    let policy = ctx.clients.policy();
+    let allowed: Vec<Endpoint> = endpoints
+        .into_iter()
+        .filter(|e| match e.host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+            Ok(ip) => match policy.check_ip(ip) {
+                Ok(()) => true,
+                Err(err) => {
+                    tracing::warn!(upstream = pool.name(), endpoint = %e.id, error = %err, "endpoint denied by the outbound address policy");
+                    false
+                }
+            },
+            Err(_) => true,
+        })
+        .collect();
+    pool.refresh(&allowed);
+}
