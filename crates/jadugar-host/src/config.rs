@@ -104,6 +104,10 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// HTTPS: with both set, the listener speaks TLS.
     pub tls: TlsConfig,
+    /// The component sections as given (file and environment merged), for
+    /// `config print`: component configurations are not serialisable.
+    #[serde(skip)]
+    pub component_sections: BTreeMap<String, toml::Value>,
 }
 
 impl Default for Config {
@@ -125,6 +129,7 @@ impl Default for Config {
             request_timeout_secs: 60,
             body_limit_bytes: 2 * 1024 * 1024,
             tls: TlsConfig::default(),
+            component_sections: BTreeMap::new(),
         }
     }
 }
@@ -149,6 +154,7 @@ impl fmt::Debug for Config {
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("tls", &self.tls)
+            .field("components", &self.component_sections.keys())
             .finish()
     }
 }
@@ -384,7 +390,12 @@ impl Config {
         }
         let mut problems = Vec::new();
         overlay_env(&mut table, env, &mut origins, &mut problems);
-        let config = deserialize_all(table, &origins, &mut problems);
+        let sections: BTreeMap<String, toml::Value> = COMPONENT_SECTIONS
+            .iter()
+            .filter_map(|name| table.get(*name).map(|v| ((*name).to_owned(), v.clone())))
+            .collect();
+        let mut config = deserialize_all(table, &origins, &mut problems);
+        config.component_sections = sections;
         problems.extend(config.validate(&origins));
         // File problems in line order, then environment problems.
         problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
@@ -418,6 +429,14 @@ impl Config {
     /// URLs, master keys).
     pub fn to_redacted_toml(&self) -> String {
         let mut text = toml::to_string_pretty(self).unwrap_or_default();
+        for (name, value) in &self.component_sections {
+            let mut section = toml::Table::new();
+            section.insert(name.clone(), redact_value(None, value));
+            text.push_str(&format!(
+                "\n# [{name}]: keys not shown take their defaults\n{}",
+                toml::to_string_pretty(&section).unwrap_or_default()
+            ));
+        }
         if self.database_url.is_none() {
             text = format!(
                 "# database_url defaults to {}\n{text}",
@@ -483,6 +502,39 @@ impl Config {
             problems.push(origins.problem("redis_prefix", "must not be empty"));
         }
         problems
+    }
+}
+
+/// The sections of the component configurations, by name.
+pub const COMPONENT_SECTIONS: &[&str] = &["auth", "registry", "tracking", "gateway"];
+
+/// Whether a key names a secret: its value is never printed.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "password", "token", "private", "credential"]
+        .iter()
+        .any(|word| key.contains(word))
+        || key.ends_with("key")
+        || key.ends_with("keys")
+}
+
+/// `value` with secrets redacted: values of secret-named keys, and
+/// passwords in URLs.
+fn redact_value(key: Option<&str>, value: &toml::Value) -> toml::Value {
+    let secret = key.is_some_and(is_secret_key);
+    match value {
+        toml::Value::String(_) if secret => toml::Value::String(REDACTED.to_owned()),
+        toml::Value::String(text) if text.contains("://") => toml::Value::String(redact_url(text)),
+        toml::Value::Array(items) => {
+            toml::Value::Array(items.iter().map(|item| redact_value(key, item)).collect())
+        }
+        toml::Value::Table(table) => toml::Value::Table(
+            table
+                .iter()
+                .map(|(k, v)| (k.clone(), redact_value(Some(k), v)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 
@@ -775,6 +827,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.old_master_keys.len(), 2);
+    }
+
+    #[test]
+    fn component_sections_print_redacted() {
+        let value: toml::Value = toml::from_str(
+            r#"
+            client_secret = "s3cret"
+            api_key_flush_secs = 30
+            upstream = "http://user:pw@10.0.0.1:80/"
+            plain = "hello"
+            [nested]
+            signing_keys = ["a", "b"]
+            "#,
+        )
+        .unwrap();
+        let redacted = redact_value(None, &value);
+        let text = toml::to_string(&redacted).unwrap();
+        for secret in ["s3cret", ":pw@", "\"a\""] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("api_key_flush_secs = 30"), "{text}");
+        assert!(text.contains("plain = \"hello\""), "{text}");
     }
 
     #[test]
