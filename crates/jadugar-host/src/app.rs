@@ -154,7 +154,8 @@ impl AppBuilder {
     pub fn build(self) -> App {
         let mut openapi = HostApi::openapi();
         openapi.merge(self.openapi);
-        let openapi_json = serde_json::to_vec(&openapi).unwrap_or_default();
+        let openapi_json =
+            axum::body::Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
 
         let fallback = self.fallback;
         let api = self
