@@ -2,6 +2,8 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
+pub mod layer;
 mod jwt;
 pub mod model;
 pub mod password;
