@@ -916,12 +916,11 @@ impl Registry {
 
     /// Clamps a requested blocking wait to the configured maximum and adds
     /// up to 1/16 of jitter (so many watchers don't return in lockstep).
-    pub fn blocking_wait(&self, requested_secs: Option<u64>) -> Duration {
+    pub fn blocking_wait(&self, requested: Option<Duration>) -> Duration {
         let config = &self.inner.config;
-        let secs = requested_secs
-            .unwrap_or(config.default_wait_secs)
-            .min(config.max_wait_secs);
-        let base = Duration::from_secs(secs);
+        let base = requested
+            .unwrap_or(Duration::from_secs(config.default_wait_secs))
+            .min(Duration::from_secs(config.max_wait_secs));
         let jitter_ms = u64::try_from(base.as_millis() / 16).unwrap_or(0);
         if jitter_ms == 0 {
             base
