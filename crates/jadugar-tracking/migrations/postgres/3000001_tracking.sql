@@ -66,7 +66,7 @@ CREATE TABLE trk_idempotency (
     subject TEXT NOT NULL,
     key TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
-    status INTEGER NOT NULL,
+    status BIGINT NOT NULL,
     body TEXT NOT NULL,
     created_us BIGINT NOT NULL,
     PRIMARY KEY (subject, key)
