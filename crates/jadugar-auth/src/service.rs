@@ -1097,6 +1097,17 @@ impl AuthService {
         Ok(record.kid)
     }
 
+    /// Signs arbitrary `claims` with the current key (its `alg` and `kid`),
+    /// for tests that need hostile tokens. Feature `test-support` only.
+    #[cfg(feature = "test-support")]
+    pub fn sign_claims_for_tests(&self, claims: &serde_json::Value) -> Result<String, Error> {
+        let keys = self.key_set();
+        let key = keys.current().ok_or_else(|| Error::Key("no signing key".into()))?;
+        let mut header = jsonwebtoken::Header::new(key.alg);
+        header.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| Error::Key(e.to_string()))
+    }
+
     /// The JWKS document.
     pub fn jwks(&self) -> serde_json::Value {
         self.key_set().jwks(self.now(), self.overlap())
