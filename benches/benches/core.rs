@@ -22,7 +22,9 @@ fn problem_serialisation(c: &mut Criterion) {
         FieldError::new("password", "must be at least 12 characters"),
         FieldError::new("labels[2]", "must be at most 64 characters"),
     ]);
-    group.bench_function("to_body/404", |b| b.iter(|| black_box(&not_found).to_body()));
+    group.bench_function("to_body/404", |b| {
+        b.iter(|| black_box(&not_found).to_body())
+    });
     group.bench_function("to_body/422_three_fields", |b| {
         b.iter(|| black_box(&validation).to_body())
     });
