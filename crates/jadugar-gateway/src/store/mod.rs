@@ -161,6 +161,6 @@ mod tests {
         let store = super::SqlRouteStore::new(pg.database().clone()).await.unwrap();
         super::conformance(&store).await;
         let other = super::SqlRouteStore::new(pg.connect_another().await).await.unwrap();
-        assert_eq!(other.version().await.unwrap(), 7);
+        assert_eq!(super::RouteStore::version(&other).await.unwrap(), 7);
     }
 }

@@ -1,0 +1,88 @@
+#![allow(clippy::unwrap_used, missing_docs)]
+
+//! Property tests of the matcher against a straightforward reference.
+
+use http::{HeaderMap, Method};
+use jadugar_gateway::router::{RouteMatcher, RouteTable, check_path};
+use proptest::prelude::*;
+
+#[derive(Debug, Clone)]
+struct R {
+    base: String,
+    prefix: bool,
+}
+
+fn segment() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["a", "b", "c", "ab", "api", "v1", "x.y"]).prop_map(String::from)
+}
+
+fn path() -> impl Strategy<Value = String> {
+    prop::collection::vec(segment(), 0..4).prop_map(|s| format!("/{}", s.join("/")))
+}
+
+fn routes() -> impl Strategy<Value = Vec<R>> {
+    prop::collection::vec((path(), any::<bool>()), 1..12).prop_map(|raw| {
+        let mut seen = std::collections::HashSet::new();
+        raw.into_iter()
+            .filter(|(p, _)| seen.insert(p.clone()))
+            .map(|(base, prefix)| R { base, prefix })
+            .collect()
+    })
+}
+
+/// Exact beats prefix; the longest matching prefix wins; prefixes match on
+/// segment boundaries only.
+fn reference(routes: &[R], path: &str) -> Option<usize> {
+    if let Some(i) = routes.iter().position(|r| r.base == path) {
+        return Some(i);
+    }
+    routes
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.prefix)
+        .filter(|(_, r)| r.base == "/" || path == r.base || path.starts_with(&format!("{}/", r.base)))
+        .max_by_key(|(_, r)| if r.base == "/" { 0 } else { r.base.len() })
+        .map(|(i, _)| i)
+}
+
+proptest! {
+    #[test]
+    fn matcher_agrees_with_reference(routes in routes(), requests in prop::collection::vec(path(), 1..20)) {
+        let mut b = RouteTable::builder();
+        for (i, r) in routes.iter().enumerate() {
+            let m = if r.prefix { RouteMatcher::prefix(r.base.clone()) } else { RouteMatcher::exact(r.base.clone()) };
+            b.insert(m, &i.to_string(), i).unwrap();
+        }
+        let table = b.build();
+        let headers = HeaderMap::new();
+        for p in requests {
+            let got = table.find(None, &Method::GET, &p, &headers, None).map(|m| *m.value);
+            prop_assert_eq!(got, reference(&routes, &p), "path {}", p);
+        }
+    }
+
+    #[test]
+    fn method_conditions_fall_back_to_prefix_routes(seg in segment(), rest in path()) {
+        let mut b = RouteTable::builder();
+        b.insert(RouteMatcher::prefix(format!("/{seg}")), "p", "prefix").unwrap();
+        b.insert(RouteMatcher::exact(format!("/{seg}/item")).methods(["GET"]), "g", "get").unwrap();
+        let t = b.build();
+        let h = HeaderMap::new();
+        prop_assert_eq!(t.find(None, &Method::GET, &format!("/{seg}/item"), &h, None).map(|m| *m.value), Some("get"));
+        prop_assert_eq!(t.find(None, &Method::POST, &format!("/{seg}/item"), &h, None).map(|m| *m.value), Some("prefix"));
+        let below = format!("/{seg}{rest}");
+        prop_assert_eq!(t.find(None, &Method::DELETE, &below, &h, None).map(|m| *m.value), Some("prefix"));
+        let beside = format!("/{seg}zz{rest}");
+        prop_assert!(t.find(None, &Method::GET, &beside, &h, None).is_none());
+    }
+
+    #[test]
+    fn paths_that_pass_the_check_have_no_dot_segments(raw in "[a-z./%0-9A-F]{0,24}") {
+        let p = format!("/{raw}");
+        if check_path(&p).is_ok() {
+            prop_assert!(!p.split('/').any(|s| s == "." || s == ".."));
+            let lower = p.to_ascii_lowercase();
+            prop_assert!(!lower.contains("%2e") && !lower.contains("%2f") && !lower.contains("%5c"));
+        }
+    }
+}
