@@ -268,7 +268,9 @@ async fn probe_loop(registry: Registry, prober: Prober, key: Key, cancel: Cancel
         } else {
             None
         };
-        if let Some(status) = next
+        let status = next.unwrap_or(current);
+        let output_changed = instance.check_output.as_deref() != Some(probe.output.as_str());
+        if (next.is_some() || output_changed)
             && let Err(err) = registry
                 .set_check_status(&service, &id, status, &probe.output)
                 .await

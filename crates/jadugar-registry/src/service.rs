@@ -401,7 +401,9 @@ impl Registry {
         output: &str,
     ) -> Result<(), Error> {
         self.update_instance(service, id, |i, _| {
-            if i.check.is_none() || i.check_status == Some(status) {
+            if i.check.is_none()
+                || (i.check_status == Some(status) && i.check_output.as_deref() == Some(output))
+            {
                 return false;
             }
             i.check_status = Some(status);
