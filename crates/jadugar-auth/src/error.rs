@@ -78,7 +78,9 @@ impl From<Error> for Problem {
             Error::NotFound(what) => Problem::not_found(format!("{what} not found")),
             Error::Conflict(what) => Problem::conflict(format!("{what} already exists")),
             Error::Throttled(secs) => Problem::too_many_requests(secs.max(1)),
-            Error::Csrf => Problem::forbidden("CSRF check failed: send the x-csrf-token header from the csrf cookie, from an allowed origin"),
+            Error::Csrf => Problem::forbidden(
+                "CSRF check failed: send the x-csrf-token header from the csrf cookie, from an allowed origin",
+            ),
             Error::Store(StoreError::Conflict(what)) => {
                 Problem::conflict(format!("{what} already exists"))
             }

@@ -18,13 +18,13 @@
 
 use std::net::SocketAddr;
 
+use axum::Router;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use axum::Router;
 use jadugar_core::cursor::{Page, PageRequest};
 use jadugar_core::{FieldError, Principal, Problem};
 use serde::de::DeserializeOwned;
@@ -32,8 +32,12 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, OpenApi, ToSchema};
 
 use crate::layer::{CSRF_HEADER, CookieNames, cookie};
-use crate::model::{ApiKey, ApiKeyId, AuditEvent, AuditFilter, Role, Session, SessionId, User, UserId};
-use crate::service::{CreatedApiKey, NewApiKey, NewUser, RequestMeta, RoleInput, TokenPair, UserUpdate};
+use crate::model::{
+    ApiKey, ApiKeyId, AuditEvent, AuditFilter, Role, Session, SessionId, User, UserId,
+};
+use crate::service::{
+    CreatedApiKey, NewApiKey, NewUser, RequestMeta, RoleInput, TokenPair, UserUpdate,
+};
 use crate::{AuthService, Error};
 
 type ApiResult<T> = Result<T, Problem>;
@@ -49,9 +53,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
         match axum::Json::<T>::from_request(req, state).await {
             Ok(axum::Json(v)) => Ok(Self(v)),
             Err(JsonRejection::JsonDataError(e)) => {
-                Err(Problem::validation(vec![FieldError::new("body", e.body_text())]))
+                Err(Problem::validation(vec![FieldError::new(
+                    "body",
+                    e.body_text(),
+                )]))
             }
-            Err(e) => Err(Problem::new(e.status(), "bad-request", "Bad request").with_detail(e.body_text())),
+            Err(e) => {
+                Err(Problem::new(e.status(), "bad-request", "Bad request")
+                    .with_detail(e.body_text()))
+            }
         }
     }
 }
@@ -66,7 +76,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match axum::extract::Path::<T>::from_request_parts(parts, state).await {
             Ok(axum::extract::Path(v)) => Ok(Self(v)),
-            Err(PathRejection::FailedToDeserializePathParams(_)) => Err(Problem::not_found("no such resource")),
+            Err(PathRejection::FailedToDeserializePathParams(_)) => {
+                Err(Problem::not_found("no such resource"))
+            }
             Err(e) => Err(Problem::bad_request(e.body_text())),
         }
     }
@@ -79,9 +91,18 @@ pub struct Meta(pub RequestMeta);
 impl FromRequestParts<AuthService> for Meta {
     type Rejection = Problem;
 
-    async fn from_request_parts(parts: &mut Parts, auth: &AuthService) -> Result<Self, Self::Rejection> {
-        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
-        let xff = parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    async fn from_request_parts(
+        parts: &mut Parts,
+        auth: &AuthService,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let xff = parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok());
         Ok(Self(RequestMeta {
             ip: auth.client_ip(peer, xff),
             user_agent: parts
@@ -97,7 +118,8 @@ fn optional_body(bytes: &[u8]) -> ApiResult<RefreshRequest> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(RefreshRequest::default());
     }
-    serde_json::from_slice(bytes).map_err(|e| Problem::validation(vec![FieldError::new("body", e.to_string())]))
+    serde_json::from_slice(bytes)
+        .map_err(|e| Problem::validation(vec![FieldError::new("body", e.to_string())]))
 }
 
 fn p(e: Error) -> Problem {
@@ -201,7 +223,15 @@ pub struct Me {
     pub user: Option<User>,
 }
 
-fn set_cookie(headers: &mut HeaderMap, name: &str, value: &str, max_age: u64, http_only: bool, same_site: &str, secure: bool) {
+fn set_cookie(
+    headers: &mut HeaderMap,
+    name: &str,
+    value: &str,
+    max_age: u64,
+    http_only: bool,
+    same_site: &str,
+    secure: bool,
+) {
     let mut text = format!("{name}={value}; Path=/; Max-Age={max_age}; SameSite={same_site}");
     if http_only {
         text.push_str("; HttpOnly");
@@ -221,9 +251,33 @@ fn cookie_headers(auth: &AuthService, pair: Option<&TokenPair>) -> HeaderMap {
     let secure = c.cookie_secure;
     match pair {
         Some(pair) => {
-            set_cookie(&mut headers, names.session, &pair.access_token, c.access_token_ttl_secs, true, "Lax", secure);
-            set_cookie(&mut headers, names.refresh, &pair.refresh_token, c.session_absolute_secs, true, "Strict", secure);
-            set_cookie(&mut headers, names.csrf, &pair.csrf_token, c.session_absolute_secs, false, "Strict", secure);
+            set_cookie(
+                &mut headers,
+                names.session,
+                &pair.access_token,
+                c.access_token_ttl_secs,
+                true,
+                "Lax",
+                secure,
+            );
+            set_cookie(
+                &mut headers,
+                names.refresh,
+                &pair.refresh_token,
+                c.session_absolute_secs,
+                true,
+                "Strict",
+                secure,
+            );
+            set_cookie(
+                &mut headers,
+                names.csrf,
+                &pair.csrf_token,
+                c.session_absolute_secs,
+                false,
+                "Strict",
+                secure,
+            );
         }
         None => {
             for name in [names.session, names.refresh, names.csrf] {
@@ -235,7 +289,11 @@ fn cookie_headers(auth: &AuthService, pair: Option<&TokenPair>) -> HeaderMap {
 }
 
 /// The refresh token from the body, or from the cookie after a CSRF check.
-fn refresh_from(auth: &AuthService, headers: &HeaderMap, body: Option<String>) -> ApiResult<Option<(String, bool)>> {
+fn refresh_from(
+    auth: &AuthService,
+    headers: &HeaderMap,
+    body: Option<String>,
+) -> ApiResult<Option<(String, bool)>> {
     if let Some(t) = body.filter(|t| !t.is_empty()) {
         return Ok(Some((t, false)));
     }
@@ -264,12 +322,19 @@ async fn login(
         .as_ref()
         .and_then(|p| p.session_id.as_deref())
         .and_then(|s| s.parse::<SessionId>().ok());
-    let pair = auth.login(&body.email, &body.password, &meta, previous).await.map_err(p)?;
+    let pair = auth
+        .login(&body.email, &body.password, &meta, previous)
+        .await
+        .map_err(p)?;
     // A refresh cookie the browser still holds belongs to an older session.
     if let Some(old) = cookie(&headers, CookieNames::for_config(auth.config()).refresh) {
         let _ = auth.logout(None, Some(old), &meta).await;
     }
-    let cookies = if body.set_cookies { cookie_headers(&auth, Some(&pair)) } else { HeaderMap::new() };
+    let cookies = if body.set_cookies {
+        cookie_headers(&auth, Some(&pair))
+    } else {
+        HeaderMap::new()
+    };
     Ok((cookies, axum::Json(pair)).into_response())
 }
 
@@ -285,7 +350,11 @@ async fn refresh(
     let (token, from_cookie) = refresh_from(&auth, &headers, token)?
         .ok_or_else(|| Problem::unauthorized("refresh token required"))?;
     let pair = auth.refresh(&token, &meta).await.map_err(p)?;
-    let cookies = if from_cookie { cookie_headers(&auth, Some(&pair)) } else { HeaderMap::new() };
+    let cookies = if from_cookie {
+        cookie_headers(&auth, Some(&pair))
+    } else {
+        HeaderMap::new()
+    };
     Ok((cookies, axum::Json(pair)).into_response())
 }
 
@@ -300,14 +369,21 @@ async fn logout(
 ) -> ApiResult<Response> {
     let token = optional_body(&body)?.refresh_token;
     let token = refresh_from(&auth, &headers, token)?.map(|(t, _)| t);
-    auth.logout(principal.as_ref(), token.as_deref(), &meta).await.map_err(p)?;
+    auth.logout(principal.as_ref(), token.as_deref(), &meta)
+        .await
+        .map_err(p)?;
     Ok((StatusCode::NO_CONTENT, cookie_headers(&auth, None)).into_response())
 }
 
 #[utoipa::path(get, path = "/v1/auth/me", tag = "auth", responses((status = 200, body = Me), (status = 401, body = Problem)))]
 async fn me(State(auth): State<AuthService>, principal: Principal) -> ApiResult<axum::Json<Me>> {
     let user = match principal.subject.parse::<UserId>() {
-        Ok(id) if principal.kind == jadugar_core::PrincipalKind::User => auth.store().get_user(id).await.map_err(|e| p(e.into()))?.map(|r| r.user),
+        Ok(id) if principal.kind == jadugar_core::PrincipalKind::User => auth
+            .store()
+            .get_user(id)
+            .await
+            .map_err(|e| p(e.into()))?
+            .map(|r| r.user),
         _ => None,
     };
     Ok(axum::Json(Me { principal, user }))
@@ -321,71 +397,130 @@ async fn change_password(
     principal: Principal,
     Json(body): Json<ChangePassword>,
 ) -> ApiResult<StatusCode> {
-    auth.change_password(&principal, body.current_password, body.new_password, &meta).await.map_err(p)?;
+    auth.change_password(&principal, body.current_password, body.new_password, &meta)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/auth/users", tag = "users", params(PageRequest),
     responses((status = 200, body = Page<User>), (status = 401, body = Problem), (status = 403, body = Problem)))]
-async fn list_users(State(auth): State<AuthService>, principal: Principal, Query(page): Query<PageRequest>) -> ApiResult<axum::Json<Page<User>>> {
-    Ok(axum::Json(auth.list_users(&principal, &page).await.map_err(p)?))
+async fn list_users(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Query(page): Query<PageRequest>,
+) -> ApiResult<axum::Json<Page<User>>> {
+    Ok(axum::Json(
+        auth.list_users(&principal, &page).await.map_err(p)?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/auth/users", tag = "users", request_body = NewUser,
     responses((status = 201, body = User), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_user(State(auth): State<AuthService>, principal: Principal, Json(body): Json<NewUser>) -> ApiResult<(StatusCode, axum::Json<User>)> {
-    Ok((StatusCode::CREATED, axum::Json(auth.create_user(Some(&principal), body).await.map_err(p)?)))
+async fn create_user(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Json(body): Json<NewUser>,
+) -> ApiResult<(StatusCode, axum::Json<User>)> {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(auth.create_user(Some(&principal), body).await.map_err(p)?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/auth/users/{id}", tag = "users", params(("id" = UserId, Path, description = "user id")),
     responses((status = 200, body = User), (status = 404, body = Problem)))]
-async fn get_user(State(auth): State<AuthService>, principal: Principal, Path(id): Path<UserId>) -> ApiResult<axum::Json<User>> {
+async fn get_user(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+) -> ApiResult<axum::Json<User>> {
     Ok(axum::Json(auth.get_user(&principal, id).await.map_err(p)?))
 }
 
 #[utoipa::path(patch, path = "/v1/auth/users/{id}", tag = "users", params(("id" = UserId, Path, description = "user id")), request_body = UserUpdate,
     responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn update_user(State(auth): State<AuthService>, principal: Principal, Path(id): Path<UserId>, Json(body): Json<UserUpdate>) -> ApiResult<axum::Json<User>> {
-    Ok(axum::Json(auth.update_user(&principal, id, body).await.map_err(p)?))
+async fn update_user(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+    Json(body): Json<UserUpdate>,
+) -> ApiResult<axum::Json<User>> {
+    Ok(axum::Json(
+        auth.update_user(&principal, id, body).await.map_err(p)?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/auth/users/{id}", tag = "users", params(("id" = UserId, Path, description = "user id")),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn delete_user(State(auth): State<AuthService>, principal: Principal, Path(id): Path<UserId>) -> ApiResult<StatusCode> {
+async fn delete_user(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+) -> ApiResult<StatusCode> {
     auth.delete_user(&principal, id).await.map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(put, path = "/v1/auth/users/{id}/password", tag = "users", params(("id" = UserId, Path, description = "user id")), request_body = SetPassword,
     responses((status = 204), (status = 403, body = Problem), (status = 422, body = Problem)))]
-async fn set_password(State(auth): State<AuthService>, principal: Principal, Path(id): Path<UserId>, Json(body): Json<SetPassword>) -> ApiResult<StatusCode> {
-    auth.set_password(&principal, id, body.password).await.map_err(p)?;
+async fn set_password(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path(id): Path<UserId>,
+    Json(body): Json<SetPassword>,
+) -> ApiResult<StatusCode> {
+    auth.set_password(&principal, id, body.password)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(put, path = "/v1/auth/users/{id}/roles/{role}", tag = "users",
     params(("id" = UserId, Path, description = "user id"), ("role" = String, Path, description = "role name")),
     responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn assign_role(State(auth): State<AuthService>, principal: Principal, Path((id, role)): Path<(UserId, String)>) -> ApiResult<axum::Json<User>> {
-    Ok(axum::Json(auth.assign_role(&principal, id, &role).await.map_err(p)?))
+async fn assign_role(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path((id, role)): Path<(UserId, String)>,
+) -> ApiResult<axum::Json<User>> {
+    Ok(axum::Json(
+        auth.assign_role(&principal, id, &role).await.map_err(p)?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/auth/users/{id}/roles/{role}", tag = "users",
     params(("id" = UserId, Path, description = "user id"), ("role" = String, Path, description = "role name")),
     responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn unassign_role(State(auth): State<AuthService>, principal: Principal, Path((id, role)): Path<(UserId, String)>) -> ApiResult<axum::Json<User>> {
-    Ok(axum::Json(auth.unassign_role(&principal, id, &role).await.map_err(p)?))
+async fn unassign_role(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path((id, role)): Path<(UserId, String)>,
+) -> ApiResult<axum::Json<User>> {
+    Ok(axum::Json(
+        auth.unassign_role(&principal, id, &role).await.map_err(p)?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/auth/roles", tag = "roles", responses((status = 200, body = Vec<Role>), (status = 403, body = Problem)))]
-async fn list_roles(State(auth): State<AuthService>, principal: Principal) -> ApiResult<axum::Json<Vec<Role>>> {
+async fn list_roles(
+    State(auth): State<AuthService>,
+    principal: Principal,
+) -> ApiResult<axum::Json<Vec<Role>>> {
     Ok(axum::Json(auth.list_roles(&principal).await.map_err(p)?))
 }
 
 #[utoipa::path(post, path = "/v1/auth/roles", tag = "roles", request_body = RoleInput,
     responses((status = 201, body = Role), (status = 403, body = Problem), (status = 422, body = Problem)))]
-async fn create_role(State(auth): State<AuthService>, principal: Principal, Json(body): Json<RoleInput>) -> ApiResult<(StatusCode, axum::Json<Role>)> {
-    Ok((StatusCode::CREATED, axum::Json(auth.put_role(&principal, body).await.map_err(p)?)))
+async fn create_role(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Json(body): Json<RoleInput>,
+) -> ApiResult<(StatusCode, axum::Json<Role>)> {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(auth.put_role(&principal, body).await.map_err(p)?),
+    ))
 }
 
 /// Role edit input (the name comes from the path).
@@ -400,94 +535,190 @@ pub struct RoleEdit {
 
 #[utoipa::path(put, path = "/v1/auth/roles/{name}", tag = "roles", params(("name" = String, Path, description = "role name")), request_body = RoleEdit,
     responses((status = 200, body = Role), (status = 403, body = Problem), (status = 422, body = Problem)))]
-async fn put_role(State(auth): State<AuthService>, principal: Principal, Path(name): Path<String>, Json(body): Json<RoleEdit>) -> ApiResult<axum::Json<Role>> {
-    let input = RoleInput { name, description: body.description, permissions: body.permissions };
-    Ok(axum::Json(auth.put_role(&principal, input).await.map_err(p)?))
+async fn put_role(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path(name): Path<String>,
+    Json(body): Json<RoleEdit>,
+) -> ApiResult<axum::Json<Role>> {
+    let input = RoleInput {
+        name,
+        description: body.description,
+        permissions: body.permissions,
+    };
+    Ok(axum::Json(
+        auth.put_role(&principal, input).await.map_err(p)?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/auth/roles/{name}", tag = "roles", params(("name" = String, Path, description = "role name")),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn delete_role(State(auth): State<AuthService>, principal: Principal, Path(name): Path<String>) -> ApiResult<StatusCode> {
+async fn delete_role(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
     auth.delete_role(&principal, &name).await.map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/auth/api-keys", tag = "api-keys", params(OwnerQuery),
     responses((status = 200, body = Vec<ApiKey>), (status = 403, body = Problem)))]
-async fn list_keys(State(auth): State<AuthService>, principal: Principal, Query(q): Query<OwnerQuery>) -> ApiResult<axum::Json<Vec<ApiKey>>> {
-    Ok(axum::Json(auth.list_api_keys(&principal, q.user_id).await.map_err(p)?))
+async fn list_keys(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Query(q): Query<OwnerQuery>,
+) -> ApiResult<axum::Json<Vec<ApiKey>>> {
+    Ok(axum::Json(
+        auth.list_api_keys(&principal, q.user_id).await.map_err(p)?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/auth/api-keys", tag = "api-keys", request_body = NewApiKey,
     responses((status = 201, body = CreatedApiKey), (status = 403, body = Problem), (status = 422, body = Problem)))]
-async fn create_key(State(auth): State<AuthService>, principal: Principal, Json(body): Json<NewApiKey>) -> ApiResult<(StatusCode, axum::Json<CreatedApiKey>)> {
-    Ok((StatusCode::CREATED, axum::Json(auth.create_api_key(Some(&principal), body).await.map_err(p)?)))
+async fn create_key(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Json(body): Json<NewApiKey>,
+) -> ApiResult<(StatusCode, axum::Json<CreatedApiKey>)> {
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(
+            auth.create_api_key(Some(&principal), body)
+                .await
+                .map_err(p)?,
+        ),
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/auth/api-keys/{id}", tag = "api-keys", params(("id" = ApiKeyId, Path, description = "key id")),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn revoke_key(State(auth): State<AuthService>, principal: Principal, Path(id): Path<ApiKeyId>) -> ApiResult<StatusCode> {
+async fn revoke_key(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Path(id): Path<ApiKeyId>,
+) -> ApiResult<StatusCode> {
     auth.revoke_api_key(&principal, id).await.map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/auth/sessions", tag = "sessions", params(OwnerQuery),
     responses((status = 200, body = Vec<Session>), (status = 403, body = Problem)))]
-async fn list_sessions(State(auth): State<AuthService>, principal: Principal, Query(q): Query<OwnerQuery>) -> ApiResult<axum::Json<Vec<Session>>> {
-    Ok(axum::Json(auth.list_sessions(&principal, q.user_id).await.map_err(p)?))
+async fn list_sessions(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Query(q): Query<OwnerQuery>,
+) -> ApiResult<axum::Json<Vec<Session>>> {
+    Ok(axum::Json(
+        auth.list_sessions(&principal, q.user_id).await.map_err(p)?,
+    ))
 }
 
 #[utoipa::path(delete, path = "/v1/auth/sessions/{id}", tag = "sessions", params(("id" = SessionId, Path, description = "session id")),
     responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
-async fn revoke_session(State(auth): State<AuthService>, Meta(meta): Meta, principal: Principal, Path(id): Path<SessionId>) -> ApiResult<StatusCode> {
-    auth.revoke_session(&principal, id, &meta).await.map_err(p)?;
+async fn revoke_session(
+    State(auth): State<AuthService>,
+    Meta(meta): Meta,
+    principal: Principal,
+    Path(id): Path<SessionId>,
+) -> ApiResult<StatusCode> {
+    auth.revoke_session(&principal, id, &meta)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/auth/audit", tag = "audit", params(AuditQuery),
     responses((status = 200, body = Page<AuditEvent>), (status = 403, body = Problem)))]
-async fn audit(State(auth): State<AuthService>, principal: Principal, Query(q): Query<AuditQuery>) -> ApiResult<axum::Json<Page<AuditEvent>>> {
-    let filter = AuditFilter { action: q.action, actor: q.actor, target: q.target, since: q.since, until: q.until };
-    let page = PageRequest { limit: q.limit, cursor: q.cursor };
-    Ok(axum::Json(auth.list_audit(&principal, &filter, &page).await.map_err(p)?))
+async fn audit(
+    State(auth): State<AuthService>,
+    principal: Principal,
+    Query(q): Query<AuditQuery>,
+) -> ApiResult<axum::Json<Page<AuditEvent>>> {
+    let filter = AuditFilter {
+        action: q.action,
+        actor: q.actor,
+        target: q.target,
+        since: q.since,
+        until: q.until,
+    };
+    let page = PageRequest {
+        limit: q.limit,
+        cursor: q.cursor,
+    };
+    Ok(axum::Json(
+        auth.list_audit(&principal, &filter, &page)
+            .await
+            .map_err(p)?,
+    ))
 }
 
 #[utoipa::path(post, path = "/v1/auth/password-reset", tag = "auth", request_body = ResetRequest,
     responses((status = 202), (status = 429, body = Problem)))]
-async fn reset_request(State(auth): State<AuthService>, Meta(meta): Meta, Json(body): Json<ResetRequest>) -> ApiResult<StatusCode> {
-    auth.request_password_reset(&body.email, &meta).await.map_err(p)?;
+async fn reset_request(
+    State(auth): State<AuthService>,
+    Meta(meta): Meta,
+    Json(body): Json<ResetRequest>,
+) -> ApiResult<StatusCode> {
+    auth.request_password_reset(&body.email, &meta)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::ACCEPTED)
 }
 
 #[utoipa::path(post, path = "/v1/auth/password-reset/confirm", tag = "auth", request_body = ResetConfirm,
     responses((status = 204), (status = 422, body = Problem)))]
-async fn reset_confirm(State(auth): State<AuthService>, Meta(meta): Meta, Json(body): Json<ResetConfirm>) -> ApiResult<StatusCode> {
-    auth.confirm_password_reset(&body.token, body.password, &meta).await.map_err(p)?;
+async fn reset_confirm(
+    State(auth): State<AuthService>,
+    Meta(meta): Meta,
+    Json(body): Json<ResetConfirm>,
+) -> ApiResult<StatusCode> {
+    auth.confirm_password_reset(&body.token, body.password, &meta)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(post, path = "/v1/auth/email-verification", tag = "auth",
     responses((status = 202), (status = 401, body = Problem)))]
-async fn verify_request(State(auth): State<AuthService>, principal: Principal) -> ApiResult<StatusCode> {
-    auth.request_email_verification(&principal).await.map_err(p)?;
+async fn verify_request(
+    State(auth): State<AuthService>,
+    principal: Principal,
+) -> ApiResult<StatusCode> {
+    auth.request_email_verification(&principal)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::ACCEPTED)
 }
 
 #[utoipa::path(post, path = "/v1/auth/email-verification/confirm", tag = "auth", request_body = VerifyConfirm,
     responses((status = 204), (status = 422, body = Problem)))]
-async fn verify_confirm(State(auth): State<AuthService>, Json(body): Json<VerifyConfirm>) -> ApiResult<StatusCode> {
-    auth.confirm_email_verification(&body.token).await.map_err(p)?;
+async fn verify_confirm(
+    State(auth): State<AuthService>,
+    Json(body): Json<VerifyConfirm>,
+) -> ApiResult<StatusCode> {
+    auth.confirm_email_verification(&body.token)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/.well-known/jwks.json", tag = "oidc", responses((status = 200, description = "JSON Web Key Set")))]
 async fn jwks(State(auth): State<AuthService>) -> Response {
-    ([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(auth.jwks())).into_response()
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(auth.jwks()),
+    )
+        .into_response()
 }
 
 #[utoipa::path(get, path = "/.well-known/openid-configuration", tag = "oidc", responses((status = 200, description = "OpenID Connect discovery document")))]
 async fn openid_configuration(State(auth): State<AuthService>) -> Response {
-    ([(header::CACHE_CONTROL, "public, max-age=300")], axum::Json(auth.openid_configuration())).into_response()
+    (
+        [(header::CACHE_CONTROL, "public, max-age=300")],
+        axum::Json(auth.openid_configuration()),
+    )
+        .into_response()
 }
 
 /// The auth API: `/v1/auth/...` plus `/.well-known/jwks.json` and
@@ -500,22 +731,34 @@ pub fn router(auth: AuthService) -> Router {
         .route("/v1/auth/me", get(me))
         .route("/v1/auth/me/password", post(change_password))
         .route("/v1/auth/users", get(list_users).post(create_user))
-        .route("/v1/auth/users/{id}", get(get_user).patch(update_user).delete(delete_user))
+        .route(
+            "/v1/auth/users/{id}",
+            get(get_user).patch(update_user).delete(delete_user),
+        )
         .route("/v1/auth/users/{id}/password", put(set_password))
-        .route("/v1/auth/users/{id}/roles/{role}", put(assign_role).delete(unassign_role))
+        .route(
+            "/v1/auth/users/{id}/roles/{role}",
+            put(assign_role).delete(unassign_role),
+        )
         .route("/v1/auth/roles", get(list_roles).post(create_role))
         .route("/v1/auth/roles/{name}", put(put_role).delete(delete_role))
         .route("/v1/auth/api-keys", get(list_keys).post(create_key))
         .route("/v1/auth/api-keys/{id}", axum::routing::delete(revoke_key))
         .route("/v1/auth/sessions", get(list_sessions))
-        .route("/v1/auth/sessions/{id}", axum::routing::delete(revoke_session))
+        .route(
+            "/v1/auth/sessions/{id}",
+            axum::routing::delete(revoke_session),
+        )
         .route("/v1/auth/audit", get(audit))
         .route("/v1/auth/password-reset", post(reset_request))
         .route("/v1/auth/password-reset/confirm", post(reset_confirm))
         .route("/v1/auth/email-verification", post(verify_request))
         .route("/v1/auth/email-verification/confirm", post(verify_confirm))
         .route("/.well-known/jwks.json", get(jwks))
-        .route("/.well-known/openid-configuration", get(openid_configuration))
+        .route(
+            "/.well-known/openid-configuration",
+            get(openid_configuration),
+        )
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(auth)
 }

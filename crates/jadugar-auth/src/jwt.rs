@@ -6,9 +6,9 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
+use jadugar_core::Sealer;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use jadugar_core::Sealer;
 use rand::rngs::OsRng;
 use serde::{Deserialize, Serialize};
 
@@ -212,7 +212,12 @@ impl KeySet {
     }
 
     /// A key usable for verification at `now`.
-    pub(crate) fn find(&self, kid: &str, now: DateTime<Utc>, overlap: chrono::Duration) -> Option<&Arc<SigningKey>> {
+    pub(crate) fn find(
+        &self,
+        kid: &str,
+        now: DateTime<Utc>,
+        overlap: chrono::Duration,
+    ) -> Option<&Arc<SigningKey>> {
         self.keys
             .iter()
             .find(|k| k.kid == kid && k.retired_at.is_none_or(|r| now < r + overlap))
@@ -311,8 +316,13 @@ impl ExternalVerifier {
     async fn refetch(&self) -> Result<(), Error> {
         let _guard = self.fetch_lock.lock().await;
         {
-            let mut last = self.last_fetch.lock().unwrap_or_else(PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(self.config.min_refetch_secs.max(1))) {
+            let mut last = self
+                .last_fetch
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| {
+                t.elapsed() < Duration::from_secs(self.config.min_refetch_secs.max(1))
+            }) {
                 return Ok(());
             }
             *last = Some(Instant::now());
@@ -333,7 +343,13 @@ impl ExternalVerifier {
     }
 
     /// Verifies `token`; returns its subject.
-    pub(crate) async fn verify(&self, token: &str, kid: &str, now: i64, leeway: i64) -> Result<String, Error> {
+    pub(crate) async fn verify(
+        &self,
+        token: &str,
+        kid: &str,
+        now: i64,
+        leeway: i64,
+    ) -> Result<String, Error> {
         let ttl = Duration::from_secs(self.config.jwks_ttl_secs.max(1));
         let fresh = self.cached().filter(|(_, at)| at.elapsed() < ttl);
         let set = match fresh {
@@ -361,7 +377,8 @@ impl ExternalVerifier {
             AlgorithmParameters::RSA(_) => Algorithm::RS256,
             _ => return Err(Error::Unauthenticated("unsupported key type")),
         };
-        let key = DecodingKey::from_jwk(jwk).map_err(|_| Error::Unauthenticated("bad issuer key"))?;
+        let key =
+            DecodingKey::from_jwk(jwk).map_err(|_| Error::Unauthenticated("bad issuer key"))?;
         let v = validation(alg, &self.config.issuer, &self.config.audience);
         let data = jsonwebtoken::decode::<TimeClaims>(token, &key, &v)
             .map_err(|_| Error::Unauthenticated("invalid token"))?;

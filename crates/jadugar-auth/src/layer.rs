@@ -89,7 +89,11 @@ enum Credential<'a> {
     Cookie(&'a str),
 }
 
-fn credential<'a>(headers: &'a HeaderMap, config: &Config, names: &CookieNames) -> Result<Credential<'a>, Error> {
+fn credential<'a>(
+    headers: &'a HeaderMap,
+    config: &Config,
+    names: &CookieNames,
+) -> Result<Credential<'a>, Error> {
     let max = config.max_credential_len;
     if let Some(value) = headers.get(header::AUTHORIZATION) {
         if value.len() > max {
@@ -133,7 +137,10 @@ fn credential<'a>(headers: &'a HeaderMap, config: &Config, names: &CookieNames) 
 }
 
 fn is_unsafe(method: &Method) -> bool {
-    !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE)
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
 }
 
 fn origin_allowed(headers: &HeaderMap, config: &Config) -> bool {
@@ -150,7 +157,10 @@ fn origin_allowed(headers: &HeaderMap, config: &Config) -> bool {
     };
     let origin = url.origin().ascii_serialization();
     if !config.allowed_origins.is_empty() {
-        return config.allowed_origins.iter().any(|o| o.trim_end_matches('/') == origin);
+        return config
+            .allowed_origins
+            .iter()
+            .any(|o| o.trim_end_matches('/') == origin);
     }
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     let authority = match (url.host_str(), url.port()) {
@@ -164,7 +174,12 @@ fn origin_allowed(headers: &HeaderMap, config: &Config) -> bool {
 /// CSRF defence of a cookie-authenticated unsafe request: the Origin (or
 /// Referer) is allowed, and the `x-csrf-token` header equals both the CSRF
 /// cookie and the session's token.
-fn check_csrf(auth: &AuthService, headers: &HeaderMap, principal: &Principal, names: &CookieNames) -> Result<(), Error> {
+fn check_csrf(
+    auth: &AuthService,
+    headers: &HeaderMap,
+    principal: &Principal,
+    names: &CookieNames,
+) -> Result<(), Error> {
     if !origin_allowed(headers, auth.config()) {
         return Err(Error::Csrf);
     }
@@ -175,8 +190,13 @@ fn check_csrf(auth: &AuthService, headers: &HeaderMap, principal: &Principal, na
     let cookie_value = cookie(headers, names.csrf).ok_or(Error::Csrf)?;
     let session = principal.session_id.as_deref().ok_or(Error::Csrf)?;
     let expected = auth.csrf_token(session);
-    let ok = sent.as_bytes().ct_eq(cookie_value.as_bytes()) & sent.as_bytes().ct_eq(expected.as_bytes());
-    if bool::from(ok) { Ok(()) } else { Err(Error::Csrf) }
+    let ok =
+        sent.as_bytes().ct_eq(cookie_value.as_bytes()) & sent.as_bytes().ct_eq(expected.as_bytes());
+    if bool::from(ok) {
+        Ok(())
+    } else {
+        Err(Error::Csrf)
+    }
 }
 
 fn problem_response<B: From<Bytes>>(err: Error) -> Response<B> {
@@ -288,11 +308,19 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let cred = match credential(req.headers(), self.auth.config(), &self.names) {
             Ok(c) => c,
-            Err(e) => return AuthFuture::Ready { response: Some(problem_response(e)) },
+            Err(e) => {
+                return AuthFuture::Ready {
+                    response: Some(problem_response(e)),
+                };
+            }
         };
         // Fast path: no credential, or a cache hit.
         let cached = match cred {
-            Credential::None => return AuthFuture::Inner { fut: self.inner.call(req) },
+            Credential::None => {
+                return AuthFuture::Inner {
+                    fut: self.inner.call(req),
+                };
+            }
             Credential::ApiKey(k) => self.auth.verify_api_key_cached(k),
             Credential::Jwt(t) => self.auth.validate_token_cached(t),
             Credential::Cookie(t) => self.auth.validate_token_cached(t),
@@ -307,9 +335,13 @@ where
             }) {
                 Ok(principal) => {
                     req.extensions_mut().insert(principal);
-                    AuthFuture::Inner { fut: self.inner.call(req) }
+                    AuthFuture::Inner {
+                        fut: self.inner.call(req),
+                    }
                 }
-                Err(e) => AuthFuture::Ready { response: Some(problem_response(e)) },
+                Err(e) => AuthFuture::Ready {
+                    response: Some(problem_response(e)),
+                },
             };
         }
         let (kind, text) = match cred {
@@ -407,8 +439,12 @@ where
             Some(_) => None,
         };
         match problem {
-            Some(p) => AuthFuture::Ready { response: Some(p.to_response()) },
-            None => AuthFuture::Inner { fut: self.inner.call(req) },
+            Some(p) => AuthFuture::Ready {
+                response: Some(p.to_response()),
+            },
+            None => AuthFuture::Inner {
+                fut: self.inner.call(req),
+            },
         }
     }
 }
@@ -426,7 +462,13 @@ pub const SIG_NONCE: &str = "x-jadugar-nonce";
 /// Header with the hex HMAC-SHA256 signature.
 pub const SIG_SIGNATURE: &str = "x-jadugar-signature";
 
-fn string_to_sign(method: &str, path_and_query: &str, timestamp: i64, nonce: &str, body: &[u8]) -> String {
+fn string_to_sign(
+    method: &str,
+    path_and_query: &str,
+    timestamp: i64,
+    nonce: &str,
+    body: &[u8],
+) -> String {
     format!(
         "{method}\n{path_and_query}\n{timestamp}\n{nonce}\n{}",
         hex::encode(Sha256::digest(body))
@@ -461,21 +503,30 @@ pub struct Signer {
 
 impl std::fmt::Debug for Signer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signer").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("Signer")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl Signer {
     /// A signer for key `key_id` with `secret`.
     pub fn new(key_id: impl Into<String>, secret: Vec<u8>) -> Self {
-        Self { key_id: key_id.into(), secret }
+        Self {
+            key_id: key_id.into(),
+            secret,
+        }
     }
 
     /// Adds the signature headers to `request` whose body is `body`, signed
     /// at `unix_time` seconds.
     pub fn sign<B>(&self, request: &mut Request<B>, body: &[u8], unix_time: i64) {
         let nonce = hex::encode(rand::random::<[u8; 16]>());
-        let path = request.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         let text = string_to_sign(request.method().as_str(), &path, unix_time, &nonce, body);
         let signature = hex::encode(mac(&self.secret, &text));
         let headers = request.headers_mut();
@@ -541,7 +592,11 @@ impl std::fmt::Debug for SigningLayer {
 impl SigningLayer {
     /// Accepts `keys`; a timestamp more than `window_secs` from `clock`'s
     /// now is refused, and each nonce is accepted once within twice the window.
-    pub fn new(keys: impl IntoIterator<Item = SigningKey>, window_secs: u64, clock: SharedClock) -> Self {
+    pub fn new(
+        keys: impl IntoIterator<Item = SigningKey>,
+        window_secs: u64,
+        clock: SharedClock,
+    ) -> Self {
         let window = i64::try_from(window_secs.max(1)).unwrap_or(300);
         Self {
             state: std::sync::Arc::new(SigningState {
@@ -567,23 +622,51 @@ impl SigningLayer {
 }
 
 impl SigningState {
-    fn verify(&self, method: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<Principal, Error> {
-        let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).filter(|v| v.len() <= 256);
+    fn verify(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Principal, Error> {
+        let get = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .filter(|v| v.len() <= 256)
+        };
         let bad = Error::Unauthenticated("invalid request signature");
-        let (Some(kid), Some(ts), Some(nonce), Some(sig)) = (get(SIG_KEY_ID), get(SIG_TIMESTAMP), get(SIG_NONCE), get(SIG_SIGNATURE)) else {
+        let (Some(kid), Some(ts), Some(nonce), Some(sig)) = (
+            get(SIG_KEY_ID),
+            get(SIG_TIMESTAMP),
+            get(SIG_NONCE),
+            get(SIG_SIGNATURE),
+        ) else {
             return Err(bad);
         };
-        let key = self.keys.get(kid).ok_or(Error::Unauthenticated("invalid request signature"))?;
-        let ts: i64 = ts.parse().map_err(|_| Error::Unauthenticated("invalid request signature"))?;
+        let key = self
+            .keys
+            .get(kid)
+            .ok_or(Error::Unauthenticated("invalid request signature"))?;
+        let ts: i64 = ts
+            .parse()
+            .map_err(|_| Error::Unauthenticated("invalid request signature"))?;
         if (self.clock.now().timestamp() - ts).abs() > self.window {
-            return Err(Error::Unauthenticated("request signature outside the time window"));
+            return Err(Error::Unauthenticated(
+                "request signature outside the time window",
+            ));
         }
         let expected = mac(&key.secret, &string_to_sign(method, path, ts, nonce, body));
-        let given = hex::decode(sig).map_err(|_| Error::Unauthenticated("invalid request signature"))?;
+        let given =
+            hex::decode(sig).map_err(|_| Error::Unauthenticated("invalid request signature"))?;
         if !bool::from(given.as_slice().ct_eq(&expected)) {
             return Err(bad);
         }
-        let fresh = self.nonces.entry(format!("{kid}\n{nonce}")).or_insert(()).is_fresh();
+        let fresh = self
+            .nonces
+            .entry(format!("{kid}\n{nonce}"))
+            .or_insert(())
+            .is_fresh();
         if !fresh {
             return Err(Error::Unauthenticated("replayed request"));
         }
@@ -595,7 +678,10 @@ impl<S> Layer<S> for SigningLayer {
     type Service = Signed<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Signed { inner, state: self.state.clone() }
+        Signed {
+            inner,
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -608,14 +694,19 @@ pub struct Signed<S> {
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Signed<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Signed").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("Signed")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
 impl<S, ReqBody> Service<Request<ReqBody>> for Signed<S>
 where
-    S: Service<Request<axum::body::Body>, Response = Response<axum::body::Body>, Error = Infallible>
-        + Clone
+    S: Service<
+            Request<axum::body::Body>,
+            Response = Response<axum::body::Body>,
+            Error = Infallible,
+        > + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
@@ -643,13 +734,24 @@ where
             let limited = http_body_util::Limited::new(body, state.max_body);
             let bytes = match http_body_util::BodyExt::collect(limited).await {
                 Ok(c) => c.to_bytes(),
-                Err(_) => return Ok(Problem::payload_too_large("signed body too large or unreadable").to_response()),
+                Err(_) => {
+                    return Ok(
+                        Problem::payload_too_large("signed body too large or unreadable")
+                            .to_response(),
+                    );
+                }
             };
-            let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+            let path = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .to_owned();
             match state.verify(parts.method.as_str(), &path, &parts.headers, &bytes) {
                 Ok(principal) => {
                     parts.extensions.insert(principal);
-                    inner.call(Request::from_parts(parts, axum::body::Body::from(bytes))).await
+                    inner
+                        .call(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                        .await
                 }
                 Err(e) => Ok(problem_response(e)),
             }
@@ -658,7 +760,9 @@ where
 }
 
 trait MapErrDisplay: http_body::Body<Data = Bytes> + Sized {
-    fn map_err_display(self) -> http_body_util::combinators::MapErr<Self, fn(Self::Error) -> std::io::Error>;
+    fn map_err_display(
+        self,
+    ) -> http_body_util::combinators::MapErr<Self, fn(Self::Error) -> std::io::Error>;
 }
 
 impl<B> MapErrDisplay for B
@@ -666,7 +770,9 @@ where
     B: http_body::Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    fn map_err_display(self) -> http_body_util::combinators::MapErr<Self, fn(Self::Error) -> std::io::Error> {
+    fn map_err_display(
+        self,
+    ) -> http_body_util::combinators::MapErr<Self, fn(Self::Error) -> std::io::Error> {
         let f: fn(Self::Error) -> std::io::Error = |e| std::io::Error::other(e.to_string());
         http_body_util::BodyExt::map_err(self, f)
     }

@@ -83,7 +83,10 @@ impl std::fmt::Debug for UserRecord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("UserRecord")
             .field("user", &self.user)
-            .field("password_hash", &self.password_hash.as_ref().map(|_| "<redacted>"))
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<redacted>"),
+            )
             .finish()
     }
 }
@@ -216,8 +219,14 @@ impl AuditFilter {
     /// Whether `event` passes the filter.
     pub fn matches(&self, event: &AuditEvent) -> bool {
         self.action.as_ref().is_none_or(|a| *a == event.action)
-            && self.actor.as_ref().is_none_or(|a| Some(a) == event.actor.as_ref())
-            && self.target.as_ref().is_none_or(|t| Some(t) == event.target.as_ref())
+            && self
+                .actor
+                .as_ref()
+                .is_none_or(|a| Some(a) == event.actor.as_ref())
+            && self
+                .target
+                .as_ref()
+                .is_none_or(|t| Some(t) == event.target.as_ref())
             && self.since.is_none_or(|s| event.at >= s)
             && self.until.is_none_or(|u| event.at < u)
     }

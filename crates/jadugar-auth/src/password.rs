@@ -123,9 +123,19 @@ mod tests {
         let hasher = PasswordHasher::new(1024, 1, 2).unwrap();
         let hash = hasher.hash("correct horse".into()).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(hasher.verify("correct horse".into(), Some(hash.clone())).await.unwrap());
+        assert!(
+            hasher
+                .verify("correct horse".into(), Some(hash.clone()))
+                .await
+                .unwrap()
+        );
         assert!(!hasher.verify("wrong".into(), Some(hash)).await.unwrap());
         assert!(!hasher.verify("anything".into(), None).await.unwrap());
-        assert!(!hasher.verify("x".into(), Some("garbage".into())).await.unwrap());
+        assert!(
+            !hasher
+                .verify("x".into(), Some("garbage".into()))
+                .await
+                .unwrap()
+        );
     }
 }

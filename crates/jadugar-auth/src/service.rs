@@ -40,8 +40,8 @@ use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use jadugar_core::cursor::{CursorCodec, Page, PageRequest};
 use jadugar_core::storage::{Database, Redis};
-use jadugar_core::{Principal, PrincipalKind, SharedClock, SystemClock};
 use jadugar_core::{MasterKey, Sealer};
+use jadugar_core::{Principal, PrincipalKind, SharedClock, SystemClock};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -49,13 +49,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
+use crate::Error;
 use crate::config::Config;
 use crate::jwt::{self, Claims, ExternalVerifier, KeySet, TimeClaims};
 use crate::model::*;
 use crate::password::PasswordHasher;
 use crate::store::{AuthStore, MemoryStore, SessionStore, StoreError};
 use crate::throttle::Throttle;
-use crate::Error;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -284,7 +284,8 @@ impl AuthServiceBuilder {
         let sealer = self
             .sealer
             .unwrap_or_else(|| Sealer::new(MasterKey::generate("ephemeral"), []));
-        let hasher = PasswordHasher::new(c.argon2_memory_kib, c.argon2_iterations, c.hash_concurrency)?;
+        let hasher =
+            PasswordHasher::new(c.argon2_memory_kib, c.argon2_iterations, c.hash_concurrency)?;
         let mut trusted = Vec::new();
         for (i, p) in c.trusted_proxies.iter().enumerate() {
             let net = p
@@ -305,11 +306,15 @@ impl AuthServiceBuilder {
                 .build(),
             token_cache: moka::sync::Cache::builder()
                 .max_capacity(c.token_cache_capacity)
-                .time_to_live(Duration::from_secs(c.access_token_ttl_secs.max(1) + c.jwt_leeway_secs))
+                .time_to_live(Duration::from_secs(
+                    c.access_token_ttl_secs.max(1) + c.jwt_leeway_secs,
+                ))
                 .build(),
             revoked_sessions: moka::sync::Cache::builder()
                 .max_capacity(1_000_000)
-                .time_to_live(Duration::from_secs(c.access_token_ttl_secs + c.jwt_leeway_secs + 60))
+                .time_to_live(Duration::from_secs(
+                    c.access_token_ttl_secs + c.jwt_leeway_secs + 60,
+                ))
                 .build(),
             throttle: Throttle::new(
                 c.login_attempts_per_account,
@@ -320,7 +325,12 @@ impl AuthServiceBuilder {
             refresh_key: sealer.derive_key("jadugar-auth:refresh"),
             csrf_key: sealer.derive_key("jadugar-auth:csrf"),
             cursors: CursorCodec::new(sealer.derive_key("jadugar-auth:cursor")),
-            external: c.external_issuers.iter().cloned().map(ExternalVerifier::new).collect(),
+            external: c
+                .external_issuers
+                .iter()
+                .cloned()
+                .map(ExternalVerifier::new)
+                .collect(),
             trusted,
             config: self.config,
             store: self.store,
@@ -332,7 +342,9 @@ impl AuthServiceBuilder {
             redis: self.redis,
             keys: RwLock::new(Arc::new(KeySet::default())),
         };
-        let service = AuthService { inner: Arc::new(inner) };
+        let service = AuthService {
+            inner: Arc::new(inner),
+        };
         service.ensure_admin_role().await?;
         service.reload_keys().await?;
         if service.key_set().current().is_none() {
@@ -433,7 +445,9 @@ impl AuthService {
     }
 
     fn overlap(&self) -> chrono::Duration {
-        chrono::Duration::seconds(i64::try_from(self.inner.config.key_overlap_secs).unwrap_or(i64::MAX / 4))
+        chrono::Duration::seconds(
+            i64::try_from(self.inner.config.key_overlap_secs).unwrap_or(i64::MAX / 4),
+        )
     }
 
     async fn ensure_admin_role(&self) -> Result<(), Error> {
@@ -472,7 +486,10 @@ impl AuthService {
             actor: actor.map(str::to_owned),
             target: target.map(str::to_owned),
             ip: meta.ip.map(|ip| ip.to_string()),
-            user_agent: meta.user_agent.as_ref().map(|u| u.chars().take(256).collect()),
+            user_agent: meta
+                .user_agent
+                .as_ref()
+                .map(|u| u.chars().take(256).collect()),
             success,
             detail,
         };
@@ -497,7 +514,12 @@ impl AuthService {
             .store
             .list_audit(filter, before, page.limit() + 1)
             .await?;
-        Ok(Page::from_overfetch(rows, page.limit(), &self.inner.cursors, |e| e.id))
+        Ok(Page::from_overfetch(
+            rows,
+            page.limit(),
+            &self.inner.cursors,
+            |e| e.id,
+        ))
     }
 
     // ------------------------------------------------------------ permissions
@@ -517,11 +539,18 @@ impl AuthService {
         Ok(perms)
     }
 
-    async fn check_can_grant_roles(&self, actor: &Principal, roles: &[String]) -> Result<(), Error> {
+    async fn check_can_grant_roles(
+        &self,
+        actor: &Principal,
+        roles: &[String],
+    ) -> Result<(), Error> {
         let mut errors = Vec::new();
         for name in roles {
             match self.inner.store.get_role(name).await? {
-                None => errors.push(jadugar_core::FieldError::new("roles", format!("no role {name:?}"))),
+                None => errors.push(jadugar_core::FieldError::new(
+                    "roles",
+                    format!("no role {name:?}"),
+                )),
                 Some(role) => {
                     let missing = uncovered(&actor.permissions, &role.permissions);
                     if let Some(p) = missing.first() {
@@ -532,7 +561,11 @@ impl AuthService {
                 }
             }
         }
-        if errors.is_empty() { Ok(()) } else { Err(Error::Validation(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Validation(errors))
+        }
     }
 
     async fn is_last_admin(&self, user: &User) -> Result<bool, Error> {
@@ -548,10 +581,16 @@ impl AuthService {
     fn check_password(&self, field: &str, password: &str) -> Result<(), Error> {
         let c = &self.inner.config;
         if password.chars().count() < c.password_min_length {
-            return Err(Error::field(field, format!("must be at least {} characters", c.password_min_length)));
+            return Err(Error::field(
+                field,
+                format!("must be at least {} characters", c.password_min_length),
+            ));
         }
         if password.len() > c.password_max_length {
-            return Err(Error::field(field, format!("must be at most {} bytes", c.password_max_length)));
+            return Err(Error::field(
+                field,
+                format!("must be at most {} bytes", c.password_max_length),
+            ));
         }
         Ok(())
     }
@@ -559,9 +598,15 @@ impl AuthService {
     /// Creates a user. `actor = None` is the system (bootstrap, CLI) and
     /// skips permission checks; otherwise `auth:users:write` and every
     /// permission of the granted roles are required.
-    pub async fn create_user(&self, actor: Option<&Principal>, input: NewUser) -> Result<User, Error> {
+    pub async fn create_user(
+        &self,
+        actor: Option<&Principal>,
+        input: NewUser,
+    ) -> Result<User, Error> {
         let mut errors = Vec::new();
-        let email = normalize_email(&input.email).map_err(|e| errors.push(e)).ok();
+        let email = normalize_email(&input.email)
+            .map_err(|e| errors.push(e))
+            .ok();
         if let Some(p) = &input.password
             && let Err(Error::Validation(mut e)) = self.check_password("password", p)
         {
@@ -573,7 +618,10 @@ impl AuthService {
             }
         }
         if input.display_name.chars().count() > 200 {
-            errors.push(jadugar_core::FieldError::new("display_name", "must be at most 200 characters"));
+            errors.push(jadugar_core::FieldError::new(
+                "display_name",
+                "must be at most 200 characters",
+            ));
         }
         let Some(email) = email.filter(|_| errors.is_empty()) else {
             return Err(Error::Validation(errors));
@@ -597,7 +645,11 @@ impl AuthService {
         roles.dedup();
         let user = User {
             id: UserId::new(),
-            display_name: if input.display_name.is_empty() { email.clone() } else { input.display_name },
+            display_name: if input.display_name.is_empty() {
+                email.clone()
+            } else {
+                input.display_name
+            },
             email,
             roles,
             disabled: false,
@@ -608,15 +660,30 @@ impl AuthService {
         };
         self.inner
             .store
-            .create_user(&UserRecord { user: user.clone(), password_hash })
+            .create_user(&UserRecord {
+                user: user.clone(),
+                password_hash,
+            })
             .await
             .map_err(store_err)?;
-        self.audit("user.create", actor.map(|a| a.subject.as_str()), Some(&user.id.to_string()), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "user.create",
+            actor.map(|a| a.subject.as_str()),
+            Some(&user.id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(user)
     }
 
     async fn load_user(&self, id: UserId) -> Result<UserRecord, Error> {
-        self.inner.store.get_user(id).await?.ok_or(Error::NotFound("user"))
+        self.inner
+            .store
+            .get_user(id)
+            .await?
+            .ok_or(Error::NotFound("user"))
     }
 
     /// A user. The user themself, or `auth:users:read`.
@@ -628,18 +695,32 @@ impl AuthService {
     }
 
     /// Users by id, cursor-paginated. Needs `auth:users:read`.
-    pub async fn list_users(&self, actor: &Principal, page: &PageRequest) -> Result<Page<User>, Error> {
+    pub async fn list_users(
+        &self,
+        actor: &Principal,
+        page: &PageRequest,
+    ) -> Result<Page<User>, Error> {
         need(actor, PERM_USERS_READ)?;
         let after: Option<UserId> = page
             .position(&self.inner.cursors)
             .map_err(|_| Error::field("cursor", "invalid cursor"))?;
         let rows = self.inner.store.list_users(after, page.limit() + 1).await?;
         let users: Vec<User> = rows.into_iter().map(|r| r.user).collect();
-        Ok(Page::from_overfetch(users, page.limit(), &self.inner.cursors, |u| u.id))
+        Ok(Page::from_overfetch(
+            users,
+            page.limit(),
+            &self.inner.cursors,
+            |u| u.id,
+        ))
     }
 
     /// Edits a user. Needs `auth:users:write`; the last admin cannot be disabled.
-    pub async fn update_user(&self, actor: &Principal, id: UserId, update: UserUpdate) -> Result<User, Error> {
+    pub async fn update_user(
+        &self,
+        actor: &Principal,
+        id: UserId,
+        update: UserUpdate,
+    ) -> Result<User, Error> {
         need(actor, PERM_USERS_WRITE)?;
         let mut record = self.load_user(id).await?;
         if let Some(email) = &update.email {
@@ -659,14 +740,28 @@ impl AuthService {
             record.user.disabled = d;
         }
         record.user.updated_at = self.now();
-        if !self.inner.store.update_user(&record).await.map_err(store_err)? {
+        if !self
+            .inner
+            .store
+            .update_user(&record)
+            .await
+            .map_err(store_err)?
+        {
             return Err(Error::NotFound("user"));
         }
         if disabling {
             self.revoke_user_sessions_internal(id).await?;
         }
         self.user_changed().await;
-        self.audit("user.update", Some(&actor.subject), Some(&id.to_string()), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "user.update",
+            Some(&actor.subject),
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(record.user)
     }
 
@@ -681,60 +776,128 @@ impl AuthService {
         self.inner.store.delete_user(id).await?;
         self.revoke_user_sessions_internal(id).await?;
         self.user_changed().await;
-        self.audit("user.delete", Some(&actor.subject), Some(&id.to_string()), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "user.delete",
+            Some(&actor.subject),
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
     /// Grants `role` to a user. Needs `auth:users:write` and every
     /// permission the role holds (no escalation).
-    pub async fn assign_role(&self, actor: &Principal, id: UserId, role: &str) -> Result<User, Error> {
+    pub async fn assign_role(
+        &self,
+        actor: &Principal,
+        id: UserId,
+        role: &str,
+    ) -> Result<User, Error> {
         need(actor, PERM_USERS_WRITE)?;
-        self.check_can_grant_roles(actor, &[role.to_owned()]).await?;
+        self.check_can_grant_roles(actor, &[role.to_owned()])
+            .await?;
         let mut record = self.load_user(id).await?;
         if !record.user.roles.iter().any(|r| r == role) {
             record.user.roles.push(role.to_owned());
             record.user.updated_at = self.now();
-            self.inner.store.update_user(&record).await.map_err(store_err)?;
+            self.inner
+                .store
+                .update_user(&record)
+                .await
+                .map_err(store_err)?;
             self.user_changed().await;
         }
-        self.audit("role.assign", Some(&actor.subject), Some(&id.to_string()), &RequestMeta::default(), true, Some(role.to_owned())).await;
+        self.audit(
+            "role.assign",
+            Some(&actor.subject),
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            Some(role.to_owned()),
+        )
+        .await;
         Ok(record.user)
     }
 
     /// Takes `role` from a user. Needs `auth:users:write` and every
     /// permission the role holds; the last admin keeps `admin`.
-    pub async fn unassign_role(&self, actor: &Principal, id: UserId, role: &str) -> Result<User, Error> {
+    pub async fn unassign_role(
+        &self,
+        actor: &Principal,
+        id: UserId,
+        role: &str,
+    ) -> Result<User, Error> {
         need(actor, PERM_USERS_WRITE)?;
-        self.check_can_grant_roles(actor, &[role.to_owned()]).await?;
+        self.check_can_grant_roles(actor, &[role.to_owned()])
+            .await?;
         let mut record = self.load_user(id).await?;
         if role == ADMIN_ROLE && self.is_last_admin(&record.user).await? {
-            return Err(Error::NotAllowed("the last admin cannot lose the admin role"));
+            return Err(Error::NotAllowed(
+                "the last admin cannot lose the admin role",
+            ));
         }
         if record.user.roles.iter().any(|r| r == role) {
             record.user.roles.retain(|r| r != role);
             record.user.updated_at = self.now();
-            self.inner.store.update_user(&record).await.map_err(store_err)?;
+            self.inner
+                .store
+                .update_user(&record)
+                .await
+                .map_err(store_err)?;
             self.user_changed().await;
         }
-        self.audit("role.unassign", Some(&actor.subject), Some(&id.to_string()), &RequestMeta::default(), true, Some(role.to_owned())).await;
+        self.audit(
+            "role.unassign",
+            Some(&actor.subject),
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            Some(role.to_owned()),
+        )
+        .await;
         Ok(record.user)
     }
 
     /// Sets a user's password as an admin (`auth:users:write`); revokes their sessions.
-    pub async fn set_password(&self, actor: &Principal, id: UserId, password: String) -> Result<(), Error> {
+    pub async fn set_password(
+        &self,
+        actor: &Principal,
+        id: UserId,
+        password: String,
+    ) -> Result<(), Error> {
         need(actor, PERM_USERS_WRITE)?;
         self.check_password("password", &password)?;
         self.store_password(id, password, false).await?;
-        self.audit("password.set", Some(&actor.subject), Some(&id.to_string()), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "password.set",
+            Some(&actor.subject),
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
-    async fn store_password(&self, id: UserId, password: String, keep_session: bool) -> Result<(), Error> {
+    async fn store_password(
+        &self,
+        id: UserId,
+        password: String,
+        keep_session: bool,
+    ) -> Result<(), Error> {
         let mut record = self.load_user(id).await?;
         record.password_hash = Some(self.inner.hasher.hash(password).await?);
         record.user.must_change_password = false;
         record.user.updated_at = self.now();
-        self.inner.store.update_user(&record).await.map_err(store_err)?;
+        self.inner
+            .store
+            .update_user(&record)
+            .await
+            .map_err(store_err)?;
         if !keep_session {
             self.revoke_user_sessions_internal(id).await?;
         }
@@ -743,19 +906,46 @@ impl AuthService {
 
     /// Changes the caller's own password after checking the current one.
     /// Other sessions of the user are revoked.
-    pub async fn change_password(&self, principal: &Principal, current: String, new: String, meta: &RequestMeta) -> Result<(), Error> {
+    pub async fn change_password(
+        &self,
+        principal: &Principal,
+        current: String,
+        new: String,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
         let id: UserId = principal
             .subject
             .parse()
             .map_err(|_| Error::NotAllowed("only users have passwords"))?;
         self.check_password("new_password", &new)?;
         let record = self.load_user(id).await?;
-        if !self.inner.hasher.verify(current, record.password_hash).await? {
-            self.audit("password.change", Some(&principal.subject), Some(&principal.subject), meta, false, None).await;
+        if !self
+            .inner
+            .hasher
+            .verify(current, record.password_hash)
+            .await?
+        {
+            self.audit(
+                "password.change",
+                Some(&principal.subject),
+                Some(&principal.subject),
+                meta,
+                false,
+                None,
+            )
+            .await;
             return Err(Error::field("current_password", "is wrong"));
         }
         self.store_password(id, new, false).await?;
-        self.audit("password.change", Some(&principal.subject), Some(&principal.subject), meta, true, None).await;
+        self.audit(
+            "password.change",
+            Some(&principal.subject),
+            Some(&principal.subject),
+            meta,
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
@@ -765,26 +955,40 @@ impl AuthService {
     /// A generated password must be changed at first login: until then the
     /// admin's tokens carry no permission but changing it.
     /// Returns `None` when users already exist.
-    pub async fn bootstrap(&self, password: Option<String>) -> Result<Option<BootstrapAdmin>, Error> {
+    pub async fn bootstrap(
+        &self,
+        password: Option<String>,
+    ) -> Result<Option<BootstrapAdmin>, Error> {
         if self.inner.store.count_users().await? > 0 {
             return Ok(None);
         }
         let generated = password.is_none();
         let password = password.unwrap_or_else(|| random_token(18));
         let user = self
-            .create_user(None, NewUser {
-                email: "admin@localhost".into(),
-                display_name: "admin".into(),
-                password: Some(password.clone()),
-                roles: vec![ADMIN_ROLE.into()],
-            })
+            .create_user(
+                None,
+                NewUser {
+                    email: "admin@localhost".into(),
+                    display_name: "admin".into(),
+                    password: Some(password.clone()),
+                    roles: vec![ADMIN_ROLE.into()],
+                },
+            )
             .await?;
         if generated {
             let mut record = self.load_user(user.id).await?;
             record.user.must_change_password = true;
             self.inner.store.update_user(&record).await?;
         }
-        self.audit("bootstrap.admin", None, Some(&user.id.to_string()), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "bootstrap.admin",
+            None,
+            Some(&user.id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(Some(BootstrapAdmin {
             email: user.email,
             generated_password: generated.then_some(password),
@@ -820,7 +1024,10 @@ impl AuthService {
         if existing.as_ref().is_some_and(|r| r.builtin) {
             return Err(Error::NotAllowed("built-in roles cannot be edited"));
         }
-        let before = existing.as_ref().map(|r| r.permissions.clone()).unwrap_or_default();
+        let before = existing
+            .as_ref()
+            .map(|r| r.permissions.clone())
+            .unwrap_or_default();
         if let Some(p) = uncovered(&actor.permissions, &input.permissions)
             .into_iter()
             .chain(uncovered(&actor.permissions, &before))
@@ -839,14 +1046,27 @@ impl AuthService {
         };
         self.inner.store.put_role(&role).await?;
         self.user_changed().await;
-        self.audit("role.put", Some(&actor.subject), Some(&role.name), &RequestMeta::default(), true, Some(role.permissions.join(" "))).await;
+        self.audit(
+            "role.put",
+            Some(&actor.subject),
+            Some(&role.name),
+            &RequestMeta::default(),
+            true,
+            Some(role.permissions.join(" ")),
+        )
+        .await;
         Ok(role)
     }
 
     /// Deletes a role no user holds. Needs `auth:roles:write` and its permissions.
     pub async fn delete_role(&self, actor: &Principal, name: &str) -> Result<(), Error> {
         need(actor, PERM_ROLES_WRITE)?;
-        let role = self.inner.store.get_role(name).await?.ok_or(Error::NotFound("role"))?;
+        let role = self
+            .inner
+            .store
+            .get_role(name)
+            .await?
+            .ok_or(Error::NotFound("role"))?;
         if role.builtin {
             return Err(Error::NotAllowed("built-in roles cannot be deleted"));
         }
@@ -855,7 +1075,15 @@ impl AuthService {
         }
         self.inner.store.delete_role(name).await?;
         self.user_changed().await;
-        self.audit("role.delete", Some(&actor.subject), Some(name), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "role.delete",
+            Some(&actor.subject),
+            Some(name),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
@@ -864,10 +1092,17 @@ impl AuthService {
     /// Creates an API key for the caller (or, with `auth:keys:write`, for
     /// `owner`); scopes must be covered by the owner's and the caller's
     /// permissions. `actor = None` is the system (CLI) and needs `owner`.
-    pub async fn create_api_key(&self, actor: Option<&Principal>, input: NewApiKey) -> Result<CreatedApiKey, Error> {
+    pub async fn create_api_key(
+        &self,
+        actor: Option<&Principal>,
+        input: NewApiKey,
+    ) -> Result<CreatedApiKey, Error> {
         let owner_id = match (actor, input.owner) {
             (_, Some(owner)) => owner,
-            (Some(a), None) => a.subject.parse().map_err(|_| Error::NotAllowed("only users own API keys"))?,
+            (Some(a), None) => a
+                .subject
+                .parse()
+                .map_err(|_| Error::NotAllowed("only users own API keys"))?,
             (None, None) => return Err(Error::field("owner", "is required")),
         };
         if let Some(a) = actor
@@ -877,11 +1112,17 @@ impl AuthService {
         }
         let mut errors = Vec::new();
         if input.name.trim().is_empty() || input.name.chars().count() > 100 {
-            errors.push(jadugar_core::FieldError::new("name", "must be 1 to 100 characters"));
+            errors.push(jadugar_core::FieldError::new(
+                "name",
+                "must be 1 to 100 characters",
+            ));
         }
         for s in &input.scopes {
             if validate_permission(s).is_err() {
-                errors.push(jadugar_core::FieldError::new("scopes", format!("{s:?} is not a permission")));
+                errors.push(jadugar_core::FieldError::new(
+                    "scopes",
+                    format!("{s:?} is not a permission"),
+                ));
             }
         }
         if !errors.is_empty() {
@@ -892,9 +1133,16 @@ impl AuthService {
             return Err(Error::NotAllowed("the owner is disabled"));
         }
         let owner_perms = self.permissions_of(&owner.roles).await?;
-        let scopes = if input.scopes.is_empty() { owner_perms.clone() } else { input.scopes };
+        let scopes = if input.scopes.is_empty() {
+            owner_perms.clone()
+        } else {
+            input.scopes
+        };
         if let Some(p) = uncovered(&owner_perms, &scopes).first() {
-            return Err(Error::field("scopes", format!("{p} is not held by the owner")));
+            return Err(Error::field(
+                "scopes",
+                format!("{p} is not held by the owner"),
+            ));
         }
         if let Some(a) = actor
             && let Some(p) = uncovered(&a.permissions, &scopes).first()
@@ -911,23 +1159,45 @@ impl AuthService {
             name: input.name,
             scopes,
             created_at: now,
-            expires_at: input
-                .expires_in_secs
-                .map(|s| now + chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 4).min(100 * 365 * 86_400))),
+            expires_at: input.expires_in_secs.map(|s| {
+                now + chrono::Duration::seconds(
+                    i64::try_from(s)
+                        .unwrap_or(i64::MAX / 4)
+                        .min(100 * 365 * 86_400),
+                )
+            }),
             revoked_at: None,
             last_used_at: None,
         };
         self.inner
             .store
-            .create_api_key(&ApiKeyRecord { key: key.clone(), secret_hash: sha256(secret.as_bytes()) })
+            .create_api_key(&ApiKeyRecord {
+                key: key.clone(),
+                secret_hash: sha256(secret.as_bytes()),
+            })
             .await
             .map_err(store_err)?;
-        self.audit("apikey.create", actor.map(|a| a.subject.as_str()), Some(&key.id.to_string()), &RequestMeta::default(), true, None).await;
-        Ok(CreatedApiKey { secret: format!("{API_KEY_PREFIX}{public_id}_{secret}"), key })
+        self.audit(
+            "apikey.create",
+            actor.map(|a| a.subject.as_str()),
+            Some(&key.id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
+        Ok(CreatedApiKey {
+            secret: format!("{API_KEY_PREFIX}{public_id}_{secret}"),
+            key,
+        })
     }
 
     /// Keys of the caller, or of `owner` / everyone with `auth:keys:write`.
-    pub async fn list_api_keys(&self, actor: &Principal, owner: Option<UserId>) -> Result<Vec<ApiKey>, Error> {
+    pub async fn list_api_keys(
+        &self,
+        actor: &Principal,
+        owner: Option<UserId>,
+    ) -> Result<Vec<ApiKey>, Error> {
         let own: Option<UserId> = actor.subject.parse().ok();
         let target = match owner {
             Some(o) if Some(o) == own => Some(o),
@@ -938,9 +1208,20 @@ impl AuthService {
             None if actor.can(PERM_KEYS_WRITE) => None,
             None => Some(own.ok_or(Error::NotAllowed("only users own API keys"))?),
         };
-        let mut keys: Vec<ApiKey> = self.inner.store.list_api_keys(target).await?.into_iter().map(|r| r.key).collect();
+        let mut keys: Vec<ApiKey> = self
+            .inner
+            .store
+            .list_api_keys(target)
+            .await?
+            .into_iter()
+            .map(|r| r.key)
+            .collect();
         for k in &mut keys {
-            if let Some(cached) = self.inner.key_cache.get(&public_key_number(&k.public_id).unwrap_or(0)) {
+            if let Some(cached) = self
+                .inner
+                .key_cache
+                .get(&public_key_number(&k.public_id).unwrap_or(0))
+            {
                 let used = cached.last_used.load(Ordering::Relaxed);
                 if used > 0 {
                     let at = DateTime::from_timestamp(used, 0);
@@ -956,7 +1237,12 @@ impl AuthService {
     /// Revokes a key (own, or any with `auth:keys:write`). Takes effect on
     /// this host at once and on others through Redis, or within the cache TTL.
     pub async fn revoke_api_key(&self, actor: &Principal, id: ApiKeyId) -> Result<(), Error> {
-        let record = self.inner.store.get_api_key(id).await?.ok_or(Error::NotFound("api key"))?;
+        let record = self
+            .inner
+            .store
+            .get_api_key(id)
+            .await?
+            .ok_or(Error::NotFound("api key"))?;
         if actor.subject != record.key.owner.to_string() {
             need(actor, PERM_KEYS_WRITE)?;
         }
@@ -965,7 +1251,15 @@ impl AuthService {
             self.inner.key_cache.invalidate(&n);
         }
         self.publish(&format!("key:{}", record.key.public_id)).await;
-        self.audit("apikey.revoke", Some(&actor.subject), Some(&id.to_string()), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "apikey.revoke",
+            Some(&actor.subject),
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
@@ -973,7 +1267,8 @@ impl AuthService {
     ///
     /// A cache hit costs a hash lookup, a SHA-256 and a constant-time compare.
     pub async fn verify_api_key(&self, text: &str) -> Result<Principal, Error> {
-        let (number, secret) = parse_api_key(text).ok_or(Error::Unauthenticated("malformed API key"))?;
+        let (number, secret) =
+            parse_api_key(text).ok_or(Error::Unauthenticated("malformed API key"))?;
         if let Some(hit) = self.check_cached_key(number, secret) {
             return hit;
         }
@@ -989,7 +1284,13 @@ impl AuthService {
         let (revoked, principal) = match owner {
             Some(o) if !o.user.disabled => {
                 let perms = self.permissions_of(&o.user.roles).await?;
-                let effective: Vec<String> = record.key.scopes.iter().filter(|s| covers(&perms, s)).cloned().collect();
+                let effective: Vec<String> = record
+                    .key
+                    .scopes
+                    .iter()
+                    .filter(|s| covers(&perms, s))
+                    .cloned()
+                    .collect();
                 (
                     record.key.revoked_at.is_some(),
                     Principal::new(record.key.id.to_string(), PrincipalKind::ApiKey)
@@ -998,7 +1299,10 @@ impl AuthService {
                         .with_owner(o.user.id.to_string()),
                 )
             }
-            _ => (true, Principal::new(record.key.id.to_string(), PrincipalKind::ApiKey)),
+            _ => (
+                true,
+                Principal::new(record.key.id.to_string(), PrincipalKind::ApiKey),
+            ),
         };
         let last = record.key.last_used_at.map(|t| t.timestamp()).unwrap_or(0);
         self.inner.key_cache.insert(
@@ -1070,7 +1374,11 @@ impl AuthService {
                 Err(e) => tracing::error!(kid = %r.kid, error = %e, "cannot load signing key"),
             }
         }
-        *self.inner.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(KeySet { keys });
+        *self
+            .inner
+            .keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(KeySet { keys });
         Ok(())
     }
 
@@ -1093,7 +1401,15 @@ impl AuthService {
         }
         self.reload_keys().await?;
         self.publish("signing-keys").await;
-        self.audit("signing_key.rotate", None, Some(&record.kid), &RequestMeta::default(), true, None).await;
+        self.audit(
+            "signing_key.rotate",
+            None,
+            Some(&record.kid),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(record.kid)
     }
 
@@ -1102,7 +1418,9 @@ impl AuthService {
     #[cfg(feature = "test-support")]
     pub fn sign_claims_for_tests(&self, claims: &serde_json::Value) -> Result<String, Error> {
         let keys = self.key_set();
-        let key = keys.current().ok_or_else(|| Error::Key("no signing key".into()))?;
+        let key = keys
+            .current()
+            .ok_or_else(|| Error::Key("no signing key".into()))?;
         let mut header = jsonwebtoken::Header::new(key.alg);
         header.kid = Some(key.kid.clone());
         jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| Error::Key(e.to_string()))
@@ -1129,9 +1447,16 @@ impl AuthService {
         })
     }
 
-    fn issue_access(&self, user: &User, session: SessionId, perms: Vec<String>) -> Result<String, Error> {
+    fn issue_access(
+        &self,
+        user: &User,
+        session: SessionId,
+        perms: Vec<String>,
+    ) -> Result<String, Error> {
         let keys = self.key_set();
-        let key = keys.current().ok_or_else(|| Error::Key("no signing key".into()))?;
+        let key = keys
+            .current()
+            .ok_or_else(|| Error::Key("no signing key".into()))?;
         let now = self.now().timestamp();
         let claims = Claims {
             iss: self.inner.config.issuer.clone(),
@@ -1155,40 +1480,62 @@ impl AuthService {
         if let Some(hit) = self.cached_token(&digest, token) {
             return hit;
         }
-        let header = jsonwebtoken::decode_header(token).map_err(|_| Error::Unauthenticated("malformed token"))?;
-        let kid = header.kid.ok_or(Error::Unauthenticated("token without kid"))?;
+        let header = jsonwebtoken::decode_header(token)
+            .map_err(|_| Error::Unauthenticated("malformed token"))?;
+        let kid = header
+            .kid
+            .ok_or(Error::Unauthenticated("token without kid"))?;
         let now = self.now();
         let leeway = i64::try_from(self.inner.config.jwt_leeway_secs).unwrap_or(30);
         let keys = self.key_set();
         if let Some(key) = keys.find(&kid, now, self.overlap()) {
             let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation)
                 .map_err(|_| Error::Unauthenticated("invalid token"))?;
-            let times: TimeClaims = TimeClaims { exp: data.claims.exp, nbf: Some(data.claims.nbf), iat: Some(data.claims.iat), sub: String::new() };
+            let times: TimeClaims = TimeClaims {
+                exp: data.claims.exp,
+                nbf: Some(data.claims.nbf),
+                iat: Some(data.claims.iat),
+                sub: String::new(),
+            };
             jwt::check_times(&times, now.timestamp(), leeway)?;
             let c = data.claims;
             let session = c.sid.as_deref().and_then(|s| s.parse::<SessionId>().ok());
             if session.is_some_and(|s| self.inner.revoked_sessions.contains_key(&s)) {
                 return Err(Error::Unauthenticated("session revoked"));
             }
-            let mut principal = Principal::new(c.sub, PrincipalKind::User).with_roles(c.roles).with_permissions(c.perms);
+            let mut principal = Principal::new(c.sub, PrincipalKind::User)
+                .with_roles(c.roles)
+                .with_permissions(c.perms);
             if let Some(sid) = c.sid {
                 principal = principal.with_session(sid);
             }
             self.inner.token_cache.insert(
                 digest,
-                Arc::new(CachedToken { token: token.into(), exp: c.exp + leeway, principal: principal.clone(), session }),
+                Arc::new(CachedToken {
+                    token: token.into(),
+                    exp: c.exp + leeway,
+                    principal: principal.clone(),
+                    session,
+                }),
             );
             return Ok(principal);
         }
         let iss = jwt::peek_issuer(token);
-        let Some(external) = iss.and_then(|iss| self.inner.external.iter().find(|e| e.config.issuer == iss)) else {
+        let Some(external) =
+            iss.and_then(|iss| self.inner.external.iter().find(|e| e.config.issuer == iss))
+        else {
             // Our own key set may be stale (rotation on another host).
             return Err(Error::Unauthenticated("unknown signing key"));
         };
-        let sub = external.verify(token, &kid, now.timestamp(), leeway).await?;
-        let principal = Principal::new(format!("{}|{sub}", external.config.issuer), PrincipalKind::User)
-            .with_roles(external.config.roles.clone())
-            .with_permissions(external.config.permissions.clone());
+        let sub = external
+            .verify(token, &kid, now.timestamp(), leeway)
+            .await?;
+        let principal = Principal::new(
+            format!("{}|{sub}", external.config.issuer),
+            PrincipalKind::User,
+        )
+        .with_roles(external.config.roles.clone())
+        .with_permissions(external.config.permissions.clone());
         Ok(principal)
     }
 
@@ -1206,7 +1553,10 @@ impl AuthService {
             self.inner.token_cache.invalidate(digest);
             return Some(Err(Error::Unauthenticated("token expired")));
         }
-        if hit.session.is_some_and(|s| self.inner.revoked_sessions.contains_key(&s)) {
+        if hit
+            .session
+            .is_some_and(|s| self.inner.revoked_sessions.contains_key(&s))
+        {
             return Some(Err(Error::Unauthenticated("session revoked")));
         }
         Some(Ok(hit.principal.clone()))
@@ -1248,7 +1598,12 @@ impl AuthService {
         self.permissions_of(&user.roles).await
     }
 
-    async fn pair(&self, user: &User, session: &Session, generation: i64) -> Result<TokenPair, Error> {
+    async fn pair(
+        &self,
+        user: &User,
+        session: &Session,
+        generation: i64,
+    ) -> Result<TokenPair, Error> {
         let perms = self.principal_perms(user).await?;
         Ok(TokenPair {
             access_token: self.issue_access(user, session.id, perms)?,
@@ -1266,11 +1621,18 @@ impl AuthService {
     /// with the same answer for unknown accounts); a failure costs the same
     /// time whether the account exists or not. `previous` — a session the
     /// client already had — is revoked (no fixation).
-    pub async fn login(&self, email: &str, password: &str, meta: &RequestMeta, previous: Option<SessionId>) -> Result<TokenPair, Error> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        meta: &RequestMeta,
+        previous: Option<SessionId>,
+    ) -> Result<TokenPair, Error> {
         let account = email.trim().to_lowercase();
         let account: String = account.chars().take(254).collect();
         if let Err(e) = self.inner.throttle.attempt(&account, meta.ip).await {
-            self.audit("login.throttled", None, Some(&account), meta, false, None).await;
+            self.audit("login.throttled", None, Some(&account), meta, false, None)
+                .await;
             return Err(e);
         }
         let too_long = password.len() > self.inner.config.password_max_length;
@@ -1278,8 +1640,14 @@ impl AuthService {
             Ok(e) if !too_long => self.inner.store.get_user_by_email(&e).await?,
             _ => None,
         };
-        let usable = record.as_ref().filter(|r| !r.user.disabled && r.password_hash.is_some());
-        let checked: String = if too_long { String::new() } else { password.to_owned() };
+        let usable = record
+            .as_ref()
+            .filter(|r| !r.user.disabled && r.password_hash.is_some());
+        let checked: String = if too_long {
+            String::new()
+        } else {
+            password.to_owned()
+        };
         let ok = self
             .inner
             .hasher
@@ -1287,7 +1655,8 @@ impl AuthService {
             .await?
             && !password.is_empty();
         let Some(record) = usable.filter(|_| ok) else {
-            self.audit("login.failure", None, Some(&account), meta, false, None).await;
+            self.audit("login.failure", None, Some(&account), meta, false, None)
+                .await;
             return Err(Error::InvalidCredentials);
         };
         if let Some(prev) = previous {
@@ -1308,10 +1677,21 @@ impl AuthService {
             absolute_expires_at: absolute,
             revoked_at: None,
             ip: meta.ip.map(|i| i.to_string()),
-            user_agent: meta.user_agent.as_ref().map(|u| u.chars().take(256).collect()),
+            user_agent: meta
+                .user_agent
+                .as_ref()
+                .map(|u| u.chars().take(256).collect()),
         };
         self.inner.sessions.create_session(&session).await?;
-        self.audit("login.success", Some(&user.id.to_string()), Some(&account), meta, true, Some(format!("session {}", session.id))).await;
+        self.audit(
+            "login.success",
+            Some(&user.id.to_string()),
+            Some(&account),
+            meta,
+            true,
+            Some(format!("session {}", session.id)),
+        )
+        .await;
         self.pair(&user, &session, 0).await
     }
 
@@ -1324,8 +1704,14 @@ impl AuthService {
     /// - any older token, or the predecessor after the grace window: reuse —
     ///   the whole session (family) is revoked.
     pub async fn refresh(&self, token: &str, meta: &RequestMeta) -> Result<TokenPair, Error> {
-        let (id, generation, mac) = parse_refresh(token).ok_or(Error::Unauthenticated("malformed refresh token"))?;
-        let session = self.inner.sessions.get_session(id).await?.ok_or(Error::Unauthenticated("invalid refresh token"))?;
+        let (id, generation, mac) =
+            parse_refresh(token).ok_or(Error::Unauthenticated("malformed refresh token"))?;
+        let session = self
+            .inner
+            .sessions
+            .get_session(id)
+            .await?
+            .ok_or(Error::Unauthenticated("invalid refresh token"))?;
         let expected = self.refresh_mac(&session, generation);
         if !bool::from(expected.as_bytes().ct_eq(mac.as_bytes())) {
             return Err(Error::Unauthenticated("invalid refresh token"));
@@ -1341,11 +1727,21 @@ impl AuthService {
         let c = &self.inner.config;
         if generation == session.generation {
             let idle = (now + secs(c.session_idle_secs)).min(session.absolute_expires_at);
-            if self.inner.sessions.advance_session(id, generation, now, idle).await? {
+            if self
+                .inner
+                .sessions
+                .advance_session(id, generation, now, idle)
+                .await?
+            {
                 return self.pair(&record.user, &session, generation + 1).await;
             }
             // Lost a race with a concurrent refresh: we are now the predecessor.
-            let fresh = self.inner.sessions.get_session(id).await?.ok_or(Error::Unauthenticated("invalid refresh token"))?;
+            let fresh = self
+                .inner
+                .sessions
+                .get_session(id)
+                .await?
+                .ok_or(Error::Unauthenticated("invalid refresh token"))?;
             if fresh.generation == generation + 1 && fresh.revoked_at.is_none() {
                 return self.pair(&record.user, &fresh, fresh.generation).await;
             }
@@ -1356,19 +1752,41 @@ impl AuthService {
             return self.pair(&record.user, &session, session.generation).await;
         }
         self.revoke_session_internal(id).await?;
-        self.audit("refresh.reuse", Some(&session.user_id.to_string()), Some(&id.to_string()), meta, false, Some("session family revoked".into())).await;
-        Err(Error::Unauthenticated("refresh token reused; session revoked"))
+        self.audit(
+            "refresh.reuse",
+            Some(&session.user_id.to_string()),
+            Some(&id.to_string()),
+            meta,
+            false,
+            Some("session family revoked".into()),
+        )
+        .await;
+        Err(Error::Unauthenticated(
+            "refresh token reused; session revoked",
+        ))
     }
 
     /// Logs out: revokes the session of `principal` and/or of `refresh_token`.
-    pub async fn logout(&self, principal: Option<&Principal>, refresh_token: Option<&str>, meta: &RequestMeta) -> Result<(), Error> {
+    pub async fn logout(
+        &self,
+        principal: Option<&Principal>,
+        refresh_token: Option<&str>,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
         let mut ids = Vec::new();
-        if let Some(sid) = principal.and_then(|p| p.session_id.as_deref()).and_then(|s| s.parse::<SessionId>().ok()) {
+        if let Some(sid) = principal
+            .and_then(|p| p.session_id.as_deref())
+            .and_then(|s| s.parse::<SessionId>().ok())
+        {
             ids.push(sid);
         }
         if let Some((id, generation, mac)) = refresh_token.and_then(parse_refresh)
             && let Some(session) = self.inner.sessions.get_session(id).await?
-            && bool::from(self.refresh_mac(&session, generation).as_bytes().ct_eq(mac.as_bytes()))
+            && bool::from(
+                self.refresh_mac(&session, generation)
+                    .as_bytes()
+                    .ct_eq(mac.as_bytes()),
+            )
         {
             ids.push(id);
         }
@@ -1377,7 +1795,15 @@ impl AuthService {
         }
         for id in ids {
             self.revoke_session_internal(id).await?;
-            self.audit("logout", principal.map(|p| p.subject.as_str()), Some(&id.to_string()), meta, true, None).await;
+            self.audit(
+                "logout",
+                principal.map(|p| p.subject.as_str()),
+                Some(&id.to_string()),
+                meta,
+                true,
+                None,
+            )
+            .await;
         }
         Ok(())
     }
@@ -1390,7 +1816,12 @@ impl AuthService {
     }
 
     async fn revoke_user_sessions_internal(&self, user: UserId) -> Result<(), Error> {
-        for id in self.inner.sessions.revoke_user_sessions(user, self.now()).await? {
+        for id in self
+            .inner
+            .sessions
+            .revoke_user_sessions(user, self.now())
+            .await?
+        {
             self.inner.revoked_sessions.insert(id, ());
             self.publish(&format!("session:{id}")).await;
         }
@@ -1399,7 +1830,11 @@ impl AuthService {
 
     /// Active sessions of `user` (default the caller); others' need
     /// `auth:sessions:admin`.
-    pub async fn list_sessions(&self, actor: &Principal, user: Option<UserId>) -> Result<Vec<Session>, Error> {
+    pub async fn list_sessions(
+        &self,
+        actor: &Principal,
+        user: Option<UserId>,
+    ) -> Result<Vec<Session>, Error> {
         let own: Option<UserId> = actor.subject.parse().ok();
         let target = match user {
             Some(u) if Some(u) == own => u,
@@ -1409,17 +1844,39 @@ impl AuthService {
             }
             None => own.ok_or(Error::NotAllowed("only users have sessions"))?,
         };
-        Ok(self.inner.sessions.list_user_sessions(target, self.now()).await?)
+        Ok(self
+            .inner
+            .sessions
+            .list_user_sessions(target, self.now())
+            .await?)
     }
 
     /// Revokes a session (own, or any with `auth:sessions:admin`).
-    pub async fn revoke_session(&self, actor: &Principal, id: SessionId, meta: &RequestMeta) -> Result<(), Error> {
-        let session = self.inner.sessions.get_session(id).await?.ok_or(Error::NotFound("session"))?;
+    pub async fn revoke_session(
+        &self,
+        actor: &Principal,
+        id: SessionId,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
+        let session = self
+            .inner
+            .sessions
+            .get_session(id)
+            .await?
+            .ok_or(Error::NotFound("session"))?;
         if actor.subject != session.user_id.to_string() {
             need(actor, PERM_SESSIONS_ADMIN)?;
         }
         self.revoke_session_internal(id).await?;
-        self.audit("session.revoke", Some(&actor.subject), Some(&id.to_string()), meta, true, None).await;
+        self.audit(
+            "session.revoke",
+            Some(&actor.subject),
+            Some(&id.to_string()),
+            meta,
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
@@ -1437,15 +1894,25 @@ impl AuthService {
             })
             .await?;
         let (subject, body) = match kind {
-            TokenKind::PasswordReset => ("Reset your password", format!("Your password reset token: {token}")),
-            TokenKind::EmailVerification => ("Verify your email", format!("Your email verification token: {token}")),
+            TokenKind::PasswordReset => (
+                "Reset your password",
+                format!("Your password reset token: {token}"),
+            ),
+            TokenKind::EmailVerification => (
+                "Verify your email",
+                format!("Your email verification token: {token}"),
+            ),
         };
         self.inner.mailer.send(&user.email, subject, &body).await
     }
 
     /// Mails a password reset token if the account exists. Always `Ok`
     /// (no account enumeration); throttled like logins.
-    pub async fn request_password_reset(&self, email: &str, meta: &RequestMeta) -> Result<(), Error> {
+    pub async fn request_password_reset(
+        &self,
+        email: &str,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
         let account = email.trim().to_lowercase();
         self.inner.throttle.attempt(&account, meta.ip).await?;
         if let Ok(e) = normalize_email(&account)
@@ -1453,28 +1920,56 @@ impl AuthService {
             && !r.user.disabled
         {
             self.send_token(&r.user, TokenKind::PasswordReset).await?;
-            self.audit("password.reset_request", None, Some(&r.user.id.to_string()), meta, true, None).await;
+            self.audit(
+                "password.reset_request",
+                None,
+                Some(&r.user.id.to_string()),
+                meta,
+                true,
+                None,
+            )
+            .await;
         }
         Ok(())
     }
 
     /// Sets a new password with a reset token (single use); revokes sessions.
-    pub async fn confirm_password_reset(&self, token: &str, password: String, meta: &RequestMeta) -> Result<(), Error> {
+    pub async fn confirm_password_reset(
+        &self,
+        token: &str,
+        password: String,
+        meta: &RequestMeta,
+    ) -> Result<(), Error> {
         self.check_password("password", &password)?;
         let user = self
             .inner
             .store
-            .consume_token(&sha256(token.as_bytes()), TokenKind::PasswordReset, self.now())
+            .consume_token(
+                &sha256(token.as_bytes()),
+                TokenKind::PasswordReset,
+                self.now(),
+            )
             .await?
             .ok_or(Error::field("token", "is invalid, used or expired"))?;
         self.store_password(user, password, false).await?;
-        self.audit("password.reset", None, Some(&user.to_string()), meta, true, None).await;
+        self.audit(
+            "password.reset",
+            None,
+            Some(&user.to_string()),
+            meta,
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
     /// Mails an email verification token to the caller.
     pub async fn request_email_verification(&self, principal: &Principal) -> Result<(), Error> {
-        let id: UserId = principal.subject.parse().map_err(|_| Error::NotAllowed("only users have emails"))?;
+        let id: UserId = principal
+            .subject
+            .parse()
+            .map_err(|_| Error::NotAllowed("only users have emails"))?;
         let user = self.load_user(id).await?.user;
         self.send_token(&user, TokenKind::EmailVerification).await
     }
@@ -1484,14 +1979,30 @@ impl AuthService {
         let id = self
             .inner
             .store
-            .consume_token(&sha256(token.as_bytes()), TokenKind::EmailVerification, self.now())
+            .consume_token(
+                &sha256(token.as_bytes()),
+                TokenKind::EmailVerification,
+                self.now(),
+            )
             .await?
             .ok_or(Error::field("token", "is invalid, used or expired"))?;
         let mut record = self.load_user(id).await?;
         record.user.email_verified = true;
         record.user.updated_at = self.now();
-        self.inner.store.update_user(&record).await.map_err(store_err)?;
-        self.audit("email.verified", None, Some(&id.to_string()), &RequestMeta::default(), true, None).await;
+        self.inner
+            .store
+            .update_user(&record)
+            .await
+            .map_err(store_err)?;
+        self.audit(
+            "email.verified",
+            None,
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
         Ok(())
     }
 
@@ -1530,7 +2041,9 @@ impl AuthService {
     }
 
     async fn publish(&self, message: &str) {
-        let Some(redis) = &self.inner.redis else { return };
+        let Some(redis) = &self.inner.redis else {
+            return;
+        };
         let mut conn = redis.connection();
         let result: Result<i64, _> = redis::cmd("PUBLISH")
             .arg(redis.key(CHANNEL))
@@ -1619,7 +2132,10 @@ impl AuthService {
         {
             self.rotate_signing_key().await?;
         }
-        self.inner.sessions.purge_sessions(self.now() - chrono::Duration::days(1)).await?;
+        self.inner
+            .sessions
+            .purge_sessions(self.now() - chrono::Duration::days(1))
+            .await?;
         Ok(())
     }
 
@@ -1670,11 +2186,19 @@ impl AuthService {
 }
 
 fn secs(s: u64) -> chrono::Duration {
-    chrono::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 4).min(100 * 365 * 86_400))
+    chrono::Duration::seconds(
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / 4)
+            .min(100 * 365 * 86_400),
+    )
 }
 
 fn need(actor: &Principal, perm: &str) -> Result<(), Error> {
-    if actor.can(perm) { Ok(()) } else { Err(Error::Forbidden(perm.to_owned())) }
+    if actor.can(perm) {
+        Ok(())
+    } else {
+        Err(Error::Forbidden(perm.to_owned()))
+    }
 }
 
 fn public_key_number(public_id: &str) -> Option<u64> {
@@ -1692,7 +2216,10 @@ fn parse_api_key(text: &str) -> Option<(u64, &str)> {
     }
     let (public, secret) = rest.split_at(PUBLIC_ID_LEN);
     let secret = secret.strip_prefix('_')?;
-    if !public.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+    if !public
+        .bytes()
+        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
         return None;
     }
     Some((u64::from_str_radix(public, 16).ok()?, secret))
@@ -1716,7 +2243,15 @@ mod tests {
     #[test]
     fn key_text_parsing() {
         assert!(parse_api_key("jdg_0123456789abcdef_secret").is_some());
-        for bad in ["", "jdg_", "jdg_0123456789abcdef", "jdg_0123456789abcdeX_s", "jdg_0123456789ABCDEF_s", "xyz_0123456789abcdef_s", "jdg_é123456789abcdef_s"] {
+        for bad in [
+            "",
+            "jdg_",
+            "jdg_0123456789abcdef",
+            "jdg_0123456789abcdeX_s",
+            "jdg_0123456789ABCDEF_s",
+            "xyz_0123456789abcdef_s",
+            "jdg_é123456789abcdef_s",
+        ] {
             assert!(parse_api_key(bad).is_none(), "{bad}");
         }
         assert!(parse_refresh("jrt_0190a0b0c0d07000800000000000000a_3_mac").is_some());

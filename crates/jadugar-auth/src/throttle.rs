@@ -54,7 +54,12 @@ fn limiter<K: std::hash::Hash + Eq + Clone>(
 }
 
 impl Throttle {
-    pub(crate) fn new(account_limit: u32, ip_limit: u32, window: Duration, redis: Option<Redis>) -> Self {
+    pub(crate) fn new(
+        account_limit: u32,
+        ip_limit: u32,
+        window: Duration,
+        redis: Option<Redis>,
+    ) -> Self {
         Self {
             account: limiter(account_limit, window),
             ip: limiter(ip_limit, window),
@@ -90,8 +95,15 @@ impl Throttle {
         }
     }
 
-    async fn attempt_redis(&self, redis: &Redis, account: &str, ip: Option<IpAddr>) -> Result<(), Error> {
-        let window_ms = u64::try_from(self.window.as_millis()).unwrap_or(u64::MAX).max(1);
+    async fn attempt_redis(
+        &self,
+        redis: &Redis,
+        account: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(), Error> {
+        let window_ms = u64::try_from(self.window.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut checks = vec![(
             redis.key(&format!("auth:throttle:acct:{account}")),
             self.account_limit,
@@ -118,7 +130,9 @@ impl Throttle {
         if wait_ms == 0 {
             Ok(())
         } else {
-            Err(Error::Throttled(u64::try_from(wait_ms / 1000).unwrap_or(1).max(1)))
+            Err(Error::Throttled(
+                u64::try_from(wait_ms / 1000).unwrap_or(1).max(1),
+            ))
         }
     }
 

@@ -12,29 +12,65 @@ use jadugar_core::{MasterKey, Principal, PrincipalKind, Sealer, SystemClock};
 use tokio_util::sync::CancellationToken;
 
 fn config() -> Config {
-    Config { argon2_memory_kib: 1024, argon2_iterations: 1, api_key_cache_ttl_secs: 1, ..Config::default() }
+    Config {
+        argon2_memory_kib: 1024,
+        argon2_iterations: 1,
+        api_key_cache_ttl_secs: 1,
+        ..Config::default()
+    }
 }
 
 async fn host(db: &Database, redis: Option<&Redis>, sealer: &Sealer) -> AuthService {
-    AuthService::from_backends(&config(), db, redis, SystemClock::shared(), sealer.clone()).await.unwrap()
+    AuthService::from_backends(&config(), db, redis, SystemClock::shared(), sealer.clone())
+        .await
+        .unwrap()
 }
 
 /// Creates a key on host A, warms host B's cache, revokes on A and returns
 /// how long B took to refuse it.
 async fn revoke_across(a: &AuthService, b: &AuthService) -> Duration {
     let owner = a
-        .create_user(None, NewUser { email: "ops@example.com".into(), display_name: String::new(), password: None, roles: vec!["admin".into()] })
+        .create_user(
+            None,
+            NewUser {
+                email: "ops@example.com".into(),
+                display_name: String::new(),
+                password: None,
+                roles: vec!["admin".into()],
+            },
+        )
         .await
         .unwrap();
-    let key = a.create_api_key(None, NewApiKey { name: "ci".into(), scopes: vec![], expires_in_secs: None, owner: Some(owner.id) }).await.unwrap();
+    let key = a
+        .create_api_key(
+            None,
+            NewApiKey {
+                name: "ci".into(),
+                scopes: vec![],
+                expires_in_secs: None,
+                owner: Some(owner.id),
+            },
+        )
+        .await
+        .unwrap();
     assert!(b.verify_api_key(&key.secret).await.unwrap().can("anything"));
-    assert!(b.verify_api_key_cached(&key.secret).is_some(), "cached on B");
+    assert!(
+        b.verify_api_key_cached(&key.secret).is_some(),
+        "cached on B"
+    );
     let revoked_at = Instant::now();
-    a.revoke_api_key(&Principal::new(owner.id.to_string(), PrincipalKind::User), key.key.id).await.unwrap();
+    a.revoke_api_key(
+        &Principal::new(owner.id.to_string(), PrincipalKind::User),
+        key.key.id,
+    )
+    .await
+    .unwrap();
     loop {
         match b.verify_api_key(&key.secret).await {
             Err(Error::Unauthenticated(_)) => return revoked_at.elapsed(),
-            Ok(_) if revoked_at.elapsed() < Duration::from_secs(5) => tokio::time::sleep(Duration::from_millis(20)).await,
+            Ok(_) if revoked_at.elapsed() < Duration::from_secs(5) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
             other => panic!("still accepted after 5 s: {other:?}"),
         }
     }
@@ -42,7 +78,9 @@ async fn revoke_across(a: &AuthService, b: &AuthService) -> Duration {
 
 #[tokio::test]
 async fn key_revoked_on_one_host_is_refused_by_another_via_postgres_and_redis() {
-    let (Some(pg), Some(redis)) = (TestPostgres::new().await, TestRedis::new().await) else { return };
+    let (Some(pg), Some(redis)) = (TestPostgres::new().await, TestRedis::new().await) else {
+        return;
+    };
     let sealer = Sealer::new(MasterKey::generate("test"), []);
     let a = host(pg.database(), Some(redis.redis()), &sealer).await;
     let other_db = pg.connect_another().await;
@@ -54,26 +92,66 @@ async fn key_revoked_on_one_host_is_refused_by_another_via_postgres_and_redis() 
     let tasks = b.spawn_background(cancel.clone());
     tokio::time::sleep(Duration::from_millis(200)).await; // let B subscribe
     let took = revoke_across(&a, &b).await;
-    assert!(took < Duration::from_millis(900), "pub/sub should beat the 1 s cache TTL, took {took:?}");
+    assert!(
+        took < Duration::from_millis(900),
+        "pub/sub should beat the 1 s cache TTL, took {took:?}"
+    );
 
     // A session revoked on A is refused by B, whose token cache held it.
-    a.create_user(None, NewUser { email: "ada@example.com".into(), display_name: String::new(), password: Some("correct horse battery".into()), roles: vec![] }).await.unwrap();
-    let pair = a.login("ada@example.com", "correct horse battery", &Default::default(), None).await.unwrap();
+    a.create_user(
+        None,
+        NewUser {
+            email: "ada@example.com".into(),
+            display_name: String::new(),
+            password: Some("correct horse battery".into()),
+            roles: vec![],
+        },
+    )
+    .await
+    .unwrap();
+    let pair = a
+        .login(
+            "ada@example.com",
+            "correct horse battery",
+            &Default::default(),
+            None,
+        )
+        .await
+        .unwrap();
     let principal = b.validate_token(&pair.access_token).await.unwrap();
-    a.logout(Some(&principal), None, &Default::default()).await.unwrap();
+    a.logout(Some(&principal), None, &Default::default())
+        .await
+        .unwrap();
     let start = Instant::now();
     while b.validate_token(&pair.access_token).await.is_ok() {
-        assert!(start.elapsed() < Duration::from_secs(2), "session revocation did not reach B");
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "session revocation did not reach B"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Refresh works on either host (sessions live in Redis).
-    let pair = a.login("ada@example.com", "correct horse battery", &Default::default(), None).await.unwrap();
-    let next = b.refresh(&pair.refresh_token, &Default::default()).await.unwrap();
+    let pair = a
+        .login(
+            "ada@example.com",
+            "correct horse battery",
+            &Default::default(),
+            None,
+        )
+        .await
+        .unwrap();
+    let next = b
+        .refresh(&pair.refresh_token, &Default::default())
+        .await
+        .unwrap();
     assert!(a.validate_token(&next.access_token).await.is_ok());
 
     cancel.cancel();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(2), t).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), t)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -85,5 +163,8 @@ async fn without_redis_a_revocation_is_bounded_by_the_cache_ttl() {
     let other = db.connect_another().await;
     let b = host(&other, None, &sealer).await;
     let took = revoke_across(&a, &b).await;
-    assert!(took <= Duration::from_millis(1500), "bounded by the 1 s TTL, took {took:?}");
+    assert!(
+        took <= Duration::from_millis(1500),
+        "bounded by the 1 s TTL, took {took:?}"
+    );
 }

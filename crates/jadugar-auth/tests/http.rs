@@ -21,24 +21,37 @@ use tower::ServiceExt;
 async fn setup(config: Config) -> (AuthService, Router) {
     let store = Arc::new(MemoryStore::default());
     let auth = AuthService::builder(
-        Config { argon2_memory_kib: 1024, argon2_iterations: 1, ..config },
+        Config {
+            argon2_memory_kib: 1024,
+            argon2_iterations: 1,
+            ..config
+        },
         store.clone(),
         store,
     )
     .build()
     .await
     .unwrap();
-    auth.create_user(None, NewUser {
-        email: "ada@example.com".into(),
-        display_name: "Ada".into(),
-        password: Some("correct horse battery".into()),
-        roles: vec!["admin".into()],
-    })
+    auth.create_user(
+        None,
+        NewUser {
+            email: "ada@example.com".into(),
+            display_name: "Ada".into(),
+            password: Some("correct horse battery".into()),
+            roles: vec!["admin".into()],
+        },
+    )
     .await
     .unwrap();
     let app = api::router(auth.clone())
-        .route("/private", get(|p: Principal| async move { p.subject }).route_layer(require("reports:read")))
-        .route("/open", get(|p: Option<Principal>| async move { format!("{}", p.is_some()) }))
+        .route(
+            "/private",
+            get(|p: Principal| async move { p.subject }).route_layer(require("reports:read")),
+        )
+        .route(
+            "/open",
+            get(|p: Option<Principal>| async move { format!("{}", p.is_some()) }),
+        )
         .route("/echo", post(|| async { "posted" }))
         .layer(AuthLayer::new(auth.clone()));
     (auth, app)
@@ -49,7 +62,8 @@ async fn send(app: &Router, req: Request<Body>) -> (StatusCode, http::HeaderMap,
     let status = res.status();
     let headers = res.headers().clone();
     let bytes = res.into_body().collect().await.unwrap().to_bytes();
-    let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (status, headers, body)
 }
 
@@ -60,7 +74,9 @@ fn json_post(path: &str, body: Value) -> http::request::Builder {
 
 async fn login(app: &Router, cookies: bool) -> (http::HeaderMap, Value) {
     let body = json!({"email": "ada@example.com", "password": "correct horse battery", "set_cookies": cookies});
-    let req = json_post("/v1/auth/login", body.clone()).body(Body::from(body.to_string())).unwrap();
+    let req = json_post("/v1/auth/login", body.clone())
+        .body(Body::from(body.to_string()))
+        .unwrap();
     let (status, headers, body) = send(app, req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     (headers, body)
@@ -78,17 +94,33 @@ async fn garbage_and_oversized_credentials_are_401_not_500() {
         ("authorization", HeaderValue::from_static("Bearer a.b.c")),
         ("authorization", HeaderValue::from_static("Bearer ....")),
         ("authorization", HeaderValue::from_static("Bearer jdg_")),
-        ("authorization", HeaderValue::from_static("Bearer jdg_0123456789abcdef_secret")),
-        ("authorization", HeaderValue::from_bytes(b"Bearer \xff\xfe\xfd").unwrap()),
+        (
+            "authorization",
+            HeaderValue::from_static("Bearer jdg_0123456789abcdef_secret"),
+        ),
+        (
+            "authorization",
+            HeaderValue::from_bytes(b"Bearer \xff\xfe\xfd").unwrap(),
+        ),
         ("authorization", HeaderValue::from_str(&huge).unwrap()),
         ("x-api-key", HeaderValue::from_static("nonsense")),
         ("x-api-key", HeaderValue::from_bytes(b"\xff").unwrap()),
-        ("cookie", HeaderValue::from_static("__Host-jadugar_session=not.a.jwt")),
+        (
+            "cookie",
+            HeaderValue::from_static("__Host-jadugar_session=not.a.jwt"),
+        ),
     ];
     for (name, value) in cases {
-        let req = Request::get("/open").header(name, value.clone()).body(Body::empty()).unwrap();
+        let req = Request::get("/open")
+            .header(name, value.clone())
+            .body(Body::empty())
+            .unwrap();
         let (status, headers, body) = send(&app, req).await;
-        assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {value:?} -> {body}");
+        assert_eq!(
+            status,
+            StatusCode::UNAUTHORIZED,
+            "{name}: {value:?} -> {body}"
+        );
         assert!(headers.contains_key(header::WWW_AUTHENTICATE));
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
     }
@@ -100,30 +132,67 @@ async fn garbage_and_oversized_credentials_are_401_not_500() {
 #[tokio::test]
 async fn require_gives_401_then_403_then_200() {
     let (auth, app) = setup(Config::default()).await;
-    let (status, headers, _) = send(&app, Request::get("/private").body(Body::empty()).unwrap()).await;
+    let (status, headers, _) =
+        send(&app, Request::get("/private").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers.contains_key(header::WWW_AUTHENTICATE));
 
-    let bob = auth.create_user(None, NewUser { email: "bob@example.com".into(), display_name: String::new(), password: None, roles: vec![] }).await.unwrap();
-    let key = auth
-        .create_api_key(None, jadugar_auth::service::NewApiKey { name: "k".into(), scopes: vec![], expires_in_secs: None, owner: Some(bob.id) })
+    let bob = auth
+        .create_user(
+            None,
+            NewUser {
+                email: "bob@example.com".into(),
+                display_name: String::new(),
+                password: None,
+                roles: vec![],
+            },
+        )
         .await
         .unwrap();
-    let req = Request::get("/private").header("x-api-key", &key.secret).body(Body::empty()).unwrap();
+    let key = auth
+        .create_api_key(
+            None,
+            jadugar_auth::service::NewApiKey {
+                name: "k".into(),
+                scopes: vec![],
+                expires_in_secs: None,
+                owner: Some(bob.id),
+            },
+        )
+        .await
+        .unwrap();
+    let req = Request::get("/private")
+        .header("x-api-key", &key.secret)
+        .body(Body::empty())
+        .unwrap();
     assert_eq!(send(&app, req).await.0, StatusCode::FORBIDDEN);
 
     let (_, body) = login(&app, false).await;
     let token = body["access_token"].as_str().unwrap();
     for _ in 0..2 {
         // Second round is served from the token cache.
-        let req = Request::get("/private").header("authorization", format!("Bearer {token}")).body(Body::empty()).unwrap();
+        let req = Request::get("/private")
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::empty())
+            .unwrap();
         assert_eq!(send(&app, req).await.0, StatusCode::OK);
     }
     let admin_key = auth
-        .create_api_key(None, jadugar_auth::service::NewApiKey { name: "a".into(), scopes: vec![], expires_in_secs: None, owner: Some(body["user_id"].as_str().unwrap().parse().unwrap()) })
+        .create_api_key(
+            None,
+            jadugar_auth::service::NewApiKey {
+                name: "a".into(),
+                scopes: vec![],
+                expires_in_secs: None,
+                owner: Some(body["user_id"].as_str().unwrap().parse().unwrap()),
+            },
+        )
         .await
         .unwrap();
-    let req = Request::get("/private").header("authorization", format!("Bearer {}", admin_key.secret)).body(Body::empty()).unwrap();
+    let req = Request::get("/private")
+        .header("authorization", format!("Bearer {}", admin_key.secret))
+        .body(Body::empty())
+        .unwrap();
     assert_eq!(send(&app, req).await.0, StatusCode::OK);
 }
 
@@ -133,7 +202,15 @@ fn cookie_value(headers: &http::HeaderMap, name: &str) -> String {
         .iter()
         .map(|v| v.to_str().unwrap())
         .find(|v| v.starts_with(&format!("{name}=")))
-        .map(|v| v.split(';').next().unwrap().split_once('=').unwrap().1.to_owned())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap()
+                .split_once('=')
+                .unwrap()
+                .1
+                .to_owned()
+        })
         .unwrap()
 }
 
@@ -141,15 +218,30 @@ fn cookie_value(headers: &http::HeaderMap, name: &str) -> String {
 async fn cookie_sessions_need_csrf_on_unsafe_methods() {
     let (_, app) = setup(Config::default()).await;
     let (headers, _) = login(&app, true).await;
-    let all: Vec<&str> = headers.get_all(header::SET_COOKIE).iter().map(|v| v.to_str().unwrap()).collect();
-    let session_cookie = all.iter().find(|c| c.starts_with("__Host-jadugar_session=")).unwrap();
-    assert!(session_cookie.contains("HttpOnly") && session_cookie.contains("Secure") && session_cookie.contains("SameSite=Lax") && session_cookie.contains("Path=/"));
+    let all: Vec<&str> = headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    let session_cookie = all
+        .iter()
+        .find(|c| c.starts_with("__Host-jadugar_session="))
+        .unwrap();
+    assert!(
+        session_cookie.contains("HttpOnly")
+            && session_cookie.contains("Secure")
+            && session_cookie.contains("SameSite=Lax")
+            && session_cookie.contains("Path=/")
+    );
     let session = cookie_value(&headers, "__Host-jadugar_session");
     let csrf = cookie_value(&headers, "__Host-jadugar_csrf");
     let jar = format!("__Host-jadugar_session={session}; __Host-jadugar_csrf={csrf}");
 
     // Safe method: no token needed.
-    let req = Request::get("/v1/auth/me").header(header::COOKIE, &jar).body(Body::empty()).unwrap();
+    let req = Request::get("/v1/auth/me")
+        .header(header::COOKIE, &jar)
+        .body(Body::empty())
+        .unwrap();
     let (status, _, body) = send(&app, req).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["user"]["email"], "ada@example.com");
@@ -169,8 +261,16 @@ async fn cookie_sessions_need_csrf_on_unsafe_methods() {
         b.body(Body::from(create.clone())).unwrap()
     };
     assert_eq!(send(&app, post(None, None)).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(send(&app, post(Some("forged"), None)).await.0, StatusCode::FORBIDDEN);
-    assert_eq!(send(&app, post(Some(&csrf), Some("https://evil.example"))).await.0, StatusCode::FORBIDDEN);
+    assert_eq!(
+        send(&app, post(Some("forged"), None)).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        send(&app, post(Some(&csrf), Some("https://evil.example")))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
     let (status, _, body) = send(&app, post(Some(&csrf), Some("https://app.example.com"))).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     let (status, _, _) = send(&app, post(Some(&csrf), None)).await;
@@ -180,7 +280,10 @@ async fn cookie_sessions_need_csrf_on_unsafe_methods() {
     let (_, body) = login(&app, false).await;
     let req = Request::post("/v1/auth/api-keys")
         .header(header::CONTENT_TYPE, "application/json")
-        .header("authorization", format!("Bearer {}", body["access_token"].as_str().unwrap()))
+        .header(
+            "authorization",
+            format!("Bearer {}", body["access_token"].as_str().unwrap()),
+        )
         .body(Body::from(create.clone()))
         .unwrap();
     assert_eq!(send(&app, req).await.0, StatusCode::CREATED);
@@ -188,12 +291,22 @@ async fn cookie_sessions_need_csrf_on_unsafe_methods() {
 
 #[tokio::test]
 async fn login_brute_force_is_429_with_retry_after() {
-    let (_, app) = setup(Config { login_attempts_per_account: 2, ..Config::default() }).await;
+    let (_, app) = setup(Config {
+        login_attempts_per_account: 2,
+        ..Config::default()
+    })
+    .await;
     for email in ["ada@example.com", "nobody@example.com"] {
         let body = json!({"email": email, "password": "wrong password"}).to_string();
         let mut last = (StatusCode::OK, http::HeaderMap::new(), Value::Null);
         for _ in 0..3 {
-            last = send(&app, json_post("/v1/auth/login", Value::Null).body(Body::from(body.clone())).unwrap()).await;
+            last = send(
+                &app,
+                json_post("/v1/auth/login", Value::Null)
+                    .body(Body::from(body.clone()))
+                    .unwrap(),
+            )
+            .await;
         }
         assert_eq!(last.0, StatusCode::TOO_MANY_REQUESTS, "{email}");
         assert!(last.1.contains_key(header::RETRY_AFTER));
@@ -207,7 +320,13 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
     let refresh = body["refresh_token"].as_str().unwrap().to_owned();
 
-    let (status, _, fresh) = send(&app, json_post("/v1/auth/refresh", Value::Null).body(Body::from(json!({"refresh_token": refresh}).to_string())).unwrap()).await;
+    let (status, _, fresh) = send(
+        &app,
+        json_post("/v1/auth/refresh", Value::Null)
+            .body(Body::from(json!({"refresh_token": refresh}).to_string()))
+            .unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{fresh}");
 
     let authed = |method: &str, path: &str, body: Option<Value>| {
@@ -219,20 +338,51 @@ async fn api_flows_refresh_logout_users_roles_audit() {
             .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
             .unwrap()
     };
-    let (status, _, user) = send(&app, authed("POST", "/v1/auth/users", Some(json!({"email": "Bob@Example.com", "password": "bob's long password"})))).await;
+    let (status, _, user) = send(
+        &app,
+        authed(
+            "POST",
+            "/v1/auth/users",
+            Some(json!({"email": "Bob@Example.com", "password": "bob's long password"})),
+        ),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(user["email"], "bob@example.com");
-    let (status, _, problem) = send(&app, authed("POST", "/v1/auth/users", Some(json!({"email": "nope", "password": "x"})))).await;
+    let (status, _, problem) = send(
+        &app,
+        authed(
+            "POST",
+            "/v1/auth/users",
+            Some(json!({"email": "nope", "password": "x"})),
+        ),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "email");
-    let (status, _, _) = send(&app, authed("POST", "/v1/auth/users", Some(json!({"wrong": true})))).await;
+    let (status, _, _) = send(
+        &app,
+        authed("POST", "/v1/auth/users", Some(json!({"wrong": true}))),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     let (status, _, _) = send(&app, authed("GET", "/v1/auth/users/not-a-uuid", None)).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 
-    let (status, _, role) = send(&app, authed("PUT", "/v1/auth/roles/deployer", Some(json!({"permissions": ["registry:*"]})))).await;
+    let (status, _, role) = send(
+        &app,
+        authed(
+            "PUT",
+            "/v1/auth/roles/deployer",
+            Some(json!({"permissions": ["registry:*"]})),
+        ),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{role}");
-    let path = format!("/v1/auth/users/{}/roles/deployer", user["id"].as_str().unwrap());
+    let path = format!(
+        "/v1/auth/users/{}/roles/deployer",
+        user["id"].as_str().unwrap()
+    );
     let (status, _, edited) = send(&app, authed("PUT", &path, None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(edited["roles"], json!(["deployer"]));
@@ -240,7 +390,11 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     assert_eq!(status, StatusCode::OK);
     assert!(page["next_cursor"].is_string());
 
-    let (status, _, audit) = send(&app, authed("GET", "/v1/auth/audit?action=login.success", None)).await;
+    let (status, _, audit) = send(
+        &app,
+        authed("GET", "/v1/auth/audit?action=login.success", None),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
 
@@ -253,7 +407,10 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     let (status, _, _) = send(&app, authed("GET", "/v1/auth/me", None)).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "logged-out token refused");
 
-    for path in ["/.well-known/jwks.json", "/.well-known/openid-configuration"] {
+    for path in [
+        "/.well-known/jwks.json",
+        "/.well-known/openid-configuration",
+    ] {
         let (status, _, doc) = send(&app, Request::get(path).body(Body::empty()).unwrap()).await;
         assert_eq!(status, StatusCode::OK);
         assert!(doc.is_object());
@@ -263,22 +420,41 @@ async fn api_flows_refresh_logout_users_roles_audit() {
 #[test]
 fn openapi_describes_the_routes() {
     let doc = api::openapi();
-    for path in ["/v1/auth/login", "/v1/auth/refresh", "/v1/auth/users/{id}/roles/{role}", "/v1/auth/api-keys", "/v1/auth/audit", "/.well-known/jwks.json"] {
+    for path in [
+        "/v1/auth/login",
+        "/v1/auth/refresh",
+        "/v1/auth/users/{id}/roles/{role}",
+        "/v1/auth/api-keys",
+        "/v1/auth/audit",
+        "/.well-known/jwks.json",
+    ] {
         assert!(doc.paths.paths.contains_key(path), "{path}");
     }
-    assert!(doc.paths.paths.keys().all(|p| p.starts_with("/v1/auth/") || p.starts_with("/.well-known/")));
+    assert!(
+        doc.paths
+            .paths
+            .keys()
+            .all(|p| p.starts_with("/v1/auth/") || p.starts_with("/.well-known/"))
+    );
 }
 
 #[tokio::test]
 async fn signed_requests_verify_and_replays_fail() {
     let clock = ManualClock::default();
     let layer = SigningLayer::new(
-        [SigningKey { key_id: "billing".into(), secret: b"0123456789abcdef0123456789abcdef".to_vec(), permissions: vec!["tracking:*".into()] }],
+        [SigningKey {
+            key_id: "billing".into(),
+            secret: b"0123456789abcdef0123456789abcdef".to_vec(),
+            permissions: vec!["tracking:*".into()],
+        }],
         300,
         clock.shared(),
     );
     let app = Router::new()
-        .route("/charge", post(|p: Principal, body: String| async move { format!("{}:{}", p.subject, body) }))
+        .route(
+            "/charge",
+            post(|p: Principal, body: String| async move { format!("{}:{}", p.subject, body) }),
+        )
         .layer(layer);
     let signer = Signer::new("billing", b"0123456789abcdef0123456789abcdef".to_vec());
     let now = clock.now().timestamp();
@@ -294,19 +470,52 @@ async fn signed_requests_verify_and_replays_fail() {
     let first = signed("{\"amount\":5}", now);
     let replay = first.headers().clone();
     let (status, _, body) = send(&app, with_body(first, "{\"amount\":5}")).await;
-    assert_eq!((status, body), (StatusCode::OK, Value::String("billing:{\"amount\":5}".into())));
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::OK,
+            Value::String("billing:{\"amount\":5}".into())
+        )
+    );
 
-    let mut again = Request::post("/charge?x=1").body(Body::from("{\"amount\":5}")).unwrap();
+    let mut again = Request::post("/charge?x=1")
+        .body(Body::from("{\"amount\":5}"))
+        .unwrap();
     *again.headers_mut() = replay;
-    assert_eq!(send(&app, again).await.0, StatusCode::UNAUTHORIZED, "replay");
-    assert_eq!(send(&app, with_body(signed("{\"amount\":5}", now), "{\"amount\":500}")).await.0, StatusCode::UNAUTHORIZED, "tampered body");
-    assert_eq!(send(&app, with_body(signed("x", now - 301), "x")).await.0, StatusCode::UNAUTHORIZED, "stale");
+    assert_eq!(
+        send(&app, again).await.0,
+        StatusCode::UNAUTHORIZED,
+        "replay"
+    );
+    assert_eq!(
+        send(
+            &app,
+            with_body(signed("{\"amount\":5}", now), "{\"amount\":500}")
+        )
+        .await
+        .0,
+        StatusCode::UNAUTHORIZED,
+        "tampered body"
+    );
+    assert_eq!(
+        send(&app, with_body(signed("x", now - 301), "x")).await.0,
+        StatusCode::UNAUTHORIZED,
+        "stale"
+    );
     let other = Signer::new("billing", b"another secret, another secret!!".to_vec());
     let mut req = Request::post("/charge?x=1").body(()).unwrap();
     other.sign(&mut req, b"x", now);
-    assert_eq!(send(&app, with_body(req, "x")).await.0, StatusCode::UNAUTHORIZED, "wrong secret");
+    assert_eq!(
+        send(&app, with_body(req, "x")).await.0,
+        StatusCode::UNAUTHORIZED,
+        "wrong secret"
+    );
     // Unsigned requests pass without a principal (the route then refuses).
-    let (status, _, _) = send(&app, Request::post("/charge").body(Body::from("x")).unwrap()).await;
+    let (status, _, _) = send(
+        &app,
+        Request::post("/charge").body(Body::from("x")).unwrap(),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     clock.advance(Duration::from_secs(1));
 }

@@ -72,7 +72,8 @@ async fn hostile_tokens_are_rejected() {
 
     // alg none.
     let kid = auth.jwks()["keys"][0]["kid"].as_str().unwrap().to_owned();
-    let header = URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": kid}).to_string());
+    let header =
+        URL_SAFE_NO_PAD.encode(json!({"alg": "none", "typ": "JWT", "kid": kid}).to_string());
     let payload = URL_SAFE_NO_PAD.encode(good.to_string());
     unauthenticated(auth.validate_token(&format!("{header}.{payload}.")).await);
 
@@ -81,7 +82,9 @@ async fn hostile_tokens_are_rejected() {
     let mut hs = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     hs.kid = Some(kid.clone());
     for secret in [URL_SAFE_NO_PAD.decode(&x).unwrap(), x.clone().into_bytes()] {
-        let forged = jsonwebtoken::encode(&hs, &good, &jsonwebtoken::EncodingKey::from_secret(&secret)).unwrap();
+        let forged =
+            jsonwebtoken::encode(&hs, &good, &jsonwebtoken::EncodingKey::from_secret(&secret))
+                .unwrap();
         unauthenticated(auth.validate_token(&forged).await);
     }
 
@@ -134,16 +137,27 @@ async fn hostile_tokens_are_rejected() {
 #[tokio::test]
 async fn es256_keys_and_rotation_overlap() {
     let clock = ManualClock::default();
-    let config = Config { jwt_algorithm: "ES256".into(), ..fast_config() };
+    let config = Config {
+        jwt_algorithm: "ES256".into(),
+        ..fast_config()
+    };
     let auth = service(config, &clock).await;
     user(&auth, "ada@example.com", &["admin"]).await;
-    let pair = auth.login("ada@example.com", "correct horse battery", &meta(), None).await.unwrap();
+    let pair = auth
+        .login("ada@example.com", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
     assert_eq!(auth.jwks()["keys"][0]["alg"], "ES256");
     auth.rotate_signing_key().await.unwrap();
     assert_eq!(auth.jwks()["keys"].as_array().unwrap().len(), 2);
     // Issued before rotation, still valid during the overlap (and not from cache).
     let other_instance_view = auth.clone();
-    assert!(other_instance_view.validate_token(&pair.access_token).await.is_ok());
+    assert!(
+        other_instance_view
+            .validate_token(&pair.access_token)
+            .await
+            .is_ok()
+    );
     let fresh = auth.refresh(&pair.refresh_token, &meta()).await.unwrap();
     assert!(auth.validate_token(&fresh.access_token).await.is_ok());
     clock.advance(Duration::from_secs(auth.config().key_overlap_secs + 1));
@@ -155,7 +169,10 @@ async fn refresh_rotation_grace_and_family_revocation() {
     let clock = ManualClock::default();
     let auth = service(fast_config(), &clock).await;
     user(&auth, "ada@example.com", &[]).await;
-    let login = auth.login("ada@example.com", "correct horse battery", &meta(), None).await.unwrap();
+    let login = auth
+        .login("ada@example.com", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
     let r0 = login.refresh_token.clone();
     let second = auth.refresh(&r0, &meta()).await.unwrap();
     let r1 = second.refresh_token.clone();
@@ -172,23 +189,40 @@ async fn refresh_rotation_grace_and_family_revocation() {
     unauthenticated(auth.refresh(&r0, &meta()).await);
     unauthenticated(auth.refresh(&r2, &meta()).await);
     unauthenticated(auth.validate_token(&third.access_token).await);
-    assert!(auth.list_sessions(&Principal::new(login.user_id.to_string(), PrincipalKind::User), None).await.unwrap().is_empty());
+    assert!(
+        auth.list_sessions(
+            &Principal::new(login.user_id.to_string(), PrincipalKind::User),
+            None
+        )
+        .await
+        .unwrap()
+        .is_empty()
+    );
 
     // The predecessor after the grace window is reuse too.
-    let login = auth.login("ada@example.com", "correct horse battery", &meta(), None).await.unwrap();
+    let login = auth
+        .login("ada@example.com", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
     let next = auth.refresh(&login.refresh_token, &meta()).await.unwrap();
     clock.advance(Duration::from_secs(auth.config().refresh_grace_secs + 1));
     unauthenticated(auth.refresh(&login.refresh_token, &meta()).await);
     unauthenticated(auth.refresh(&next.refresh_token, &meta()).await);
 
     // A forged MAC is refused without revoking anything.
-    let login = auth.login("ada@example.com", "correct horse battery", &meta(), None).await.unwrap();
+    let login = auth
+        .login("ada@example.com", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
     let forged = format!("{}x", &login.refresh_token[..login.refresh_token.len() - 1]);
     unauthenticated(auth.refresh(&forged, &meta()).await);
     assert!(auth.refresh(&login.refresh_token, &meta()).await.is_ok());
 
     // Idle lifetime.
-    let login = auth.login("ada@example.com", "correct horse battery", &meta(), None).await.unwrap();
+    let login = auth
+        .login("ada@example.com", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
     clock.advance(Duration::from_secs(auth.config().session_idle_secs + 1));
     unauthenticated(auth.refresh(&login.refresh_token, &meta()).await);
 }
@@ -198,9 +232,17 @@ async fn login_rotates_previous_session_and_logout_revokes() {
     let clock = ManualClock::default();
     let auth = service(fast_config(), &clock).await;
     user(&auth, "ada@example.com", &[]).await;
-    let first = auth.login("ada@example.com", "correct horse battery", &meta(), None).await.unwrap();
+    let first = auth
+        .login("ada@example.com", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
     let second = auth
-        .login("ada@example.com", "correct horse battery", &meta(), Some(first.session_id))
+        .login(
+            "ada@example.com",
+            "correct horse battery",
+            &meta(),
+            Some(first.session_id),
+        )
         .await
         .unwrap();
     unauthenticated(auth.refresh(&first.refresh_token, &meta()).await);
@@ -209,8 +251,13 @@ async fn login_rotates_previous_session_and_logout_revokes() {
     unauthenticated(auth.validate_token(&second.access_token).await);
     unauthenticated(auth.refresh(&second.refresh_token, &meta()).await);
     // Logout with only the refresh token (no cookie, no access token).
-    let third = auth.login("ada@example.com", "correct horse battery", &meta(), None).await.unwrap();
-    auth.logout(None, Some(&third.refresh_token), &meta()).await.unwrap();
+    let third = auth
+        .login("ada@example.com", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
+    auth.logout(None, Some(&third.refresh_token), &meta())
+        .await
+        .unwrap();
     unauthenticated(auth.validate_token(&third.access_token).await);
 }
 
@@ -218,42 +265,151 @@ async fn login_rotates_previous_session_and_logout_revokes() {
 async fn privilege_escalation_through_roles_is_refused() {
     let clock = ManualClock::default();
     let auth = service(fast_config(), &clock).await;
-    auth.put_role(&system(), RoleInput {
-        name: "manager".into(),
-        description: String::new(),
-        permissions: vec!["auth:roles:write".into(), "auth:users:write".into(), "registry:*".into()],
-    })
+    auth.put_role(
+        &system(),
+        RoleInput {
+            name: "manager".into(),
+            description: String::new(),
+            permissions: vec![
+                "auth:roles:write".into(),
+                "auth:users:write".into(),
+                "registry:*".into(),
+            ],
+        },
+    )
     .await
     .unwrap();
-    auth.put_role(&system(), RoleInput { name: "ops".into(), description: String::new(), permissions: vec!["gateway:*".into()] })
+    auth.put_role(
+        &system(),
+        RoleInput {
+            name: "ops".into(),
+            description: String::new(),
+            permissions: vec!["gateway:*".into()],
+        },
+    )
+    .await
+    .unwrap();
+    let mallory = user(&auth, "mallory@example.com", &["manager"]).await;
+    let pair = auth
+        .login(
+            "mallory@example.com",
+            "correct horse battery",
+            &meta(),
+            None,
+        )
         .await
         .unwrap();
-    let mallory = user(&auth, "mallory@example.com", &["manager"]).await;
-    let pair = auth.login("mallory@example.com", "correct horse battery", &meta(), None).await.unwrap();
     let me = auth.validate_token(&pair.access_token).await.unwrap();
 
     let forbidden = |r: Result<_, Error>| assert!(matches!(r, Err(Error::Forbidden(_))), "{r:?}");
     // Creating a role with more than one holds.
-    forbidden(auth.put_role(&me, RoleInput { name: "god".into(), description: String::new(), permissions: vec!["*".into()] }).await.map(|_| ()));
-    forbidden(auth.put_role(&me, RoleInput { name: "auth2".into(), description: String::new(), permissions: vec!["auth:*".into()] }).await.map(|_| ()));
+    forbidden(
+        auth.put_role(
+            &me,
+            RoleInput {
+                name: "god".into(),
+                description: String::new(),
+                permissions: vec!["*".into()],
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
+    forbidden(
+        auth.put_role(
+            &me,
+            RoleInput {
+                name: "auth2".into(),
+                description: String::new(),
+                permissions: vec!["auth:*".into()],
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
     // Widening one's own role.
-    forbidden(auth.put_role(&me, RoleInput { name: "manager".into(), description: String::new(), permissions: vec!["auth:roles:write".into(), "auth:users:write".into(), "*".into()] }).await.map(|_| ()));
+    forbidden(
+        auth.put_role(
+            &me,
+            RoleInput {
+                name: "manager".into(),
+                description: String::new(),
+                permissions: vec![
+                    "auth:roles:write".into(),
+                    "auth:users:write".into(),
+                    "*".into(),
+                ],
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
     // Editing a role above one's own (even to narrow it).
-    forbidden(auth.put_role(&me, RoleInput { name: "ops".into(), description: String::new(), permissions: vec!["registry:read".into()] }).await.map(|_| ()));
+    forbidden(
+        auth.put_role(
+            &me,
+            RoleInput {
+                name: "ops".into(),
+                description: String::new(),
+                permissions: vec!["registry:read".into()],
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
     // Granting admin or a role with foreign permissions, to self or others.
     forbidden(auth.assign_role(&me, mallory.id, "admin").await.map(|_| ()));
     forbidden(auth.assign_role(&me, mallory.id, "ops").await.map(|_| ()));
-    forbidden(auth.create_user(Some(&me), NewUser { email: "x@example.com".into(), display_name: String::new(), password: None, roles: vec!["admin".into()] }).await.map(|_| ()));
+    forbidden(
+        auth.create_user(
+            Some(&me),
+            NewUser {
+                email: "x@example.com".into(),
+                display_name: String::new(),
+                password: None,
+                roles: vec!["admin".into()],
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
     // Built-in admin cannot be edited even by an admin.
     assert!(matches!(
-        auth.put_role(&system(), RoleInput { name: "admin".into(), description: String::new(), permissions: vec!["registry:read".into()] }).await,
+        auth.put_role(
+            &system(),
+            RoleInput {
+                name: "admin".into(),
+                description: String::new(),
+                permissions: vec!["registry:read".into()]
+            }
+        )
+        .await,
         Err(Error::NotAllowed(_))
     ));
     // What one does hold can be granted.
-    auth.put_role(&me, RoleInput { name: "reader".into(), description: String::new(), permissions: vec!["registry:read".into()] }).await.unwrap();
+    auth.put_role(
+        &me,
+        RoleInput {
+            name: "reader".into(),
+            description: String::new(),
+            permissions: vec!["registry:read".into()],
+        },
+    )
+    .await
+    .unwrap();
     auth.assign_role(&me, mallory.id, "reader").await.unwrap();
     // API key scopes cannot exceed the owner's permissions.
-    let r = auth.create_api_key(Some(&me), NewApiKey { name: "k".into(), scopes: vec!["gateway:*".into()], expires_in_secs: None, owner: None }).await;
+    let r = auth
+        .create_api_key(
+            Some(&me),
+            NewApiKey {
+                name: "k".into(),
+                scopes: vec!["gateway:*".into()],
+                expires_in_secs: None,
+                owner: None,
+            },
+        )
+        .await;
     assert!(matches!(r, Err(Error::Validation(_))), "{r:?}");
 }
 
@@ -263,10 +419,26 @@ async fn last_admin_cannot_be_removed() {
     let auth = service(fast_config(), &clock).await;
     let root = user(&auth, "root@example.com", &["admin"]).await;
     let admin = system();
-    let not_allowed = |r: Result<(), Error>| assert!(matches!(r, Err(Error::NotAllowed(_))), "{r:?}");
-    not_allowed(auth.unassign_role(&admin, root.id, "admin").await.map(|_| ()));
+    let not_allowed =
+        |r: Result<(), Error>| assert!(matches!(r, Err(Error::NotAllowed(_))), "{r:?}");
+    not_allowed(
+        auth.unassign_role(&admin, root.id, "admin")
+            .await
+            .map(|_| ()),
+    );
     not_allowed(auth.delete_user(&admin, root.id).await);
-    not_allowed(auth.update_user(&admin, root.id, UserUpdate { disabled: Some(true), ..UserUpdate::default() }).await.map(|_| ()));
+    not_allowed(
+        auth.update_user(
+            &admin,
+            root.id,
+            UserUpdate {
+                disabled: Some(true),
+                ..UserUpdate::default()
+            },
+        )
+        .await
+        .map(|_| ()),
+    );
     let second = user(&auth, "second@example.com", &["admin"]).await;
     auth.unassign_role(&admin, root.id, "admin").await.unwrap();
     not_allowed(auth.delete_user(&admin, second.id).await);
@@ -278,16 +450,38 @@ async fn last_admin_cannot_be_removed() {
 async fn api_keys_verify_scope_revoke_and_record_use() {
     let clock = ManualClock::default();
     let auth = service(fast_config(), &clock).await;
-    auth.put_role(&system(), RoleInput { name: "dev".into(), description: String::new(), permissions: vec!["registry:*".into(), "tracking:*".into()] })
-        .await
-        .unwrap();
+    auth.put_role(
+        &system(),
+        RoleInput {
+            name: "dev".into(),
+            description: String::new(),
+            permissions: vec!["registry:*".into(), "tracking:*".into()],
+        },
+    )
+    .await
+    .unwrap();
     let dev = user(&auth, "dev@example.com", &["dev"]).await;
     let created = auth
-        .create_api_key(None, NewApiKey { name: "ci".into(), scopes: vec!["registry:*".into()], expires_in_secs: Some(3600), owner: Some(dev.id) })
+        .create_api_key(
+            None,
+            NewApiKey {
+                name: "ci".into(),
+                scopes: vec!["registry:*".into()],
+                expires_in_secs: Some(3600),
+                owner: Some(dev.id),
+            },
+        )
         .await
         .unwrap();
-    assert!(created.secret.starts_with(&format!("jdg_{}_", created.key.public_id)));
-    assert!(created.secret.len() >= 4 + 16 + 1 + 43, "at least 256 bits of secret");
+    assert!(
+        created
+            .secret
+            .starts_with(&format!("jdg_{}_", created.key.public_id))
+    );
+    assert!(
+        created.secret.len() >= 4 + 16 + 1 + 43,
+        "at least 256 bits of secret"
+    );
     let p = auth.verify_api_key(&created.secret).await.unwrap();
     assert_eq!(p.kind, PrincipalKind::ApiKey);
     assert_eq!(p.owner.as_deref(), Some(dev.id.to_string().as_str()));
@@ -305,49 +499,121 @@ async fn api_keys_verify_scope_revoke_and_record_use() {
     clock.advance(Duration::from_secs(10));
     auth.verify_api_key(&created.secret).await.unwrap();
     assert_eq!(auth.flush_key_usage().await.unwrap(), 1);
-    let stored = auth.store().get_api_key(created.key.id).await.unwrap().unwrap();
-    assert_eq!(stored.key.last_used_at.map(|t| t.timestamp()), Some(clock.now().timestamp()));
+    let stored = auth
+        .store()
+        .get_api_key(created.key.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        stored.key.last_used_at.map(|t| t.timestamp()),
+        Some(clock.now().timestamp())
+    );
 
     // Expiry.
     clock.advance(Duration::from_secs(3600));
     unauthenticated(auth.verify_api_key(&created.secret).await);
 
     // Revocation applies at once on this host.
-    let k2 = auth.create_api_key(None, NewApiKey { name: "k2".into(), scopes: vec![], expires_in_secs: None, owner: Some(dev.id) }).await.unwrap();
+    let k2 = auth
+        .create_api_key(
+            None,
+            NewApiKey {
+                name: "k2".into(),
+                scopes: vec![],
+                expires_in_secs: None,
+                owner: Some(dev.id),
+            },
+        )
+        .await
+        .unwrap();
     let owner = Principal::new(dev.id.to_string(), PrincipalKind::User);
-    assert!(auth.verify_api_key(&k2.secret).await.unwrap().can("tracking:x"));
+    assert!(
+        auth.verify_api_key(&k2.secret)
+            .await
+            .unwrap()
+            .can("tracking:x")
+    );
     auth.revoke_api_key(&owner, k2.key.id).await.unwrap();
     unauthenticated(auth.verify_api_key(&k2.secret).await);
 
     // A disabled owner's keys stop working.
-    let k3 = auth.create_api_key(None, NewApiKey { name: "k3".into(), scopes: vec![], expires_in_secs: None, owner: Some(dev.id) }).await.unwrap();
+    let k3 = auth
+        .create_api_key(
+            None,
+            NewApiKey {
+                name: "k3".into(),
+                scopes: vec![],
+                expires_in_secs: None,
+                owner: Some(dev.id),
+            },
+        )
+        .await
+        .unwrap();
     auth.verify_api_key(&k3.secret).await.unwrap();
-    auth.update_user(&system(), dev.id, UserUpdate { disabled: Some(true), ..UserUpdate::default() }).await.unwrap();
+    auth.update_user(
+        &system(),
+        dev.id,
+        UserUpdate {
+            disabled: Some(true),
+            ..UserUpdate::default()
+        },
+    )
+    .await
+    .unwrap();
     unauthenticated(auth.verify_api_key(&k3.secret).await);
 }
 
 #[tokio::test]
 async fn brute_force_is_throttled_the_same_for_unknown_accounts() {
     let clock = ManualClock::default();
-    let config = Config { login_attempts_per_account: 3, login_window_secs: 60, ..fast_config() };
+    let config = Config {
+        login_attempts_per_account: 3,
+        login_window_secs: 60,
+        ..fast_config()
+    };
     let auth = service(config, &clock).await;
     user(&auth, "ada@example.com", &[]).await;
     for email in ["ada@example.com", "ghost@example.com"] {
         for _ in 0..3 {
-            assert!(matches!(auth.login(email, "wrong password!", &meta(), None).await, Err(Error::InvalidCredentials)));
+            assert!(matches!(
+                auth.login(email, "wrong password!", &meta(), None).await,
+                Err(Error::InvalidCredentials)
+            ));
         }
-        let r = auth.login(email, "correct horse battery", &meta(), None).await;
+        let r = auth
+            .login(email, "correct horse battery", &meta(), None)
+            .await;
         assert!(matches!(r, Err(Error::Throttled(s)) if s >= 1), "{r:?}");
     }
     // Per IP, across accounts.
-    let config = Config { login_attempts_per_ip: 2, ..fast_config() };
+    let config = Config {
+        login_attempts_per_ip: 2,
+        ..fast_config()
+    };
     let auth = service(config, &clock).await;
-    let from = RequestMeta { ip: Some("10.1.2.3".parse().unwrap()), user_agent: None };
+    let from = RequestMeta {
+        ip: Some("10.1.2.3".parse().unwrap()),
+        user_agent: None,
+    };
     for email in ["a@x.io", "b@x.io"] {
         let _ = auth.login(email, "nope nope nope", &from, None).await;
     }
-    assert!(matches!(auth.login("c@x.io", "nope nope nope", &from, None).await, Err(Error::Throttled(_))));
-    let audit = auth.list_audit(&system(), &jadugar_auth::model::AuditFilter { action: Some("login.throttled".into()), ..Default::default() }, &Default::default()).await.unwrap();
+    assert!(matches!(
+        auth.login("c@x.io", "nope nope nope", &from, None).await,
+        Err(Error::Throttled(_))
+    ));
+    let audit = auth
+        .list_audit(
+            &system(),
+            &jadugar_auth::model::AuditFilter {
+                action: Some("login.throttled".into()),
+                ..Default::default()
+            },
+            &Default::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(audit.items.len(), 1);
 }
 
@@ -356,12 +622,25 @@ async fn login_with_real_argon2_parameters_and_dummy_hash() {
     let clock = ManualClock::default();
     let auth = service(Config::default(), &clock).await;
     user(&auth, "ada@example.com", &[]).await;
-    assert!(auth.login("ada@example.com", "correct horse battery", &meta(), None).await.is_ok());
-    for (email, pw) in [("ada@example.com", "wrong"), ("ada@example.com", ""), ("nobody@example.com", "x"), ("not an email", "x")] {
-        assert!(matches!(auth.login(email, pw, &meta(), None).await, Err(Error::InvalidCredentials)));
+    assert!(
+        auth.login("ada@example.com", "correct horse battery", &meta(), None)
+            .await
+            .is_ok()
+    );
+    for (email, pw) in [
+        ("ada@example.com", "wrong"),
+        ("ada@example.com", ""),
+        ("nobody@example.com", "x"),
+        ("not an email", "x"),
+    ] {
+        assert!(matches!(
+            auth.login(email, pw, &meta(), None).await,
+            Err(Error::InvalidCredentials)
+        ));
     }
     assert!(matches!(
-        auth.login("ada@example.com", &"x".repeat(100_000), &meta(), None).await,
+        auth.login("ada@example.com", &"x".repeat(100_000), &meta(), None)
+            .await,
         Err(Error::InvalidCredentials)
     ));
 }
@@ -372,20 +651,43 @@ async fn bootstrap_admin_must_change_generated_password() {
     let auth = service(fast_config(), &clock).await;
     let boot = auth.bootstrap(None).await.unwrap().unwrap();
     let password = boot.generated_password.unwrap();
-    assert!(auth.bootstrap(None).await.unwrap().is_none(), "only on an empty store");
-    let pair = auth.login(&boot.email, &password, &meta(), None).await.unwrap();
+    assert!(
+        auth.bootstrap(None).await.unwrap().is_none(),
+        "only on an empty store"
+    );
+    let pair = auth
+        .login(&boot.email, &password, &meta(), None)
+        .await
+        .unwrap();
     assert!(pair.must_change_password);
     let p = auth.validate_token(&pair.access_token).await.unwrap();
     assert!(!p.can("auth:users:read"));
-    auth.change_password(&p, password, "a brand new passphrase".into(), &meta()).await.unwrap();
-    let pair = auth.login(&boot.email, "a brand new passphrase", &meta(), None).await.unwrap();
-    assert!(auth.validate_token(&pair.access_token).await.unwrap().can("auth:users:write"));
+    auth.change_password(&p, password, "a brand new passphrase".into(), &meta())
+        .await
+        .unwrap();
+    let pair = auth
+        .login(&boot.email, "a brand new passphrase", &meta(), None)
+        .await
+        .unwrap();
+    assert!(
+        auth.validate_token(&pair.access_token)
+            .await
+            .unwrap()
+            .can("auth:users:write")
+    );
 
     let clock = ManualClock::default();
     let auth = service(fast_config(), &clock).await;
-    let boot = auth.bootstrap(Some("from the environment".into())).await.unwrap().unwrap();
+    let boot = auth
+        .bootstrap(Some("from the environment".into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(boot.generated_password.is_none());
-    let pair = auth.login("admin@localhost", "from the environment", &meta(), None).await.unwrap();
+    let pair = auth
+        .login("admin@localhost", "from the environment", &meta(), None)
+        .await
+        .unwrap();
     assert!(!pair.must_change_password);
 }
 
@@ -395,7 +697,10 @@ struct CaptureMailer(Mutex<Vec<String>>);
 #[async_trait]
 impl Mailer for CaptureMailer {
     async fn send(&self, _to: &str, _subject: &str, body: &str) -> Result<(), Error> {
-        self.0.lock().unwrap().push(body.rsplit(' ').next().unwrap().to_owned());
+        self.0
+            .lock()
+            .unwrap()
+            .push(body.rsplit(' ').next().unwrap().to_owned());
         Ok(())
     }
 }
@@ -412,20 +717,41 @@ async fn password_reset_and_email_verification_are_single_use() {
         .await
         .unwrap();
     let ada = user(&auth, "ada@example.com", &[]).await;
-    auth.request_password_reset("nobody@example.com", &meta()).await.unwrap();
+    auth.request_password_reset("nobody@example.com", &meta())
+        .await
+        .unwrap();
     assert!(mailer.0.lock().unwrap().is_empty(), "no mail, same answer");
-    auth.request_password_reset("ADA@example.com", &meta()).await.unwrap();
+    auth.request_password_reset("ADA@example.com", &meta())
+        .await
+        .unwrap();
     let token = mailer.0.lock().unwrap().pop().unwrap();
-    assert!(matches!(auth.confirm_password_reset(&token, "short".into(), &meta()).await, Err(Error::Validation(_))));
-    auth.confirm_password_reset(&token, "the reset passphrase".into(), &meta()).await.unwrap();
-    assert!(auth.confirm_password_reset(&token, "the reset passphrase".into(), &meta()).await.is_err());
-    auth.login("ada@example.com", "the reset passphrase", &meta(), None).await.unwrap();
+    assert!(matches!(
+        auth.confirm_password_reset(&token, "short".into(), &meta())
+            .await,
+        Err(Error::Validation(_))
+    ));
+    auth.confirm_password_reset(&token, "the reset passphrase".into(), &meta())
+        .await
+        .unwrap();
+    assert!(
+        auth.confirm_password_reset(&token, "the reset passphrase".into(), &meta())
+            .await
+            .is_err()
+    );
+    auth.login("ada@example.com", "the reset passphrase", &meta(), None)
+        .await
+        .unwrap();
 
     let me = Principal::new(ada.id.to_string(), PrincipalKind::User);
     auth.request_email_verification(&me).await.unwrap();
     let token = mailer.0.lock().unwrap().pop().unwrap();
-    clock.advance(Duration::from_secs(auth.config().one_time_token_ttl_secs + 1));
-    assert!(auth.confirm_email_verification(&token).await.is_err(), "expired");
+    clock.advance(Duration::from_secs(
+        auth.config().one_time_token_ttl_secs + 1,
+    ));
+    assert!(
+        auth.confirm_email_verification(&token).await.is_err(),
+        "expired"
+    );
     auth.request_email_verification(&me).await.unwrap();
     let token = mailer.0.lock().unwrap().pop().unwrap();
     auth.confirm_email_verification(&token).await.unwrap();
@@ -437,7 +763,15 @@ async fn users_validate_input_and_paginate() {
     let clock = ManualClock::default();
     let auth = service(fast_config(), &clock).await;
     let r = auth
-        .create_user(Some(&system()), NewUser { email: "bad".into(), display_name: String::new(), password: Some("short".into()), roles: vec!["Nope!".into()] })
+        .create_user(
+            Some(&system()),
+            NewUser {
+                email: "bad".into(),
+                display_name: String::new(),
+                password: Some("short".into()),
+                roles: vec!["Nope!".into()],
+            },
+        )
         .await;
     match r {
         Err(Error::Validation(fields)) => {
@@ -447,12 +781,28 @@ async fn users_validate_input_and_paginate() {
         other => panic!("{other:?}"),
     }
     user(&auth, "a@example.com", &[]).await;
-    let dup = auth.create_user(None, NewUser { email: "A@EXAMPLE.com".into(), display_name: String::new(), password: None, roles: vec![] }).await;
-    assert!(matches!(dup, Err(Error::Conflict(_))), "emails are unique case-insensitively");
+    let dup = auth
+        .create_user(
+            None,
+            NewUser {
+                email: "A@EXAMPLE.com".into(),
+                display_name: String::new(),
+                password: None,
+                roles: vec![],
+            },
+        )
+        .await;
+    assert!(
+        matches!(dup, Err(Error::Conflict(_))),
+        "emails are unique case-insensitively"
+    );
     for i in 0..4 {
         user(&auth, &format!("u{i}@example.com"), &[]).await;
     }
-    let mut page = jadugar_core::PageRequest { limit: Some(2), cursor: None };
+    let mut page = jadugar_core::PageRequest {
+        limit: Some(2),
+        cursor: None,
+    };
     let mut seen = 0;
     loop {
         let p = auth.list_users(&system(), &page).await.unwrap();
@@ -463,6 +813,12 @@ async fn users_validate_input_and_paginate() {
         }
     }
     assert_eq!(seen, 5);
-    let bad = jadugar_core::PageRequest { limit: None, cursor: Some("forged".into()) };
-    assert!(matches!(auth.list_users(&system(), &bad).await, Err(Error::Validation(_))));
+    let bad = jadugar_core::PageRequest {
+        limit: None,
+        cursor: Some("forged".into()),
+    };
+    assert!(matches!(
+        auth.list_users(&system(), &bad).await,
+        Err(Error::Validation(_))
+    ));
 }

@@ -33,21 +33,27 @@ async fn sqlite_session_store() {
 
 #[tokio::test]
 async fn postgres_auth_store() {
-    let Some(db) = TestPostgres::new().await else { return };
+    let Some(db) = TestPostgres::new().await else {
+        return;
+    };
     let store = SqlStore::new(db.database().clone()).await.unwrap();
     conformance::auth_store(Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn postgres_session_store() {
-    let Some(db) = TestPostgres::new().await else { return };
+    let Some(db) = TestPostgres::new().await else {
+        return;
+    };
     let store = SqlStore::new(db.database().clone()).await.unwrap();
     conformance::session_store(Arc::new(store)).await;
 }
 
 #[tokio::test]
 async fn redis_session_store() {
-    let Some(redis) = TestRedis::new().await else { return };
+    let Some(redis) = TestRedis::new().await else {
+        return;
+    };
     conformance::session_store(Arc::new(RedisSessionStore::new(redis.redis().clone()))).await;
 }
 
@@ -55,11 +61,23 @@ async fn redis_session_store() {
 async fn audit_log_is_append_only_in_sql() {
     let db = TestSqlite::new().await;
     let _store = SqlStore::new(db.database().clone()).await.unwrap();
-    let jadugar_core::storage::Database::Sqlite(pool) = db.database() else { unreachable!() };
+    let jadugar_core::storage::Database::Sqlite(pool) = db.database() else {
+        unreachable!()
+    };
     sqlx::query("INSERT INTO auth_audit (id, at, action, success) VALUES ('a', 1, 'x', 1)")
         .execute(pool)
         .await
         .unwrap();
-    assert!(sqlx::query("UPDATE auth_audit SET action = 'y'").execute(pool).await.is_err());
-    assert!(sqlx::query("DELETE FROM auth_audit").execute(pool).await.is_err());
+    assert!(
+        sqlx::query("UPDATE auth_audit SET action = 'y'")
+            .execute(pool)
+            .await
+            .is_err()
+    );
+    assert!(
+        sqlx::query("DELETE FROM auth_audit")
+            .execute(pool)
+            .await
+            .is_err()
+    );
 }

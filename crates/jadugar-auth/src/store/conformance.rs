@@ -20,8 +20,8 @@ use chrono::{DateTime, Duration, TimeZone, Utc};
 
 use super::{AuthStore, SessionStore, StoreError};
 use crate::model::{
-    ApiKey, ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role,
-    Session, SessionId, SigningKeyRecord, TokenKind, User, UserId, UserRecord,
+    ApiKey, ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role, Session,
+    SessionId, SigningKeyRecord, TokenKind, User, UserId, UserRecord,
 };
 
 fn t0() -> DateTime<Utc> {
@@ -88,7 +88,10 @@ async fn users(store: &dyn AuthStore) {
     let mut admins = store.users_with_role("admin").await.unwrap();
     admins.sort();
     assert_eq!(admins, vec![ada.user.id, carol.user.id]);
-    assert_eq!(store.users_with_role("ops").await.unwrap(), vec![bob.user.id]);
+    assert_eq!(
+        store.users_with_role("ops").await.unwrap(),
+        vec![bob.user.id]
+    );
     assert!(store.users_with_role("op").await.unwrap().is_empty());
 
     let mut changed = carol.clone();
@@ -96,7 +99,10 @@ async fn users(store: &dyn AuthStore) {
     changed.user.display_name = "Carol C".into();
     changed.user.updated_at = t0() + Duration::seconds(5);
     assert!(store.update_user(&changed).await.unwrap());
-    assert_eq!(store.get_user(carol.user.id).await.unwrap().unwrap(), changed);
+    assert_eq!(
+        store.get_user(carol.user.id).await.unwrap().unwrap(),
+        changed
+    );
     assert_eq!(
         store.users_with_role("admin").await.unwrap(),
         vec![ada.user.id],
@@ -113,10 +119,7 @@ async fn users(store: &dyn AuthStore) {
     let first = store.list_users(None, 2).await.unwrap();
     assert_eq!(first.len(), 2);
     assert!(first[0].user.id < first[1].user.id);
-    let rest = store
-        .list_users(Some(first[1].user.id), 10)
-        .await
-        .unwrap();
+    let rest = store.list_users(Some(first[1].user.id), 10).await.unwrap();
     assert_eq!(rest.len(), 1);
     assert!(rest[0].user.id > first[1].user.id);
 
@@ -195,10 +198,33 @@ async fn api_keys(store: &dyn AuthStore) {
             .unwrap(),
         record
     );
-    assert_eq!(store.get_api_key(record.key.id).await.unwrap().unwrap(), record);
-    assert!(store.get_api_key_by_public_id("nope").await.unwrap().is_none());
-    assert_eq!(store.list_api_keys(Some(owner.user.id)).await.unwrap().len(), 1);
-    assert_eq!(store.list_api_keys(Some(UserId::new())).await.unwrap().len(), 0);
+    assert_eq!(
+        store.get_api_key(record.key.id).await.unwrap().unwrap(),
+        record
+    );
+    assert!(
+        store
+            .get_api_key_by_public_id("nope")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(
+        store
+            .list_api_keys(Some(owner.user.id))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(
+        store
+            .list_api_keys(Some(UserId::new()))
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
     assert_eq!(store.list_api_keys(None).await.unwrap().len(), 1);
 
     let later = t0() + Duration::seconds(10);
@@ -211,7 +237,11 @@ async fn api_keys(store: &dyn AuthStore) {
         .await
         .unwrap();
     let used = store.get_api_key(record.key.id).await.unwrap().unwrap();
-    assert_eq!(used.key.last_used_at, Some(later), "last use only moves forward");
+    assert_eq!(
+        used.key.last_used_at,
+        Some(later),
+        "last use only moves forward"
+    );
 
     assert!(store.revoke_api_key(record.key.id, later).await.unwrap());
     assert!(!store.revoke_api_key(record.key.id, later).await.unwrap());
@@ -265,7 +295,11 @@ async fn tokens(store: &dyn AuthStore) {
     store.create_token(&expiring).await.unwrap();
     assert_eq!(
         store
-            .consume_token(&[2; 32], TokenKind::PasswordReset, t0() + Duration::hours(1))
+            .consume_token(
+                &[2; 32],
+                TokenKind::PasswordReset,
+                t0() + Duration::hours(1)
+            )
             .await
             .unwrap(),
         None,
@@ -280,7 +314,12 @@ async fn audit(store: &dyn AuthStore) {
         let event = AuditEvent {
             id: AuditId::new(),
             at: t0() + Duration::seconds(i),
-            action: if i % 2 == 0 { "login.success" } else { "login.failure" }.into(),
+            action: if i % 2 == 0 {
+                "login.success"
+            } else {
+                "login.failure"
+            }
+            .into(),
             actor: Some(format!("user-{}", i % 2)),
             target: Some("ada@example.com".into()),
             ip: Some("10.0.0.1".into()),
@@ -309,7 +348,10 @@ async fn audit(store: &dyn AuthStore) {
         action: Some("login.failure".into()),
         ..AuditFilter::default()
     };
-    assert_eq!(store.list_audit(&failures, None, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store.list_audit(&failures, None, 10).await.unwrap().len(),
+        2
+    );
     let window = AuditFilter {
         actor: Some("user-0".into()),
         since: Some(t0() + Duration::seconds(1)),
@@ -319,7 +361,14 @@ async fn audit(store: &dyn AuthStore) {
     let found = store.list_audit(&window, None, 10).await.unwrap();
     assert_eq!(found.len(), 1);
     assert_eq!(found[0].id, ids[2]);
-    assert_eq!(store.list_audit(&AuditFilter::default(), None, 2).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .list_audit(&AuditFilter::default(), None, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 async fn signing_keys(store: &dyn AuthStore) {
@@ -348,7 +397,10 @@ async fn signing_keys(store: &dyn AuthStore) {
     assert!(store.retire_signing_key("k1", at).await.unwrap());
     assert!(!store.retire_signing_key("k1", at).await.unwrap());
     assert!(!store.retire_signing_key("nope", at).await.unwrap());
-    assert_eq!(store.list_signing_keys().await.unwrap()[0].retired_at, Some(at));
+    assert_eq!(
+        store.list_signing_keys().await.unwrap()[0].retired_at,
+        Some(at)
+    );
 }
 
 fn session(user: UserId) -> Session {
@@ -388,10 +440,12 @@ pub async fn session_store(store: Arc<dyn SessionStore>) {
     assert_eq!(now.refreshed_at, at);
     assert_eq!(now.idle_expires_at, idle);
     assert!(!store.advance_session(s.id, 0, at, idle).await.unwrap());
-    assert!(!store
-        .advance_session(SessionId::new(), 0, at, idle)
-        .await
-        .unwrap());
+    assert!(
+        !store
+            .advance_session(SessionId::new(), 0, at, idle)
+            .await
+            .unwrap()
+    );
 
     let s2 = session(alice);
     let other = session(UserId::new());
@@ -401,16 +455,25 @@ pub async fn session_store(store: Arc<dyn SessionStore>) {
     let mut want = vec![s.id, s2.id];
     want.sort();
     assert_eq!(listed.iter().map(|x| x.id).collect::<Vec<_>>(), want);
-    assert!(store
-        .list_user_sessions(alice, t0() + Duration::days(2))
-        .await
-        .unwrap()
-        .is_empty(), "expired sessions are not listed");
+    assert!(
+        store
+            .list_user_sessions(alice, t0() + Duration::days(2))
+            .await
+            .unwrap()
+            .is_empty(),
+        "expired sessions are not listed"
+    );
 
     assert!(store.revoke_session(s.id, at).await.unwrap());
     assert!(!store.revoke_session(s.id, at).await.unwrap());
-    assert!(!store.advance_session(s.id, 1, at, idle).await.unwrap(), "revoked");
-    assert_eq!(store.get_session(s.id).await.unwrap().unwrap().revoked_at, Some(at));
+    assert!(
+        !store.advance_session(s.id, 1, at, idle).await.unwrap(),
+        "revoked"
+    );
+    assert_eq!(
+        store.get_session(s.id).await.unwrap().unwrap().revoked_at,
+        Some(at)
+    );
     assert_eq!(
         store.list_user_sessions(alice, t0()).await.unwrap().len(),
         1
@@ -418,16 +481,27 @@ pub async fn session_store(store: Arc<dyn SessionStore>) {
 
     let revoked = store.revoke_user_sessions(alice, at).await.unwrap();
     assert_eq!(revoked, vec![s2.id]);
-    assert!(store.list_user_sessions(alice, t0()).await.unwrap().is_empty());
-    assert!(store
-        .get_session(other.id)
-        .await
-        .unwrap()
-        .unwrap()
-        .revoked_at
-        .is_none());
+    assert!(
+        store
+            .list_user_sessions(alice, t0())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .get_session(other.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at
+            .is_none()
+    );
 
-    let purged = store.purge_sessions(at + Duration::seconds(1)).await.unwrap();
+    let purged = store
+        .purge_sessions(at + Duration::seconds(1))
+        .await
+        .unwrap();
     assert_eq!(purged, 2);
     assert!(store.get_session(s.id).await.unwrap().is_none());
     assert!(store.get_session(other.id).await.unwrap().is_some());

@@ -202,7 +202,9 @@ impl AuthStore for MemoryStore {
     }
 
     async fn create_token(&self, token: &OneTimeToken) -> Result<(), StoreError> {
-        self.lock().tokens.insert(token.hash, (token.clone(), false));
+        self.lock()
+            .tokens
+            .insert(token.hash, (token.clone(), false));
         Ok(())
     }
 

@@ -110,8 +110,10 @@ pub trait AuthStore: Debug + Send + Sync + 'static {
     /// Marks a key revoked at `at`. `false` if absent or already revoked.
     async fn revoke_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> Result<bool, StoreError>;
     /// Records last-used times (only moves them forward).
-    async fn record_api_key_use(&self, uses: &[(ApiKeyId, DateTime<Utc>)])
-    -> Result<(), StoreError>;
+    async fn record_api_key_use(
+        &self,
+        uses: &[(ApiKeyId, DateTime<Utc>)],
+    ) -> Result<(), StoreError>;
 
     /// Stores a one-time token.
     async fn create_token(&self, token: &OneTimeToken) -> Result<(), StoreError>;

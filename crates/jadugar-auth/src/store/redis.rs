@@ -167,8 +167,14 @@ impl SessionStore for RedisSessionStore {
                     ("generation", s.generation.to_string()),
                     ("salt", s.salt.clone()),
                     ("created_at", s.created_at.timestamp_millis().to_string()),
-                    ("refreshed_at", s.refreshed_at.timestamp_millis().to_string()),
-                    ("idle_expires_at", s.idle_expires_at.timestamp_millis().to_string()),
+                    (
+                        "refreshed_at",
+                        s.refreshed_at.timestamp_millis().to_string(),
+                    ),
+                    (
+                        "idle_expires_at",
+                        s.idle_expires_at.timestamp_millis().to_string(),
+                    ),
                     (
                         "absolute_expires_at",
                         s.absolute_expires_at.timestamp_millis().to_string(),

@@ -9,8 +9,8 @@ use sqlx::Row;
 
 use super::{AuthStore, SessionStore, StoreError, backend};
 use crate::model::{
-    ApiKey, ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role,
-    Session, SessionId, SigningKeyRecord, TokenKind, User, UserId, UserRecord,
+    ApiKey, ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role, Session,
+    SessionId, SigningKeyRecord, TokenKind, User, UserId, UserRecord,
 };
 
 /// SQLite migrations of auth.
@@ -64,7 +64,8 @@ fn parse_list(s: &str) -> Result<Vec<String>, StoreError> {
 }
 
 fn parse_id<T: std::str::FromStr>(s: &str) -> Result<T, StoreError> {
-    s.parse().map_err(|_| StoreError::Corrupt(format!("id {s}")))
+    s.parse()
+        .map_err(|_| StoreError::Corrupt(format!("id {s}")))
 }
 
 fn hash32(s: &str) -> Result<[u8; 32], StoreError> {
@@ -489,7 +490,11 @@ impl AuthStore for SqlStore {
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
         on!(self, delete_user(id))
     }
-    async fn list_users(&self, after: Option<UserId>, limit: u32) -> Result<Vec<UserRecord>, StoreError> {
+    async fn list_users(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError> {
         on!(self, list_users(after, limit))
     }
     async fn count_users(&self) -> Result<u64, StoreError> {
@@ -508,7 +513,10 @@ impl AuthStore for SqlStore {
         on!(self, list_roles())
     }
     async fn delete_role(&self, name: &str) -> Result<bool, StoreError> {
-        let n = on!(self, exec("DELETE FROM auth_roles WHERE name = $1", name.to_owned()))?;
+        let n = on!(
+            self,
+            exec("DELETE FROM auth_roles WHERE name = $1", name.to_owned())
+        )?;
         Ok(n > 0)
     }
     async fn create_api_key(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {
@@ -517,28 +525,51 @@ impl AuthStore for SqlStore {
     async fn get_api_key(&self, id: ApiKeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
         on!(self, get_api_key("id", id.to_string()))
     }
-    async fn get_api_key_by_public_id(&self, public_id: &str) -> Result<Option<ApiKeyRecord>, StoreError> {
+    async fn get_api_key_by_public_id(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
         on!(self, get_api_key("public_id", public_id.to_owned()))
     }
     async fn list_api_keys(&self, owner: Option<UserId>) -> Result<Vec<ApiKeyRecord>, StoreError> {
         on!(self, list_api_keys(owner))
     }
     async fn revoke_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        on!(self, set_time("UPDATE auth_api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", id.to_string(), at))
+        on!(
+            self,
+            set_time(
+                "UPDATE auth_api_keys SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                id.to_string(),
+                at
+            )
+        )
     }
-    async fn record_api_key_use(&self, uses: &[(ApiKeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
+    async fn record_api_key_use(
+        &self,
+        uses: &[(ApiKeyId, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
         on!(self, record_use(uses))
     }
     async fn create_token(&self, token: &OneTimeToken) -> Result<(), StoreError> {
         on!(self, create_token(token))
     }
-    async fn consume_token(&self, hash: &[u8; 32], kind: TokenKind, now: DateTime<Utc>) -> Result<Option<UserId>, StoreError> {
+    async fn consume_token(
+        &self,
+        hash: &[u8; 32],
+        kind: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<Option<UserId>, StoreError> {
         on!(self, consume_token(hash, kind, now))
     }
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
         on!(self, append_audit(event))
     }
-    async fn list_audit(&self, filter: &AuditFilter, before: Option<AuditId>, limit: u32) -> Result<Vec<AuditEvent>, StoreError> {
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        before: Option<AuditId>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
         on!(self, list_audit(filter, before, limit))
     }
     async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
@@ -548,7 +579,14 @@ impl AuthStore for SqlStore {
         on!(self, list_signing_keys())
     }
     async fn retire_signing_key(&self, kid: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        on!(self, set_time("UPDATE auth_signing_keys SET retired_at = $2 WHERE kid = $1 AND retired_at IS NULL", kid.to_owned(), at))
+        on!(
+            self,
+            set_time(
+                "UPDATE auth_signing_keys SET retired_at = $2 WHERE kid = $1 AND retired_at IS NULL",
+                kid.to_owned(),
+                at
+            )
+        )
     }
 }
 
@@ -560,16 +598,40 @@ impl SessionStore for SqlStore {
     async fn get_session(&self, id: SessionId) -> Result<Option<Session>, StoreError> {
         on!(self, get_session(id))
     }
-    async fn advance_session(&self, id: SessionId, expected_generation: i64, refreshed_at: DateTime<Utc>, idle_expires_at: DateTime<Utc>) -> Result<bool, StoreError> {
-        on!(self, advance_session(id, expected_generation, refreshed_at, idle_expires_at))
+    async fn advance_session(
+        &self,
+        id: SessionId,
+        expected_generation: i64,
+        refreshed_at: DateTime<Utc>,
+        idle_expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        on!(
+            self,
+            advance_session(id, expected_generation, refreshed_at, idle_expires_at)
+        )
     }
     async fn revoke_session(&self, id: SessionId, at: DateTime<Utc>) -> Result<bool, StoreError> {
-        on!(self, set_time("UPDATE auth_sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL", id.to_string(), at))
+        on!(
+            self,
+            set_time(
+                "UPDATE auth_sessions SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL",
+                id.to_string(),
+                at
+            )
+        )
     }
-    async fn revoke_user_sessions(&self, user: UserId, at: DateTime<Utc>) -> Result<Vec<SessionId>, StoreError> {
+    async fn revoke_user_sessions(
+        &self,
+        user: UserId,
+        at: DateTime<Utc>,
+    ) -> Result<Vec<SessionId>, StoreError> {
         on!(self, revoke_user_sessions(user, at))
     }
-    async fn list_user_sessions(&self, user: UserId, now: DateTime<Utc>) -> Result<Vec<Session>, StoreError> {
+    async fn list_user_sessions(
+        &self,
+        user: UserId,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Session>, StoreError> {
         on!(self, list_user_sessions(user, now))
     }
     async fn purge_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
