@@ -73,7 +73,11 @@ pub fn allowed(principal: &Principal, project: Option<ProjectId>, level: Level) 
 }
 
 /// `Ok` if [`allowed`], else [`Error::Forbidden`] naming the project permission.
-pub fn require(principal: &Principal, project: Option<ProjectId>, level: Level) -> Result<(), Error> {
+pub fn require(
+    principal: &Principal,
+    project: Option<ProjectId>,
+    level: Level,
+) -> Result<(), Error> {
     if allowed(principal, project, level) {
         Ok(())
     } else {

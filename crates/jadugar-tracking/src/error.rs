@@ -99,9 +99,9 @@ impl From<Error> for Problem {
             Error::NotFound(what) => Problem::not_found(format!("no such {what}")),
             Error::Forbidden(p) => Problem::forbidden(format!("missing permission {p}")),
             Error::PreconditionFailed(_) => Problem::precondition_failed(err.to_string()),
-            Error::Conflict(_) => Problem::conflict(
-                "a concurrent change won; read the resource again and retry",
-            ),
+            Error::Conflict(_) => {
+                Problem::conflict("a concurrent change won; read the resource again and retry")
+            }
             Error::IdempotencyMismatch => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "idempotency-key-reused",

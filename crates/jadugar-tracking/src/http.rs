@@ -50,7 +50,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
         let bytes = Bytes::from_request(req, state)
             .await
             .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => Problem::payload_too_large("the body is too large"),
+                StatusCode::PAYLOAD_TOO_LARGE => {
+                    Problem::payload_too_large("the body is too large")
+                }
                 _ => Problem::bad_request("the body could not be read"),
             })?;
         let de = &mut serde_json::Deserializer::from_slice(&bytes);
@@ -84,7 +86,11 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
             .map(QueryParams)
             .map_err(|e| {
                 let path = e.path().to_string();
-                let field = if path == "." { "query".to_owned() } else { path };
+                let field = if path == "." {
+                    "query".to_owned()
+                } else {
+                    path
+                };
                 Problem::validation(vec![FieldError::new(field, e.into_inner().to_string())])
             })
     }
@@ -180,7 +186,10 @@ fn json<T: Serialize>(body: &T) -> Res {
 pub fn router(tracking: Tracking) -> Router {
     let limit = tracking.config().max_body_bytes;
     Router::new()
-        .route("/v1/tracking/projects", get(list_projects).post(create_project))
+        .route(
+            "/v1/tracking/projects",
+            get(list_projects).post(create_project),
+        )
         .route(
             "/v1/tracking/projects/{project_id}",
             get(get_project).patch(update_project),
@@ -229,7 +238,9 @@ pub fn router(tracking: Tracking) -> Router {
         .route("/v1/tracking/me/notifications/read", post(mark_read))
         .route(
             "/v1/tracking/webhooks/{webhook_id}",
-            get(get_webhook).patch(update_webhook).delete(delete_webhook),
+            get(get_webhook)
+                .patch(update_webhook)
+                .delete(delete_webhook),
         )
         .route(
             "/v1/tracking/webhooks/{webhook_id}/enable",

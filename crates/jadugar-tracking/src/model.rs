@@ -80,7 +80,9 @@ pub const MAX_COMMENT: usize = 10_000;
 
 /// The category a workflow status belongs to; what progress and blocking
 /// rules are computed from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Category {
     /// Not planned yet.
@@ -126,7 +128,20 @@ impl Category {
 }
 
 /// Task priority, ordered from none to urgent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Priority {
     /// No priority set.
@@ -939,7 +954,9 @@ pub enum TaskSort {
 }
 
 /// Filters of a task list; all given filters must match.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams)]
+#[derive(
+    Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema, utoipa::IntoParams,
+)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct TaskFilter {
@@ -1015,7 +1032,10 @@ impl TaskFilter {
         if let (Some(a), Some(b)) = (self.due_after, self.due_before)
             && b < a
         {
-            errors.push(FieldError::new("due_before", "must not be before due_after"));
+            errors.push(FieldError::new(
+                "due_before",
+                "must not be before due_after",
+            ));
         }
         errors
     }
@@ -1155,9 +1175,7 @@ pub struct Webhook {
 impl Webhook {
     /// Whether this subscription wants `event_type`.
     pub fn wants(&self, event_type: &str) -> bool {
-        self.event_types
-            .iter()
-            .any(|t| t == "*" || t == event_type)
+        self.event_types.iter().any(|t| t == "*" || t == event_type)
     }
 }
 
@@ -1208,19 +1226,27 @@ pub fn validate_webhook_fields(
     let mut errors = Vec::new();
     if let Some(u) = url {
         match url::Url::parse(u) {
-            Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
+            Ok(parsed)
+                if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() =>
+            {
                 if u.len() > 2000 {
                     errors.push(FieldError::new("url", "must be at most 2000 characters"));
                 } else if !parsed.username().is_empty() || parsed.password().is_some() {
                     errors.push(FieldError::new("url", "must not contain credentials"));
                 }
             }
-            _ => errors.push(FieldError::new("url", "must be an absolute http or https URL")),
+            _ => errors.push(FieldError::new(
+                "url",
+                "must be an absolute http or https URL",
+            )),
         }
     }
     if let Some(types) = event_types {
         if types.is_empty() {
-            errors.push(FieldError::new("event_types", "must list at least one event type"));
+            errors.push(FieldError::new(
+                "event_types",
+                "must list at least one event type",
+            ));
         }
         for (i, t) in types.iter().enumerate() {
             if t != "*" && !EVENT_TYPES.contains(&t.as_str()) {

@@ -20,7 +20,9 @@ use crate::Config;
 use crate::access::{Level, allowed, require};
 use crate::error::Error;
 use crate::model::*;
-use crate::notify::{AssigneeDirectory, AssigneeStatus, NoopNotifier, Notifier, PermissiveDirectory};
+use crate::notify::{
+    AssigneeDirectory, AssigneeStatus, NoopNotifier, Notifier, PermissiveDirectory,
+};
 use crate::store::{
     ActivityScope, IdempotencyRecord, StoreError, TaskQuery, TrackingStore, Write, sort_key,
 };
@@ -157,7 +159,9 @@ impl Tracking {
         if record.fingerprint != fingerprint {
             return Err(Error::IdempotencyMismatch);
         }
-        Ok(Some(serde_json::from_str(&record.body).map_err(StoreError::from)?))
+        Ok(Some(
+            serde_json::from_str(&record.body).map_err(StoreError::from)?,
+        ))
     }
 
     fn idempotency_expiry(&self) -> DateTime<Utc> {
@@ -328,7 +332,12 @@ impl Tracking {
             .store
             .list_projects(visible.as_deref(), after, page.limit() + 1)
             .await?;
-        Ok(Page::from_overfetch(rows, page.limit(), &self.cursor, |x| x.id))
+        Ok(Page::from_overfetch(
+            rows,
+            page.limit(),
+            &self.cursor,
+            |x| x.id,
+        ))
     }
 
     async fn visible_projects(&self, p: &Principal) -> Result<Option<Vec<ProjectId>>, Error> {
@@ -374,13 +383,15 @@ impl Tracking {
         if let Some(w) = patch.workflow {
             new.workflow = w;
         }
-        let changes = diff(
-            &[
-                ("name", json!(old.name), json!(new.name)),
-                ("description", json!(old.description), json!(new.description)),
-                ("workflow", json!(old.workflow), json!(new.workflow)),
-            ],
-        );
+        let changes = diff(&[
+            ("name", json!(old.name), json!(new.name)),
+            (
+                "description",
+                json!(old.description),
+                json!(new.description),
+            ),
+            ("workflow", json!(old.workflow), json!(new.workflow)),
+        ]);
         if changes.is_empty() {
             return Ok(old);
         }
@@ -392,8 +403,12 @@ impl Tracking {
                 expected_version: Some(old.version),
             },
             self.activity(p, id, None, "project.updated", changes.clone()),
-            self.event_write(id, "project.updated", json!({ "project": new, "changes": changes }))
-                .await?,
+            self.event_write(
+                id,
+                "project.updated",
+                json!({ "project": new, "changes": changes }),
+            )
+            .await?,
         ];
         self.store.commit(writes).await.map_err(stale)?;
         Ok(new)
@@ -405,9 +420,8 @@ impl Tracking {
         let progress = Progress::from_tallies(&self.store.milestone_tallies(m.id).await?);
         let today = self.now().date_naive();
         let finished = progress.total > 0 && progress.completed == progress.total;
-        let overdue = m.state == MilestoneState::Open
-            && m.due_date.is_some_and(|d| d < today)
-            && !finished;
+        let overdue =
+            m.state == MilestoneState::Open && m.due_date.is_some_and(|d| d < today) && !finished;
         Ok(MilestoneView {
             milestone: m,
             progress,
@@ -542,7 +556,11 @@ impl Tracking {
         }
         let changes = diff(&[
             ("title", json!(old.title), json!(new.title)),
-            ("description", json!(old.description), json!(new.description)),
+            (
+                "description",
+                json!(old.description),
+                json!(new.description),
+            ),
             ("start_date", json!(old.start_date), json!(new.start_date)),
             ("due_date", json!(old.due_date), json!(new.due_date)),
             ("state", json!(old.state), json!(new.state)),
@@ -557,7 +575,13 @@ impl Tracking {
                 milestone: Box::new(new.clone()),
                 expected_version: Some(old.version),
             },
-            self.activity(p, new.project_id, None, "milestone.updated", changes.clone()),
+            self.activity(
+                p,
+                new.project_id,
+                None,
+                "milestone.updated",
+                changes.clone(),
+            ),
             self.event_write(
                 new.project_id,
                 "milestone.updated",
@@ -600,7 +624,8 @@ impl Tracking {
         let mut errors = input.validate(&project.workflow);
         let id = TaskId::new();
         if let Some(parent) = input.parent_id {
-            self.check_parent(id, parent, project_id, &mut errors).await?;
+            self.check_parent(id, parent, project_id, &mut errors)
+                .await?;
         }
         let blocked_by = dedupe_ids(&input.blocked_by);
         self.check_blockers(id, &blocked_by, project_id, &mut errors)
@@ -673,7 +698,12 @@ impl Tracking {
             format!("{} created {:?}", p.subject, task.title),
             watchers.iter(),
         );
-        writes.extend(notes.iter().cloned().map(|n| Write::Notification(Box::new(n))));
+        writes.extend(
+            notes
+                .iter()
+                .cloned()
+                .map(|n| Write::Notification(Box::new(n))),
+        );
         writes.extend(self.idempotency_write(p, idempotency_key, &fp, &task));
         let created = self
             .commit_create(p, idempotency_key, &fp, writes, task)
@@ -724,7 +754,13 @@ impl Tracking {
                 task: Box::new(new.clone()),
                 expected_version: Some(old.version),
             },
-            self.activity(p, new.project_id, Some(new.id), "task.updated", changes.clone()),
+            self.activity(
+                p,
+                new.project_id,
+                Some(new.id),
+                "task.updated",
+                changes.clone(),
+            ),
             self.event_write(
                 new.project_id,
                 "task.updated",
@@ -752,10 +788,20 @@ impl Tracking {
             p,
             &new,
             "task.updated",
-            format!("{} changed {} of {:?}", p.subject, fields.join(", "), new.title),
+            format!(
+                "{} changed {} of {:?}",
+                p.subject,
+                fields.join(", "),
+                new.title
+            ),
             recipients.iter(),
         );
-        writes.extend(notes.iter().cloned().map(|n| Write::Notification(Box::new(n))));
+        writes.extend(
+            notes
+                .iter()
+                .cloned()
+                .map(|n| Write::Notification(Box::new(n))),
+        );
         self.store.commit(writes).await.map_err(stale)?;
         self.send_notifications(&notes).await;
         Ok(new)
@@ -865,7 +911,10 @@ impl Tracking {
         errors: &mut Vec<FieldError>,
     ) -> Result<(), Error> {
         if parent == id {
-            errors.push(FieldError::new("parent_id", "a task cannot be its own parent"));
+            errors.push(FieldError::new(
+                "parent_id",
+                "a task cannot be its own parent",
+            ));
             return Ok(());
         }
         let mut cursor = Some(parent);
@@ -876,7 +925,10 @@ impl Tracking {
                 return Ok(());
             };
             if cur == parent && t.project_id != project {
-                errors.push(FieldError::new("parent_id", "must be a task of the same project"));
+                errors.push(FieldError::new(
+                    "parent_id",
+                    "must be a task of the same project",
+                ));
                 return Ok(());
             }
             if t.parent_id == Some(id) || steps > 1000 {
@@ -929,7 +981,11 @@ impl Tracking {
     }
 
     /// If `target` is reachable from `start` along blocked-by links, the path.
-    async fn blocking_path(&self, start: TaskId, target: TaskId) -> Result<Option<Vec<TaskId>>, Error> {
+    async fn blocking_path(
+        &self,
+        start: TaskId,
+        target: TaskId,
+    ) -> Result<Option<Vec<TaskId>>, Error> {
         let mut seen = HashSet::from([start]);
         let mut queue = VecDeque::from([(start, vec![start])]);
         while let Some((cur, path)) = queue.pop_front() {
@@ -1084,13 +1140,20 @@ impl Tracking {
             limit: page.limit() + 1,
         };
         let rows = self.store.list_tasks(&query).await?;
-        Ok(Page::from_overfetch(rows, page.limit(), &self.cursor, |t| {
-            (sort_key(t, sort), t.id)
-        }))
+        Ok(Page::from_overfetch(
+            rows,
+            page.limit(),
+            &self.cursor,
+            |t| (sort_key(t, sort), t.id),
+        ))
     }
 
     /// The caller's tasks across every project they may read.
-    pub async fn my_tasks(&self, p: &Principal, mut filter: TaskFilter) -> Result<Page<Task>, Error> {
+    pub async fn my_tasks(
+        &self,
+        p: &Principal,
+        mut filter: TaskFilter,
+    ) -> Result<Page<Task>, Error> {
         filter.assignee = Some(p.subject.clone());
         self.list_tasks(p, filter).await
     }
@@ -1195,7 +1258,12 @@ impl Tracking {
             .store
             .list_activity(scope, after, page.limit() + 1)
             .await?;
-        Ok(Page::from_overfetch(rows, page.limit(), &self.cursor, |a| a.id))
+        Ok(Page::from_overfetch(
+            rows,
+            page.limit(),
+            &self.cursor,
+            |a| a.id,
+        ))
     }
 
     /// Comments on a task (needs write on the project).
@@ -1246,7 +1314,12 @@ impl Tracking {
             )
             .await?,
         ];
-        writes.extend(notes.iter().cloned().map(|n| Write::Notification(Box::new(n))));
+        writes.extend(
+            notes
+                .iter()
+                .cloned()
+                .map(|n| Write::Notification(Box::new(n))),
+        );
         self.store.commit(writes).await?;
         self.send_notifications(&notes).await;
         Ok(comment)
@@ -1265,7 +1338,12 @@ impl Tracking {
             .store
             .list_comments(task_id, after, page.limit() + 1)
             .await?;
-        Ok(Page::from_overfetch(rows, page.limit(), &self.cursor, |c| c.id))
+        Ok(Page::from_overfetch(
+            rows,
+            page.limit(),
+            &self.cursor,
+            |c| c.id,
+        ))
     }
 
     /// Starts (`true`) or stops watching a task.
@@ -1301,7 +1379,12 @@ impl Tracking {
             .store
             .list_notifications(&p.subject, unread_only, before, page.limit() + 1)
             .await?;
-        Ok(Page::from_overfetch(rows, page.limit(), &self.cursor, |n| n.id))
+        Ok(Page::from_overfetch(
+            rows,
+            page.limit(),
+            &self.cursor,
+            |n| n.id,
+        ))
     }
 
     /// The caller's unread count.
@@ -1334,7 +1417,9 @@ impl Tracking {
 
     fn seal_new_secret(&self, id: WebhookId) -> (String, SealedSecret) {
         let secret = webhook::generate_secret();
-        let sealed = self.sealer.seal(secret.as_bytes(), id.to_string().as_bytes());
+        let sealed = self
+            .sealer
+            .seal(secret.as_bytes(), id.to_string().as_bytes());
         (
             secret,
             SealedSecret {
@@ -1398,7 +1483,11 @@ impl Tracking {
     }
 
     /// A project's webhooks (project admin).
-    pub async fn list_webhooks(&self, p: &Principal, project: ProjectId) -> Result<Vec<Webhook>, Error> {
+    pub async fn list_webhooks(
+        &self,
+        p: &Principal,
+        project: ProjectId,
+    ) -> Result<Vec<Webhook>, Error> {
         self.project_for(p, project, Level::Admin).await?;
         Ok(self.store.list_webhooks(project).await?)
     }
@@ -1463,7 +1552,11 @@ impl Tracking {
 
     /// Starts signing with a new secret (returned only here); the previous
     /// one keeps signing too for `webhook_secret_overlap_secs`.
-    pub async fn rotate_secret(&self, p: &Principal, id: WebhookId) -> Result<WebhookWithSecret, Error> {
+    pub async fn rotate_secret(
+        &self,
+        p: &Principal,
+        id: WebhookId,
+    ) -> Result<WebhookWithSecret, Error> {
         let mut w = self.webhook_for(p, id).await?;
         let now = self.now();
         let until = now + secs(self.config.webhook_secret_overlap_secs);
@@ -1494,7 +1587,12 @@ impl Tracking {
             .store
             .list_deliveries(id, before, page.limit() + 1)
             .await?;
-        Ok(Page::from_overfetch(rows, page.limit(), &self.cursor, |d| d.id))
+        Ok(Page::from_overfetch(
+            rows,
+            page.limit(),
+            &self.cursor,
+            |d| d.id,
+        ))
     }
 
     /// Queues the event of a delivery again (at the end of the endpoint's queue).
@@ -1523,7 +1621,9 @@ impl Tracking {
             created_at: now,
             log: vec![],
         };
-        self.store.insert_deliveries(std::slice::from_ref(&fresh)).await?;
+        self.store
+            .insert_deliveries(std::slice::from_ref(&fresh))
+            .await?;
         Ok(fresh)
     }
 
@@ -1540,7 +1640,10 @@ impl Tracking {
         if req.since > now {
             return Err(Error::field("since", "must not be in the future"));
         }
-        let events = self.store.events_since(w.project_id, req.since, 10_000).await?;
+        let events = self
+            .store
+            .events_since(w.project_id, req.since, 10_000)
+            .await?;
         let deliveries: Vec<Delivery> = events
             .iter()
             .filter(|e| w.wants(&e.event_type))
@@ -1566,7 +1669,11 @@ fn new_delivery(webhook: WebhookId, event: &OutboxEvent, now: DateTime<Utc>) -> 
 }
 
 fn secs(s: u64) -> Duration {
-    Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 1_000_000).min(100 * 365 * 86_400))
+    Duration::seconds(
+        i64::try_from(s)
+            .unwrap_or(i64::MAX / 1_000_000)
+            .min(100 * 365 * 86_400),
+    )
 }
 
 fn hex_encode(bytes: &[u8]) -> String {
@@ -1630,9 +1737,7 @@ fn task_diff(old: Option<&Task>, new: &Task) -> Vec<FieldChange> {
         .into_iter()
         .enumerate()
         .map(|(i, (field, to))| {
-            let from = before
-                .as_ref()
-                .map_or(Value::Null, |b| b[i].1.clone());
+            let from = before.as_ref().map_or(Value::Null, |b| b[i].1.clone());
             (field, from, to)
         })
         .filter(|(_, from, to)| from != to && !(old.is_none() && is_empty(to)))

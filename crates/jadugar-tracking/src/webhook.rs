@@ -69,7 +69,10 @@ pub fn sign(secrets: &[&str], msg_id: &str, timestamp: i64, body: &[u8]) -> Opti
         mac.update(timestamp.to_string().as_bytes());
         mac.update(b".");
         mac.update(body);
-        parts.push(format!("v1,{}", STANDARD.encode(mac.finalize().into_bytes())));
+        parts.push(format!(
+            "v1,{}",
+            STANDARD.encode(mac.finalize().into_bytes())
+        ));
     }
     Some(parts.join(" "))
 }
@@ -111,7 +114,8 @@ impl Dispatcher {
         config: Config,
         policy: AddressPolicy,
     ) -> Result<Self, Error> {
-        let client = policy.http_client(Duration::from_millis(config.webhook_request_timeout_ms))?;
+        let client =
+            policy.http_client(Duration::from_millis(config.webhook_request_timeout_ms))?;
         Ok(Self {
             store,
             clock,
@@ -181,9 +185,10 @@ impl Dispatcher {
         let n = claimed.len();
         let mut hooks: HashMap<WebhookId, Option<Webhook>> = HashMap::new();
         for c in &claimed {
-            if !hooks.contains_key(&c.delivery.webhook_id) {
-                let w = self.store.get_webhook(c.delivery.webhook_id).await?;
-                hooks.insert(c.delivery.webhook_id, w);
+            if let std::collections::hash_map::Entry::Vacant(slot) =
+                hooks.entry(c.delivery.webhook_id)
+            {
+                slot.insert(self.store.get_webhook(c.delivery.webhook_id).await?);
             }
         }
         let jobs = claimed.into_iter().map(|c| {
@@ -257,7 +262,10 @@ impl Dispatcher {
 
     /// Exponential backoff with full jitter, at least `Retry-After`.
     fn backoff(&self, attempts: u32, retry_after: Option<u64>) -> chrono::Duration {
-        let max_ms = self.config.webhook_retry_max_backoff_secs.saturating_mul(1000);
+        let max_ms = self
+            .config
+            .webhook_retry_max_backoff_secs
+            .saturating_mul(1000);
         let exp = self
             .config
             .webhook_retry_base_ms

@@ -74,16 +74,21 @@ impl App {
         let value = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).unwrap_or(Value::String(
-                String::from_utf8_lossy(&bytes).into_owned(),
-            ))
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
         (status, headers, value)
     }
 
     async fn project(&self, who: &Principal) -> String {
         let (s, _, v) = self
-            .call(Some(who), "POST", "/v1/tracking/projects", Some(json!({"name": "Apollo"})), &[])
+            .call(
+                Some(who),
+                "POST",
+                "/v1/tracking/projects",
+                Some(json!({"name": "Apollo"})),
+                &[],
+            )
             .await;
         assert_eq!(s, StatusCode::CREATED, "{v}");
         v["id"].as_str().unwrap().to_owned()
@@ -120,7 +125,9 @@ impl App {
 #[tokio::test]
 async fn authentication_and_permissions() {
     let app = app();
-    let (s, h, v) = app.call(None, "GET", "/v1/tracking/projects", None, &[]).await;
+    let (s, h, v) = app
+        .call(None, "GET", "/v1/tracking/projects", None, &[])
+        .await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
     assert!(h.contains_key("www-authenticate"));
     assert_eq!(h["content-type"], "application/problem+json");
@@ -128,7 +135,13 @@ async fn authentication_and_permissions() {
 
     let reader = user("cy", &["tracking:read"]);
     let (s, _, _) = app
-        .call(Some(&reader), "POST", "/v1/tracking/projects", Some(json!({"name": "x"})), &[])
+        .call(
+            Some(&reader),
+            "POST",
+            "/v1/tracking/projects",
+            Some(json!({"name": "x"})),
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
 
@@ -136,13 +149,22 @@ async fn authentication_and_permissions() {
     let pid = app.project(&ana).await;
     // Per-project grants: visible only where granted.
     let scoped = user("dee", &[&format!("tracking:project:{pid}:write")]);
-    let (s, _, v) = app.call(Some(&scoped), "GET", "/v1/tracking/projects", None, &[]).await;
+    let (s, _, v) = app
+        .call(Some(&scoped), "GET", "/v1/tracking/projects", None, &[])
+        .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
-    app.task(&scoped, &pid, json!({"title": "scoped write"})).await;
+    app.task(&scoped, &pid, json!({"title": "scoped write"}))
+        .await;
     let other = app.project(&ana).await;
     let (s, _, _) = app
-        .call(Some(&scoped), "GET", &format!("/v1/tracking/projects/{other}"), None, &[])
+        .call(
+            Some(&scoped),
+            "GET",
+            &format!("/v1/tracking/projects/{other}"),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     // Webhooks need project admin.
@@ -158,7 +180,13 @@ async fn authentication_and_permissions() {
     assert_eq!(s, StatusCode::FORBIDDEN);
     // Garbage ids are 404, not 400/500.
     let (s, _, _) = app
-        .call(Some(&ana), "GET", "/v1/tracking/tasks/not-a-uuid", None, &[])
+        .call(
+            Some(&ana),
+            "GET",
+            "/v1/tracking/tasks/not-a-uuid",
+            None,
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 }
@@ -192,7 +220,15 @@ async fn validation_lists_every_bad_field() {
         .iter()
         .map(|e| e["field"].as_str().unwrap())
         .collect();
-    for f in ["title", "estimate", "labels[1]", "status", "assignees[0]", "assignees[1]", "blocked_by[0]"] {
+    for f in [
+        "title",
+        "estimate",
+        "labels[1]",
+        "status",
+        "assignees[0]",
+        "assignees[1]",
+        "blocked_by[0]",
+    ] {
         assert!(fields.contains(&f), "{f} missing from {fields:?}");
     }
     // Type errors name the field too.
@@ -208,7 +244,13 @@ async fn validation_lists_every_bad_field() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(v["errors"][0]["field"], "due_date");
     let (s, _, v) = app
-        .call(Some(&ana), "GET", "/v1/tracking/tasks?priority=huge", None, &[])
+        .call(
+            Some(&ana),
+            "GET",
+            "/v1/tracking/tasks?priority=huge",
+            None,
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["errors"][0]["field"], "priority");
@@ -226,7 +268,10 @@ async fn disallowed_transition_is_422_naming_both_states() {
     let (s, v) = app.patch(&ana, tid, json!({"status": "done"})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     let detail = v["detail"].as_str().unwrap();
-    assert!(detail.contains("backlog") && detail.contains("done"), "{detail}");
+    assert!(
+        detail.contains("backlog") && detail.contains("done"),
+        "{detail}"
+    );
     assert_eq!(v["errors"][0]["field"], "status");
     let (s, v) = app.patch(&ana, tid, json!({"status": "todo"})).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -248,7 +293,9 @@ async fn custom_workflow_needs_admin_and_applies() {
         "initial": "open"
     }});
     let uri = format!("/v1/tracking/projects/{pid}");
-    let (s, _, _) = app.call(Some(&bob), "PATCH", &uri, Some(wf.clone()), &[]).await;
+    let (s, _, _) = app
+        .call(Some(&bob), "PATCH", &uri, Some(wf.clone()), &[])
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
     let (s, _, v) = app.call(Some(&ana), "PATCH", &uri, Some(wf), &[]).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -274,12 +321,24 @@ async fn stale_if_match_is_412() {
     let etag = h["etag"].to_str().unwrap().to_owned();
     assert_eq!(etag, "\"1\"");
     let (s, h, _) = app
-        .call(Some(&ana), "PATCH", &uri, Some(json!({"title": "v2"})), &[("if-match", &etag)])
+        .call(
+            Some(&ana),
+            "PATCH",
+            &uri,
+            Some(json!({"title": "v2"})),
+            &[("if-match", &etag)],
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(h["etag"], "\"2\"");
     let (s, _, v) = app
-        .call(Some(&ana), "PATCH", &uri, Some(json!({"title": "v3"})), &[("if-match", &etag)])
+        .call(
+            Some(&ana),
+            "PATCH",
+            &uri,
+            Some(json!({"title": "v3"})),
+            &[("if-match", &etag)],
+        )
         .await;
     assert_eq!(s, StatusCode::PRECONDITION_FAILED);
     assert_eq!(v["status"], 412);
@@ -295,15 +354,24 @@ async fn blocked_by_cycles_are_refused_and_blockers_block() {
     let pid = app.project(&ana).await;
     let a = app.task(&bob, &pid, json!({"title": "a"})).await;
     let a = a["id"].as_str().unwrap();
-    let b = app.task(&bob, &pid, json!({"title": "b", "blocked_by": [a]})).await;
+    let b = app
+        .task(&bob, &pid, json!({"title": "b", "blocked_by": [a]}))
+        .await;
     let b = b["id"].as_str().unwrap();
-    let c = app.task(&bob, &pid, json!({"title": "c", "blocked_by": [b]})).await;
+    let c = app
+        .task(&bob, &pid, json!({"title": "c", "blocked_by": [b]}))
+        .await;
     let c = c["id"].as_str().unwrap();
     // a blocked by c would close the loop a <- b <- c <- a.
     let (s, v) = app.patch(&bob, a, json!({"blocked_by": [c]})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
     assert_eq!(v["errors"][0]["field"], "blocked_by[0]");
-    assert!(v["errors"][0]["message"].as_str().unwrap().contains("cycle"));
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("cycle")
+    );
     let (s, _) = app.patch(&bob, a, json!({"blocked_by": [a]})).await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // Parent cycles too.
@@ -318,9 +386,13 @@ async fn blocked_by_cycles_are_refused_and_blockers_block() {
     assert_eq!(s, StatusCode::CONFLICT, "{v}");
     assert!(v["detail"].as_str().unwrap().contains(a));
     // ...forcing needs admin...
-    let (s, _) = app.patch(&bob, b, json!({"status": "done", "force": true})).await;
+    let (s, _) = app
+        .patch(&bob, b, json!({"status": "done", "force": true}))
+        .await;
     assert_eq!(s, StatusCode::FORBIDDEN);
-    let (s, v) = app.patch(&ana, b, json!({"status": "done", "force": true})).await;
+    let (s, v) = app
+        .patch(&ana, b, json!({"status": "done", "force": true}))
+        .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     // ...and once the blocker is closed nobody needs to force.
     app.patch(&bob, a, json!({"status": "canceled"})).await;
@@ -334,10 +406,16 @@ async fn activity_log_holds_field_diffs_and_comments() {
     let app = app();
     let ana = user("ana", &["tracking:admin"]);
     let pid = app.project(&ana).await;
-    let t = app.task(&ana, &pid, json!({"title": "first", "priority": "low"})).await;
+    let t = app
+        .task(&ana, &pid, json!({"title": "first", "priority": "low"}))
+        .await;
     let tid = t["id"].as_str().unwrap();
     let (s, _) = app
-        .patch(&ana, tid, json!({"title": "second", "priority": "high", "labels": ["ui"]}))
+        .patch(
+            &ana,
+            tid,
+            json!({"title": "second", "priority": "high", "labels": ["ui"]}),
+        )
         .await;
     assert_eq!(s, StatusCode::OK);
     let (s, _, v) = app
@@ -352,7 +430,13 @@ async fn activity_log_holds_field_diffs_and_comments() {
     assert_eq!(s, StatusCode::CREATED);
     assert_eq!(v["body"], "<script>alert(1)</script>");
     let (_, _, v) = app
-        .call(Some(&ana), "GET", &format!("/v1/tracking/tasks/{tid}/activity"), None, &[])
+        .call(
+            Some(&ana),
+            "GET",
+            &format!("/v1/tracking/tasks/{tid}/activity"),
+            None,
+            &[],
+        )
         .await;
     let items = v["items"].as_array().unwrap();
     assert_eq!(items.len(), 3);
@@ -364,14 +448,23 @@ async fn activity_log_holds_field_diffs_and_comments() {
     assert_eq!(title["from"], "first");
     assert_eq!(title["to"], "second");
     let prio = changes.iter().find(|c| c["field"] == "priority").unwrap();
-    assert_eq!((prio["from"].as_str(), prio["to"].as_str()), (Some("low"), Some("high")));
+    assert_eq!(
+        (prio["from"].as_str(), prio["to"].as_str()),
+        (Some("low"), Some("high"))
+    );
     let labels = changes.iter().find(|c| c["field"] == "labels").unwrap();
     assert_eq!(labels["from"], json!([]));
     assert_eq!(labels["to"], json!(["ui"]));
     assert_eq!(changes.len(), 3, "only changed fields: {changes:?}");
     assert_eq!(items[2]["action"], "task.commented");
     let (_, _, v) = app
-        .call(Some(&ana), "GET", &format!("/v1/tracking/projects/{pid}/activity"), None, &[])
+        .call(
+            Some(&ana),
+            "GET",
+            &format!("/v1/tracking/projects/{pid}/activity"),
+            None,
+            &[],
+        )
         .await;
     assert_eq!(v["items"].as_array().unwrap().len(), 3);
 }
@@ -382,11 +475,23 @@ async fn bulk_dry_run_changes_nothing_and_reports_per_item() {
     let ana = user("ana", &["tracking:admin"]);
     let pid = app.project(&ana).await;
     let a = app.task(&ana, &pid, json!({"title": "a"})).await;
-    let b = app.task(&ana, &pid, json!({"title": "b", "status": "backlog"})).await;
-    let ids = [a["id"].clone(), b["id"].clone(), json!("0190f0f0-0000-7000-8000-000000000000")];
+    let b = app
+        .task(&ana, &pid, json!({"title": "b", "status": "backlog"}))
+        .await;
+    let ids = [
+        a["id"].clone(),
+        b["id"].clone(),
+        json!("0190f0f0-0000-7000-8000-000000000000"),
+    ];
     let body = json!({"task_ids": ids, "changes": {"status": "in_progress", "labels": ["x"]}, "dry_run": true});
     let (s, _, v) = app
-        .call(Some(&ana), "POST", "/v1/tracking/tasks/bulk", Some(body.clone()), &[])
+        .call(
+            Some(&ana),
+            "POST",
+            "/v1/tracking/tasks/bulk",
+            Some(body.clone()),
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["dry_run"], true);
@@ -396,27 +501,60 @@ async fn bulk_dry_run_changes_nothing_and_reports_per_item() {
     assert_eq!(v["items"][2]["status"], 404);
     for t in [&a, &b] {
         let (_, _, now) = app
-            .call(Some(&ana), "GET", &format!("/v1/tracking/tasks/{}", t["id"].as_str().unwrap()), None, &[])
+            .call(
+                Some(&ana),
+                "GET",
+                &format!("/v1/tracking/tasks/{}", t["id"].as_str().unwrap()),
+                None,
+                &[],
+            )
             .await;
         assert_eq!(now, *t, "dry run changed a task");
     }
     // For real: one item fails its transition, the others apply.
     let body = json!({"task_ids": ids, "changes": {"status": "done"}});
     let (_, _, v) = app
-        .call(Some(&ana), "POST", "/v1/tracking/tasks/bulk", Some(body), &[])
+        .call(
+            Some(&ana),
+            "POST",
+            "/v1/tracking/tasks/bulk",
+            Some(body),
+            &[],
+        )
         .await;
-    assert_eq!(v["items"][0]["status"], 422, "todo -> done is not allowed: {v}");
+    assert_eq!(
+        v["items"][0]["status"], 422,
+        "todo -> done is not allowed: {v}"
+    );
     let body = json!({"task_ids": [a["id"], b["id"]], "changes": {"status": "in_progress", "assignees": ["bob"]}});
     let (_, _, v) = app
-        .call(Some(&ana), "POST", "/v1/tracking/tasks/bulk", Some(body), &[])
+        .call(
+            Some(&ana),
+            "POST",
+            "/v1/tracking/tasks/bulk",
+            Some(body),
+            &[],
+        )
         .await;
     assert_eq!(v["succeeded"], 2, "{v}");
     let (_, _, v) = app
-        .call(Some(&user("bob", &["tracking:write"])), "GET", "/v1/tracking/me/tasks", None, &[])
+        .call(
+            Some(&user("bob", &["tracking:write"])),
+            "GET",
+            "/v1/tracking/me/tasks",
+            None,
+            &[],
+        )
         .await;
     assert_eq!(v["items"].as_array().unwrap().len(), 2);
     let (s, _, _) = app
-        .call(Some(&ana), "POST", "/v1/tracking/tasks/bulk", Some(json!({"task_ids": [], "changes": {}})), &[])
+        .call(
+            Some(&ana),
+            "POST",
+            "/v1/tracking/tasks/bulk",
+            Some(json!({"task_ids": [], "changes": {}})),
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 }
@@ -428,18 +566,50 @@ async fn idempotency_key_replays_creates() {
     let pid = app.project(&ana).await;
     let uri = format!("/v1/tracking/projects/{pid}/tasks");
     let key = [("idempotency-key", "create-1")];
-    let (s1, _, v1) = app.call(Some(&ana), "POST", &uri, Some(json!({"title": "once"})), &key).await;
-    let (s2, h2, v2) = app.call(Some(&ana), "POST", &uri, Some(json!({"title": "once"})), &key).await;
+    let (s1, _, v1) = app
+        .call(
+            Some(&ana),
+            "POST",
+            &uri,
+            Some(json!({"title": "once"})),
+            &key,
+        )
+        .await;
+    let (s2, h2, v2) = app
+        .call(
+            Some(&ana),
+            "POST",
+            &uri,
+            Some(json!({"title": "once"})),
+            &key,
+        )
+        .await;
     assert_eq!((s1, s2), (StatusCode::CREATED, StatusCode::CREATED));
     assert_eq!(v1, v2);
     assert_eq!(h2["idempotent-replayed"], "true");
     let (_, _, list) = app.call(Some(&ana), "GET", &uri, None, &[]).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
-    let (s, _, _) = app.call(Some(&ana), "POST", &uri, Some(json!({"title": "other"})), &key).await;
+    let (s, _, _) = app
+        .call(
+            Some(&ana),
+            "POST",
+            &uri,
+            Some(json!({"title": "other"})),
+            &key,
+        )
+        .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
     // Keys are per caller.
     let bob = user("bob", &["tracking:write"]);
-    let (s, h, _) = app.call(Some(&bob), "POST", &uri, Some(json!({"title": "once"})), &key).await;
+    let (s, h, _) = app
+        .call(
+            Some(&bob),
+            "POST",
+            &uri,
+            Some(json!({"title": "once"})),
+            &key,
+        )
+        .await;
     assert_eq!(s, StatusCode::CREATED);
     assert!(!h.contains_key("idempotent-replayed"));
 }
@@ -452,25 +622,83 @@ async fn lists_filter_sort_and_paginate_across_projects() {
     let p2 = app.project(&ana).await;
     for i in 0..5 {
         app.task(&ana, &p1, json!({"title": format!("Alpha {i}"), "labels": ["l1"], "priority": "high", "due_date": format!("2025-02-0{}", i + 1)})).await;
-        app.task(&ana, &p2, json!({"title": format!("Beta {i}"), "assignees": ["bob"]})).await;
+        app.task(
+            &ana,
+            &p2,
+            json!({"title": format!("Beta {i}"), "assignees": ["bob"]}),
+        )
+        .await;
     }
     let get = |q: String| {
         let app = &app;
         let ana = ana.clone();
         async move {
-            let (s, _, v) = app.call(Some(&ana), "GET", &format!("/v1/tracking/tasks?{q}"), None, &[]).await;
+            let (s, _, v) = app
+                .call(
+                    Some(&ana),
+                    "GET",
+                    &format!("/v1/tracking/tasks?{q}"),
+                    None,
+                    &[],
+                )
+                .await;
             assert_eq!(s, StatusCode::OK, "{v}");
             v
         }
     };
-    assert_eq!(get(String::new()).await["items"].as_array().unwrap().len(), 10);
-    assert_eq!(get("label=l1".into()).await["items"].as_array().unwrap().len(), 5);
-    assert_eq!(get("assignee=bob".into()).await["items"].as_array().unwrap().len(), 5);
-    assert_eq!(get(format!("project_id={p2}")).await["items"].as_array().unwrap().len(), 5);
-    assert_eq!(get("q=alpha".into()).await["items"].as_array().unwrap().len(), 5);
-    assert_eq!(get("priority=high&due_before=2025-02-02".into()).await["items"].as_array().unwrap().len(), 2);
-    assert_eq!(get("due_after=2025-02-04".into()).await["items"].as_array().unwrap().len(), 2);
-    assert_eq!(get("category=unstarted&status=todo".into()).await["items"].as_array().unwrap().len(), 10);
+    assert_eq!(
+        get(String::new()).await["items"].as_array().unwrap().len(),
+        10
+    );
+    assert_eq!(
+        get("label=l1".into()).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        get("assignee=bob".into()).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        get(format!("project_id={p2}")).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        get("q=alpha".into()).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        5
+    );
+    assert_eq!(
+        get("priority=high&due_before=2025-02-02".into()).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        get("due_after=2025-02-04".into()).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        get("category=unstarted&status=todo".into()).await["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
     // Pages of 3 cover everything once, in order.
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -494,12 +722,20 @@ async fn lists_filter_sort_and_paginate_across_projects() {
     dedup.dedup();
     assert_eq!(dedup.len(), 10);
     let (s, _, _) = app
-        .call(Some(&ana), "GET", "/v1/tracking/tasks?cursor=forged", None, &[])
+        .call(
+            Some(&ana),
+            "GET",
+            "/v1/tracking/tasks?cursor=forged",
+            None,
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
     // A reader of p1 only sees p1's tasks across projects.
     let scoped = user("cy", &[&format!("tracking:project:{p1}:read")]);
-    let (_, _, v) = app.call(Some(&scoped), "GET", "/v1/tracking/tasks", None, &[]).await;
+    let (_, _, v) = app
+        .call(Some(&scoped), "GET", "/v1/tracking/tasks", None, &[])
+        .await;
     assert_eq!(v["items"].as_array().unwrap().len(), 5);
 }
 
@@ -519,23 +755,64 @@ async fn milestones_progress_excludes_canceled_and_flags_overdue() {
         .await;
     assert_eq!(s, StatusCode::CREATED, "{m}");
     let mid = m["id"].as_str().unwrap();
-    let done = app.task(&ana, &pid, json!({"title": "d", "milestone_id": mid, "estimate": 3, "status": "in_progress"})).await;
-    app.patch(&ana, done["id"].as_str().unwrap(), json!({"status": "done"})).await;
-    app.task(&ana, &pid, json!({"title": "o", "milestone_id": mid, "estimate": 1})).await;
-    app.task(&ana, &pid, json!({"title": "c", "milestone_id": mid, "estimate": 50, "status": "canceled"})).await;
-    let (_, _, v) = app.call(Some(&ana), "GET", &format!("/v1/tracking/milestones/{mid}"), None, &[]).await;
+    let done = app
+        .task(
+            &ana,
+            &pid,
+            json!({"title": "d", "milestone_id": mid, "estimate": 3, "status": "in_progress"}),
+        )
+        .await;
+    app.patch(
+        &ana,
+        done["id"].as_str().unwrap(),
+        json!({"status": "done"}),
+    )
+    .await;
+    app.task(
+        &ana,
+        &pid,
+        json!({"title": "o", "milestone_id": mid, "estimate": 1}),
+    )
+    .await;
+    app.task(
+        &ana,
+        &pid,
+        json!({"title": "c", "milestone_id": mid, "estimate": 50, "status": "canceled"}),
+    )
+    .await;
+    let (_, _, v) = app
+        .call(
+            Some(&ana),
+            "GET",
+            &format!("/v1/tracking/milestones/{mid}"),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(v["progress"]["total"], 2);
     assert_eq!(v["progress"]["canceled"], 1);
     assert_eq!(v["progress"]["percent_by_count"], 50.0);
     assert_eq!(v["progress"]["percent_by_estimate"], 75.0);
     assert_eq!(v["overdue"], true, "clock is 2025-01-01, due 2024-12-20");
     let (s, _, v) = app
-        .call(Some(&ana), "PATCH", &format!("/v1/tracking/milestones/{mid}"), Some(json!({"state": "closed"})), &[("if-match", "\"1\"")])
+        .call(
+            Some(&ana),
+            "PATCH",
+            &format!("/v1/tracking/milestones/{mid}"),
+            Some(json!({"state": "closed"})),
+            &[("if-match", "\"1\"")],
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["overdue"], false);
     let (s, _, v) = app
-        .call(Some(&ana), "PATCH", &format!("/v1/tracking/milestones/{mid}"), Some(json!({"due_date": "2024-11-01"})), &[])
+        .call(
+            Some(&ana),
+            "PATCH",
+            &format!("/v1/tracking/milestones/{mid}"),
+            Some(json!({"due_date": "2024-11-01"})),
+            &[],
+        )
         .await;
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
 }
@@ -547,33 +824,121 @@ async fn watchers_get_notifications() {
     let bob = user("bob", &["tracking:write"]);
     let cy = user("cy", &["tracking:read"]);
     let pid = app.project(&ana).await;
-    let t = app.task(&ana, &pid, json!({"title": "t", "assignees": ["bob"]})).await;
+    let t = app
+        .task(&ana, &pid, json!({"title": "t", "assignees": ["bob"]}))
+        .await;
     let tid = t["id"].as_str().unwrap();
-    let (s, _, _) = app.call(Some(&cy), "PUT", &format!("/v1/tracking/tasks/{tid}/watchers"), None, &[]).await;
+    let (s, _, _) = app
+        .call(
+            Some(&cy),
+            "PUT",
+            &format!("/v1/tracking/tasks/{tid}/watchers"),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(s, StatusCode::NO_CONTENT);
-    let (_, _, w) = app.call(Some(&cy), "GET", &format!("/v1/tracking/tasks/{tid}/watchers"), None, &[]).await;
+    let (_, _, w) = app
+        .call(
+            Some(&cy),
+            "GET",
+            &format!("/v1/tracking/tasks/{tid}/watchers"),
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(w, json!(["ana", "bob", "cy"]));
     app.patch(&ana, tid, json!({"title": "renamed"})).await;
-    let (_, _, c) = app.call(Some(&bob), "GET", "/v1/tracking/me/notifications/unread-count", None, &[]).await;
+    let (_, _, c) = app
+        .call(
+            Some(&bob),
+            "GET",
+            "/v1/tracking/me/notifications/unread-count",
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(c["unread"], 2, "created + updated");
-    let (_, _, c) = app.call(Some(&cy), "GET", "/v1/tracking/me/notifications/unread-count", None, &[]).await;
+    let (_, _, c) = app
+        .call(
+            Some(&cy),
+            "GET",
+            "/v1/tracking/me/notifications/unread-count",
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(c["unread"], 1);
-    let (_, _, c) = app.call(Some(&ana), "GET", "/v1/tracking/me/notifications/unread-count", None, &[]).await;
+    let (_, _, c) = app
+        .call(
+            Some(&ana),
+            "GET",
+            "/v1/tracking/me/notifications/unread-count",
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(c["unread"], 0, "no notification for one's own change");
-    let (_, _, list) = app.call(Some(&bob), "GET", "/v1/tracking/me/notifications?unread=true", None, &[]).await;
+    let (_, _, list) = app
+        .call(
+            Some(&bob),
+            "GET",
+            "/v1/tracking/me/notifications?unread=true",
+            None,
+            &[],
+        )
+        .await;
     let first = list["items"][0]["id"].clone();
-    assert!(list["items"][0]["summary"].as_str().unwrap().contains("title"));
+    assert!(
+        list["items"][0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("title")
+    );
     let (_, _, m) = app
-        .call(Some(&bob), "POST", "/v1/tracking/me/notifications/read", Some(json!({"ids": [first]})), &[])
+        .call(
+            Some(&bob),
+            "POST",
+            "/v1/tracking/me/notifications/read",
+            Some(json!({"ids": [first]})),
+            &[],
+        )
         .await;
     assert_eq!(m["marked"], 1);
-    let (_, _, c) = app.call(Some(&bob), "GET", "/v1/tracking/me/notifications/unread-count", None, &[]).await;
+    let (_, _, c) = app
+        .call(
+            Some(&bob),
+            "GET",
+            "/v1/tracking/me/notifications/unread-count",
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(c["unread"], 1);
-    app.call(Some(&cy), "DELETE", &format!("/v1/tracking/tasks/{tid}/watchers"), None, &[]).await;
+    app.call(
+        Some(&cy),
+        "DELETE",
+        &format!("/v1/tracking/tasks/{tid}/watchers"),
+        None,
+        &[],
+    )
+    .await;
     app.patch(&ana, tid, json!({"title": "again"})).await;
-    let (_, _, c) = app.call(Some(&cy), "GET", "/v1/tracking/me/notifications/unread-count", None, &[]).await;
+    let (_, _, c) = app
+        .call(
+            Some(&cy),
+            "GET",
+            "/v1/tracking/me/notifications/unread-count",
+            None,
+            &[],
+        )
+        .await;
     assert_eq!(c["unread"], 1, "unwatched");
-    assert_eq!(app.notifier.sent().len(), 4, "the Notifier saw every in-app notification");
+    assert_eq!(
+        app.notifier.sent().len(),
+        4,
+        "the Notifier saw every in-app notification"
+    );
 }
 
 #[test]

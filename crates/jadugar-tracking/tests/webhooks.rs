@@ -12,7 +12,9 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use jadugar_core::test_support::{TestPostgres, TestSqlite};
-use jadugar_core::{Clock, ManualClock, MasterKey, Principal, PrincipalKind, Sealer, SharedClock, SystemClock};
+use jadugar_core::{
+    Clock, ManualClock, MasterKey, Principal, PrincipalKind, Sealer, SharedClock, SystemClock,
+};
 use jadugar_tracking::model::*;
 use jadugar_tracking::store::{MemoryStore, SqlStore, TrackingStore};
 use jadugar_tracking::{Config, Tracking};
@@ -136,7 +138,14 @@ fn service(store: Arc<dyn TrackingStore>, clock: SharedClock, config: Config) ->
 
 async fn setup(t: &Tracking, url: &str) -> (ProjectId, WebhookWithSecret) {
     let p = t
-        .create_project(&admin(), NewProject { name: "P".into(), ..Default::default() }, None)
+        .create_project(
+            &admin(),
+            NewProject {
+                name: "P".into(),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap()
         .0;
@@ -156,17 +165,28 @@ async fn setup(t: &Tracking, url: &str) -> (ProjectId, WebhookWithSecret) {
 }
 
 async fn new_task(t: &Tracking, p: ProjectId, title: &str) -> Task {
-    t.create_task(&admin(), p, NewTask { title: title.into(), ..Default::default() }, None)
-        .await
-        .unwrap()
-        .0
+    t.create_task(
+        &admin(),
+        p,
+        NewTask {
+            title: title.into(),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap()
+    .0
 }
 
 /// Runs the dispatcher until `done` or 10 s.
 async fn pump(d: &jadugar_tracking::webhook::Dispatcher, done: impl Fn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while !done() {
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for deliveries");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for deliveries"
+        );
         if d.run_once().await.unwrap() == 0 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -183,24 +203,48 @@ fn payload(r: &Received) -> serde_json::Value {
 async fn receiver_gets_signed_events_in_order_on_sqlite() {
     let (rx, base) = Receiver::start().await;
     let db = TestSqlite::new().await;
-    let t = Tracking::from_backends(&config(), db.database(), None, SystemClock::shared(), sealer())
-        .await
-        .unwrap();
+    let t = Tracking::from_backends(
+        &config(),
+        db.database(),
+        None,
+        SystemClock::shared(),
+        sealer(),
+    )
+    .await
+    .unwrap();
     let (p, hook) = setup(&t, &format!("{base}/a")).await;
     assert!(hook.secret.starts_with("whsec_"));
     let task = new_task(&t, p, "first").await;
-    t.update_task(&admin(), task.id, TaskPatch { title: Some("second".into()), ..Default::default() }, None)
+    t.update_task(
+        &admin(),
+        task.id,
+        TaskPatch {
+            title: Some("second".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
+    // Not subscribed: comments.
+    t.add_comment(&admin(), task.id, NewComment { body: "hi".into() })
         .await
         .unwrap();
-    // Not subscribed: comments.
-    t.add_comment(&admin(), task.id, NewComment { body: "hi".into() }).await.unwrap();
     let d = t.dispatcher().unwrap();
     pump(&d, || rx.got().len() >= 2).await;
     let got = rx.got();
     let now = chrono::Utc::now().timestamp();
     for r in &got {
-        assert!(spec_verify(&hook.secret, &r.headers, &r.body, Some(now)), "signature must verify");
-        assert!(!spec_verify("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &r.headers, &r.body, None));
+        assert!(
+            spec_verify(&hook.secret, &r.headers, &r.body, Some(now)),
+            "signature must verify"
+        );
+        assert!(!spec_verify(
+            "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            &r.headers,
+            &r.body,
+            None
+        ));
         assert_eq!(r.headers["content-type"], "application/json");
     }
     assert_eq!(payload(&got[0])["type"], "task.created");
@@ -210,31 +254,67 @@ async fn receiver_gets_signed_events_in_order_on_sqlite() {
 
     // Rotation: during the overlap both secrets sign.
     let rotated = t.rotate_secret(&admin(), hook.webhook.id).await.unwrap();
-    t.update_task(&admin(), task.id, TaskPatch { title: Some("third".into()), ..Default::default() }, None)
-        .await
-        .unwrap();
+    t.update_task(
+        &admin(),
+        task.id,
+        TaskPatch {
+            title: Some("third".into()),
+            ..Default::default()
+        },
+        None,
+    )
+    .await
+    .unwrap();
     pump(&d, || rx.got().len() >= 3).await;
     let third = &rx.got()[2];
-    assert_eq!(third.headers["webhook-signature"].to_str().unwrap().split(' ').count(), 2);
-    assert!(spec_verify(&hook.secret, &third.headers, &third.body, Some(now)));
-    assert!(spec_verify(&rotated.secret, &third.headers, &third.body, Some(now)));
+    assert_eq!(
+        third.headers["webhook-signature"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .count(),
+        2
+    );
+    assert!(spec_verify(
+        &hook.secret,
+        &third.headers,
+        &third.body,
+        Some(now)
+    ));
+    assert!(spec_verify(
+        &rotated.secret,
+        &third.headers,
+        &third.body,
+        Some(now)
+    ));
 
     // Manual redelivery re-sends the same message id; replay queues history.
-    let log = t.list_deliveries(&admin(), hook.webhook.id, &Default::default()).await.unwrap();
+    let log = t
+        .list_deliveries(&admin(), hook.webhook.id, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(log.items.len(), 3);
     let oldest = log.items.last().unwrap();
     assert_eq!(oldest.state, DeliveryState::Succeeded);
     assert_eq!(oldest.log[0].status, Some(200));
     assert_eq!(oldest.log[0].excerpt, "thanks");
-    t.redeliver(&admin(), hook.webhook.id, oldest.id).await.unwrap();
+    t.redeliver(&admin(), hook.webhook.id, oldest.id)
+        .await
+        .unwrap();
     pump(&d, || rx.got().len() >= 4).await;
-    assert_eq!(rx.got()[3].headers["webhook-id"], got[0].headers["webhook-id"]);
+    assert_eq!(
+        rx.got()[3].headers["webhook-id"],
+        got[0].headers["webhook-id"]
+    );
     let since = chrono::Utc::now() - chrono::Duration::hours(1);
     let queued = t
         .replay(&admin(), hook.webhook.id, ReplayRequest { since })
         .await
         .unwrap();
-    assert_eq!(queued, 3, "created, updated, updated; the comment is not subscribed");
+    assert_eq!(
+        queued, 3,
+        "created, updated, updated; the comment is not subscribed"
+    );
     pump(&d, || rx.got().len() >= 7).await;
 }
 
@@ -242,13 +322,25 @@ async fn receiver_gets_signed_events_in_order_on_sqlite() {
 async fn failing_receiver_gets_the_event_after_retries() {
     let (rx, base) = Receiver::start().await;
     rx.fail_first.store(2, Ordering::SeqCst);
-    let t = service(Arc::new(MemoryStore::new()), SystemClock::shared(), config());
+    let t = service(
+        Arc::new(MemoryStore::new()),
+        SystemClock::shared(),
+        config(),
+    );
     let (p, hook) = setup(&t, &format!("{base}/flaky")).await;
     new_task(&t, p, "retry me").await;
     let d = t.dispatcher().unwrap();
     pump(&d, || !rx.got().is_empty()).await;
-    assert!(spec_verify(&hook.secret, &rx.got()[0].headers, &rx.got()[0].body, None));
-    let log = t.list_deliveries(&admin(), hook.webhook.id, &Default::default()).await.unwrap();
+    assert!(spec_verify(
+        &hook.secret,
+        &rx.got()[0].headers,
+        &rx.got()[0].body,
+        None
+    ));
+    let log = t
+        .list_deliveries(&admin(), hook.webhook.id, &Default::default())
+        .await
+        .unwrap();
     let delivery = &log.items[0];
     assert_eq!(delivery.state, DeliveryState::Succeeded);
     assert_eq!(delivery.attempts, 3);
@@ -279,7 +371,11 @@ async fn a_dispatcher_dying_between_claim_and_send_is_redelivered_after_the_leas
     let other = SqlStore::new(db.connect_another().await);
     let b = service(Arc::new(other), clock.shared(), config());
     let d = b.dispatcher().unwrap();
-    assert_eq!(d.run_once().await.unwrap(), 0, "still leased to the dead host");
+    assert_eq!(
+        d.run_once().await.unwrap(),
+        0,
+        "still leased to the dead host"
+    );
     clock.advance(Duration::from_secs(61));
     assert_eq!(d.run_once().await.unwrap(), 1);
     assert_eq!(rx.got().len(), 1);
@@ -305,7 +401,12 @@ async fn persistent_failure_disables_the_endpoint_until_reenabled() {
     new_task(&t, p, "two").await;
     let d = t.dispatcher().unwrap();
     let mut rounds = 0;
-    while t.get_webhook(&admin(), hook.webhook.id).await.unwrap().enabled {
+    while t
+        .get_webhook(&admin(), hook.webhook.id)
+        .await
+        .unwrap()
+        .enabled
+    {
         d.run_once().await.unwrap();
         clock.advance(Duration::from_secs(61));
         rounds += 1;
@@ -313,11 +414,18 @@ async fn persistent_failure_disables_the_endpoint_until_reenabled() {
     }
     let w = t.get_webhook(&admin(), hook.webhook.id).await.unwrap();
     assert!(w.disabled_reason.unwrap().contains("re-enable"));
-    let log = t.list_deliveries(&admin(), hook.webhook.id, &Default::default()).await.unwrap();
+    let log = t
+        .list_deliveries(&admin(), hook.webhook.id, &Default::default())
+        .await
+        .unwrap();
     let first = log.items.last().unwrap();
     assert_eq!(first.state, DeliveryState::Failed);
     assert!(first.attempts >= 5, "{}", first.attempts);
-    assert_eq!(log.items[0].state, DeliveryState::Pending, "the next event waits, in order");
+    assert_eq!(
+        log.items[0].state,
+        DeliveryState::Pending,
+        "the next event waits, in order"
+    );
     assert_eq!(log.items[0].attempts, 0);
     // Disabled endpoints do not count as lag and get nothing.
     assert!(d.report_lag().await.is_none());
@@ -338,13 +446,33 @@ async fn ssrf_targets_are_refused() {
     let strict = Config::default();
     let t = service(Arc::new(MemoryStore::new()), SystemClock::shared(), strict);
     let p = t
-        .create_project(&admin(), NewProject { name: "P".into(), ..Default::default() }, None)
+        .create_project(
+            &admin(),
+            NewProject {
+                name: "P".into(),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap()
         .0;
-    for url in ["http://169.254.169.254/latest", "http://127.0.0.1:9/x", "http://[::1]/", "ftp://example.com/"] {
+    for url in [
+        "http://169.254.169.254/latest",
+        "http://127.0.0.1:9/x",
+        "http://[::1]/",
+        "ftp://example.com/",
+    ] {
         let err = t
-            .create_webhook(&admin(), p.id, NewWebhook { url: url.into(), event_types: vec!["*".into()], description: String::new() })
+            .create_webhook(
+                &admin(),
+                p.id,
+                NewWebhook {
+                    url: url.into(),
+                    event_types: vec!["*".into()],
+                    description: String::new(),
+                },
+            )
             .await
             .unwrap_err();
         let problem = jadugar_core::Problem::from(err);
@@ -353,13 +481,24 @@ async fn ssrf_targets_are_refused() {
     }
     // A name that resolves to loopback passes creation but never gets a request.
     let hook = t
-        .create_webhook(&admin(), p.id, NewWebhook { url: "http://localhost:9/x".into(), event_types: vec!["*".into()], description: String::new() })
+        .create_webhook(
+            &admin(),
+            p.id,
+            NewWebhook {
+                url: "http://localhost:9/x".into(),
+                event_types: vec!["*".into()],
+                description: String::new(),
+            },
+        )
         .await
         .unwrap();
     new_task(&t, p.id, "x").await;
     let d = t.dispatcher().unwrap();
     assert_eq!(d.run_once().await.unwrap(), 1);
-    let log = t.list_deliveries(&admin(), hook.webhook.id, &Default::default()).await.unwrap();
+    let log = t
+        .list_deliveries(&admin(), hook.webhook.id, &Default::default())
+        .await
+        .unwrap();
     assert_eq!(log.items[0].log[0].status, None);
     assert_eq!(log.items[0].state, DeliveryState::Pending);
 }
@@ -370,16 +509,29 @@ async fn two_dispatchers_on_one_postgres_never_both_deliver() {
         return;
     };
     let (rx, base) = Receiver::start().await;
-    let a = Tracking::from_backends(&config(), pg.database(), None, SystemClock::shared(), sealer())
-        .await
-        .unwrap();
+    let a = Tracking::from_backends(
+        &config(),
+        pg.database(),
+        None,
+        SystemClock::shared(),
+        sealer(),
+    )
+    .await
+    .unwrap();
     let b = service(
         Arc::new(SqlStore::new(pg.connect_another().await)),
         SystemClock::shared(),
         config(),
     );
     let p = a
-        .create_project(&admin(), NewProject { name: "P".into(), ..Default::default() }, None)
+        .create_project(
+            &admin(),
+            NewProject {
+                name: "P".into(),
+                ..Default::default()
+            },
+            None,
+        )
         .await
         .unwrap()
         .0;
@@ -387,7 +539,11 @@ async fn two_dispatchers_on_one_postgres_never_both_deliver() {
         a.create_webhook(
             &admin(),
             p.id,
-            NewWebhook { url: format!("{base}/e{i}"), event_types: vec!["*".into()], description: String::new() },
+            NewWebhook {
+                url: format!("{base}/e{i}"),
+                event_types: vec!["*".into()],
+                description: String::new(),
+            },
         )
         .await
         .unwrap();
@@ -407,10 +563,12 @@ async fn two_dispatchers_on_one_postgres_never_both_deliver() {
     assert_eq!(got.len(), total, "every delivery exactly once");
     let mut per_endpoint: HashMap<String, Vec<String>> = HashMap::new();
     for r in &got {
-        per_endpoint
-            .entry(r.path.clone())
-            .or_default()
-            .push(payload(r)["data"]["task"]["title"].as_str().unwrap().to_owned());
+        per_endpoint.entry(r.path.clone()).or_default().push(
+            payload(r)["data"]["task"]["title"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
     }
     assert_eq!(per_endpoint.len(), 4);
     for (endpoint, titles) in per_endpoint {
@@ -424,12 +582,19 @@ async fn two_dispatchers_on_one_postgres_never_both_deliver() {
 
 #[tokio::test]
 async fn dispatcher_stops_when_cancelled() {
-    let t = service(Arc::new(MemoryStore::new()), SystemClock::shared(), config());
+    let t = service(
+        Arc::new(MemoryStore::new()),
+        SystemClock::shared(),
+        config(),
+    );
     let cancel = tokio_util::sync::CancellationToken::new();
     let handles = t.dispatcher().unwrap().start(cancel.clone());
     tokio::time::sleep(Duration::from_millis(30)).await;
     cancel.cancel();
     for h in handles {
-        tokio::time::timeout(Duration::from_secs(2), h).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), h)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

@@ -160,7 +160,10 @@ async fn versions_and_atomicity(s: &dyn TrackingStore) {
         ])
         .await;
     assert!(r.is_err());
-    assert!(s.get_task(t.id).await.unwrap().is_none(), "commit was not atomic");
+    assert!(
+        s.get_task(t.id).await.unwrap().is_none(),
+        "commit was not atomic"
+    );
     s.commit(vec![Write::Project {
         project: Box::new(p2.clone()),
         expected_version: Some(1),
@@ -170,9 +173,17 @@ async fn versions_and_atomicity(s: &dyn TrackingStore) {
     assert_eq!(s.get_project(p.id).await.unwrap().unwrap().name, "renamed");
     let listed = s.list_projects(None, None, 10).await.unwrap();
     assert!(listed.iter().any(|x| x.id == p.id));
-    assert!(s.list_projects(Some(&[]), None, 10).await.unwrap().is_empty());
+    assert!(
+        s.list_projects(Some(&[]), None, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
-        s.list_projects(Some(&[p.id]), None, 10).await.unwrap().len(),
+        s.list_projects(Some(&[p.id]), None, 10)
+            .await
+            .unwrap()
+            .len(),
         1
     );
     assert!(s.project_ids().await.unwrap().contains(&p.id));
@@ -277,13 +288,25 @@ async fn task_queries(s: &dyn TrackingStore) {
         .unwrap();
     assert_eq!(two.len(), 8);
 
-    let r = s.list_tasks(&q(&|q| q.assignee = Some("bob".into()))).await.unwrap();
+    let r = s
+        .list_tasks(&q(&|q| q.assignee = Some("bob".into())))
+        .await
+        .unwrap();
     assert_eq!(ids(r), vec![tasks[1].id]);
-    let r = s.list_tasks(&q(&|q| q.label = Some("bug".into()))).await.unwrap();
+    let r = s
+        .list_tasks(&q(&|q| q.label = Some("bug".into())))
+        .await
+        .unwrap();
     assert_eq!(ids(r), vec![tasks[1].id]);
-    let r = s.list_tasks(&q(&|q| q.label = Some("bu".into()))).await.unwrap();
+    let r = s
+        .list_tasks(&q(&|q| q.label = Some("bu".into())))
+        .await
+        .unwrap();
     assert!(r.is_empty(), "label match must be exact");
-    let r = s.list_tasks(&q(&|q| q.status = Some("done".into()))).await.unwrap();
+    let r = s
+        .list_tasks(&q(&|q| q.status = Some("done".into())))
+        .await
+        .unwrap();
     assert_eq!(ids(r), vec![tasks[2].id]);
     let r = s
         .list_tasks(&q(&|q| q.category = Some(Category::Canceled)))
@@ -345,7 +368,11 @@ async fn task_queries(s: &dyn TrackingStore) {
             after = page.last().map(|t| (sort_key(t, sort), t.id));
             paged.extend(page.into_iter().map(|t| t.id));
         }
-        assert_eq!(paged, full.iter().map(|t| t.id).collect::<Vec<_>>(), "{sort:?} pages");
+        assert_eq!(
+            paged,
+            full.iter().map(|t| t.id).collect::<Vec<_>>(),
+            "{sort:?} pages"
+        );
     }
     let updated = s
         .list_tasks(&q(&|q| q.sort = TaskSort::Updated))
@@ -481,8 +508,16 @@ async fn social(s: &dyn TrackingStore) {
     s.commit(vec![Write::Comment(Box::new(c.clone()))])
         .await
         .unwrap();
-    assert_eq!(s.list_comments(t.id, None, 10).await.unwrap(), vec![c.clone()]);
-    assert!(s.list_comments(t.id, Some(c.id), 10).await.unwrap().is_empty());
+    assert_eq!(
+        s.list_comments(t.id, None, 10).await.unwrap(),
+        vec![c.clone()]
+    );
+    assert!(
+        s.list_comments(t.id, Some(c.id), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
     let mut notes = Vec::new();
     for i in 0..3 {
@@ -498,7 +533,9 @@ async fn social(s: &dyn TrackingStore) {
             read_at: None,
         };
         notes.push(n.clone());
-        s.commit(vec![Write::Notification(Box::new(n))]).await.unwrap();
+        s.commit(vec![Write::Notification(Box::new(n))])
+            .await
+            .unwrap();
     }
     let listed = s.list_notifications("bob", false, None, 10).await.unwrap();
     assert_eq!(listed[0].id, notes[2].id, "newest first");
@@ -510,7 +547,9 @@ async fn social(s: &dyn TrackingStore) {
     assert_eq!(s.unread_count("bob").await.unwrap(), 3);
     assert_eq!(s.unread_count("nobody").await.unwrap(), 0);
     assert_eq!(
-        s.mark_read("bob", Some(&[notes[0].id]), t0()).await.unwrap(),
+        s.mark_read("bob", Some(&[notes[0].id]), t0())
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(s.mark_read("ana", None, t0()).await.unwrap(), 0);
@@ -653,9 +692,16 @@ async fn webhooks_and_deliveries(s: &dyn TrackingStore) {
         next_attempt_at: now + Duration::seconds(30),
         attempt: attempt.clone(),
     };
-    assert!(!s.finish_delivery(a1.id, "not-the-lease", &retry).await.unwrap());
+    assert!(
+        !s.finish_delivery(a1.id, "not-the-lease", &retry)
+            .await
+            .unwrap()
+    );
     assert!(s.finish_delivery(a1.id, &ca.lease, &retry).await.unwrap());
-    assert!(!s.finish_delivery(a1.id, &ca.lease, &retry).await.unwrap(), "lease is freed");
+    assert!(
+        !s.finish_delivery(a1.id, &ca.lease, &retry).await.unwrap(),
+        "lease is freed"
+    );
     let ok = AttemptOutcome {
         state: DeliveryState::Succeeded,
         next_attempt_at: now,
@@ -687,10 +733,16 @@ async fn webhooks_and_deliveries(s: &dyn TrackingStore) {
     assert_eq!(retaken.len(), 1);
     assert_eq!(retaken[0].delivery.id, a1.id);
     assert!(
-        !s.finish_delivery(a1.id, &again[0].lease, &ok).await.unwrap(),
+        !s.finish_delivery(a1.id, &again[0].lease, &ok)
+            .await
+            .unwrap(),
         "the dead claimer's lease is void"
     );
-    assert!(s.finish_delivery(a1.id, &retaken[0].lease, &ok).await.unwrap());
+    assert!(
+        s.finish_delivery(a1.id, &retaken[0].lease, &ok)
+            .await
+            .unwrap()
+    );
     let next = s
         .claim_deliveries(after_lease, after_lease + Duration::seconds(60), 10)
         .await
@@ -709,11 +761,19 @@ async fn webhooks_and_deliveries(s: &dyn TrackingStore) {
         vec![a2.id, a1.id],
         "newest first"
     );
-    assert_eq!(s.list_deliveries(a.id, Some(a2.id), 10).await.unwrap().len(), 1);
+    assert_eq!(
+        s.list_deliveries(a.id, Some(a2.id), 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Redelivery and enabling.
     let re = delivery(b.id, &e1, after_lease);
-    s.insert_deliveries(std::slice::from_ref(&re)).await.unwrap();
+    s.insert_deliveries(std::slice::from_ref(&re))
+        .await
+        .unwrap();
     let mut enabled = off.clone();
     enabled.enabled = true;
     s.put_webhook(&enabled, false).await.unwrap();

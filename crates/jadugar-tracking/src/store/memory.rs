@@ -25,6 +25,9 @@ pub struct MemoryStore {
     inner: Mutex<Inner>,
 }
 
+/// A lease token and when it runs out.
+type Lease = (String, DateTime<Utc>);
+
 #[derive(Debug, Default, Clone)]
 struct Inner {
     projects: BTreeMap<ProjectId, Project>,
@@ -38,7 +41,7 @@ struct Inner {
     webhooks: BTreeMap<WebhookId, Webhook>,
     events: BTreeMap<EventId, (u64, OutboxEvent)>,
     /// seq -> delivery and its lease.
-    deliveries: BTreeMap<u64, (Delivery, Option<(String, DateTime<Utc>)>)>,
+    deliveries: BTreeMap<u64, (Delivery, Option<Lease>)>,
     seq: u64,
 }
 
@@ -77,14 +80,18 @@ fn matches(task: &Task, q: &TaskQuery) -> bool {
         && q.parent_id.is_none_or(|p| task.parent_id == Some(p))
         && q.status.as_ref().is_none_or(|s| &task.status == s)
         && q.category.is_none_or(|c| task.category == c)
-        && q.assignee.as_ref().is_none_or(|a| task.assignees.contains(a))
+        && q.assignee
+            .as_ref()
+            .is_none_or(|a| task.assignees.contains(a))
         && q.label.as_ref().is_none_or(|l| task.labels.contains(l))
         && q.priority.is_none_or(|p| task.priority == p)
-        && q.due_before.is_none_or(|d| task.due_date.is_some_and(|t| t <= d))
-        && q.due_after.is_none_or(|d| task.due_date.is_some_and(|t| t >= d))
-        && q.title_contains.as_ref().is_none_or(|t| {
-            task.title.to_lowercase().contains(&t.to_lowercase())
-        })
+        && q.due_before
+            .is_none_or(|d| task.due_date.is_some_and(|t| t <= d))
+        && q.due_after
+            .is_none_or(|d| task.due_date.is_some_and(|t| t >= d))
+        && q.title_contains
+            .as_ref()
+            .is_none_or(|t| task.title.to_lowercase().contains(&t.to_lowercase()))
 }
 
 #[async_trait]
@@ -99,21 +106,39 @@ impl TrackingStore for MemoryStore {
                     project,
                     expected_version,
                 } => {
-                    check_version(&next.projects, &project.id, expected_version, |p| p.version, "project")?;
+                    check_version(
+                        &next.projects,
+                        &project.id,
+                        expected_version,
+                        |p| p.version,
+                        "project",
+                    )?;
                     next.projects.insert(project.id, *project);
                 }
                 Write::Milestone {
                     milestone,
                     expected_version,
                 } => {
-                    check_version(&next.milestones, &milestone.id, expected_version, |m| m.version, "milestone")?;
+                    check_version(
+                        &next.milestones,
+                        &milestone.id,
+                        expected_version,
+                        |m| m.version,
+                        "milestone",
+                    )?;
                     next.milestones.insert(milestone.id, *milestone);
                 }
                 Write::Task {
                     task,
                     expected_version,
                 } => {
-                    check_version(&next.tasks, &task.id, expected_version, |t| t.version, "task")?;
+                    check_version(
+                        &next.tasks,
+                        &task.id,
+                        expected_version,
+                        |t| t.version,
+                        "task",
+                    )?;
                     next.tasks.insert(task.id, *task);
                 }
                 Write::Watch { task_id, subject } => {
@@ -432,7 +457,7 @@ impl TrackingStore for MemoryStore {
             .filter(|(d, _)| d.webhook_id == webhook && before.is_none_or(|b| d.id < b))
             .map(|(d, _)| d.clone())
             .collect();
-        list.sort_by(|a, b| b.id.cmp(&a.id));
+        list.sort_by_key(|d| std::cmp::Reverse(d.id));
         list.truncate(limit as usize);
         Ok(list)
     }

@@ -17,14 +17,12 @@ use chrono::{DateTime, NaiveDate, Utc};
 use crate::model::*;
 
 mod memory;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod sql;
 
 #[cfg(feature = "test-support")]
 pub mod conformance;
 
 pub use memory::MemoryStore;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use sql::SqlStore;
 
 /// Why a store operation failed.

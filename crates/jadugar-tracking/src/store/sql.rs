@@ -325,8 +325,11 @@ impl TrackingStore for SqlStore {
     }
 
     async fn get_project(&self, id: ProjectId) -> Result<Option<Project>, StoreError> {
-        self.one("SELECT doc FROM trk_projects WHERE id = $1", &[Arg::S(id.to_string())])
-            .await
+        self.one(
+            "SELECT doc FROM trk_projects WHERE id = $1",
+            &[Arg::S(id.to_string())],
+        )
+        .await
     }
 
     async fn list_projects(
@@ -352,13 +355,18 @@ impl TrackingStore for SqlStore {
     }
 
     async fn project_ids(&self) -> Result<Vec<ProjectId>, StoreError> {
-        let ids = self.docs("SELECT id FROM trk_projects ORDER BY id", &[]).await?;
+        let ids = self
+            .docs("SELECT id FROM trk_projects ORDER BY id", &[])
+            .await?;
         Ok(ids.iter().filter_map(|s| s.parse().ok()).collect())
     }
 
     async fn get_milestone(&self, id: MilestoneId) -> Result<Option<Milestone>, StoreError> {
-        self.one("SELECT doc FROM trk_milestones WHERE id = $1", &[Arg::S(id.to_string())])
-            .await
+        self.one(
+            "SELECT doc FROM trk_milestones WHERE id = $1",
+            &[Arg::S(id.to_string())],
+        )
+        .await
     }
 
     async fn list_milestones(
@@ -400,8 +408,11 @@ impl TrackingStore for SqlStore {
     }
 
     async fn get_task(&self, id: TaskId) -> Result<Option<Task>, StoreError> {
-        self.one("SELECT doc FROM trk_tasks WHERE id = $1", &[Arg::S(id.to_string())])
-            .await
+        self.one(
+            "SELECT doc FROM trk_tasks WHERE id = $1",
+            &[Arg::S(id.to_string())],
+        )
+        .await
     }
 
     async fn list_tasks(&self, q: &TaskQuery) -> Result<Vec<Task>, StoreError> {
@@ -504,7 +515,9 @@ impl TrackingStore for SqlStore {
             ActivityScope::Project(p) => ("project_id", p.to_string()),
         };
         self.parsed(
-            &format!("SELECT doc FROM trk_activity WHERE {col} = $1 AND id > $2 ORDER BY id LIMIT $3"),
+            &format!(
+                "SELECT doc FROM trk_activity WHERE {col} = $1 AND id > $2 ORDER BY id LIMIT $3"
+            ),
             &[
                 Arg::S(id),
                 Arg::S(after.map(|a| a.to_string()).unwrap_or_default()),
@@ -538,7 +551,11 @@ impl TrackingStore for SqlStore {
         before: Option<NotificationId>,
         limit: u32,
     ) -> Result<Vec<Notification>, StoreError> {
-        let unread = if unread_only { " AND read_us IS NULL" } else { "" };
+        let unread = if unread_only {
+            " AND read_us IS NULL"
+        } else {
+            ""
+        };
         let sql = format!(
             "SELECT doc, read_us FROM trk_notifications WHERE recipient = $1 AND id < $2{unread} ORDER BY id DESC LIMIT $3"
         );
@@ -642,7 +659,10 @@ impl TrackingStore for SqlStore {
 
     async fn get_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
         Ok(self
-            .one::<WebhookDoc>("SELECT doc FROM trk_webhooks WHERE id = $1", &[Arg::S(id.to_string())])
+            .one::<WebhookDoc>(
+                "SELECT doc FROM trk_webhooks WHERE id = $1",
+                &[Arg::S(id.to_string())],
+            )
             .await?
             .map(Webhook::from))
     }
@@ -790,7 +810,10 @@ impl TrackingStore for SqlStore {
         let mut out = Vec::with_capacity(claimed.len());
         for (delivery, event_id) in claimed {
             let event: Option<OutboxEvent> = self
-                .one("SELECT doc FROM trk_events WHERE id = $1", &[Arg::S(event_id)])
+                .one(
+                    "SELECT doc FROM trk_events WHERE id = $1",
+                    &[Arg::S(event_id)],
+                )
                 .await?;
             if let Some(event) = event {
                 out.push(ClaimedDelivery {
