@@ -15,7 +15,9 @@
 //!
 //! The host adds its own routes (`/healthz`, `/readyz`, `/metrics`,
 //! `/openapi.json`) and, around everything, the request id, the access log,
-//! panic catching, the request timeout and the body size limit.
+//! panic catching and the body size limit. Host and component routes get
+//! the request timeout (a component may ask for a longer one); the
+//! fallback times out per gateway route.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), jadugar_host::HostError> {
@@ -112,9 +114,23 @@ impl AppBuilder {
     }
 
     /// Merges a component's `router` (absolute paths) and its OpenAPI
-    /// description under the name `component`.
-    pub fn mount(mut self, component: &'static str, router: Router, openapi: OpenApi) -> Self {
-        self.api = self.api.merge(router);
+    /// description under the name `component`; its requests get the host's
+    /// `request_timeout_secs`.
+    pub fn mount(self, component: &'static str, router: Router, openapi: OpenApi) -> Self {
+        let timeout = Duration::from_secs(self.config.request_timeout_secs);
+        self.mount_with_timeout(component, router, openapi, timeout)
+    }
+
+    /// As [`mount`](Self::mount), with a timeout of the component's own
+    /// (say, for blocking queries that legitimately wait minutes).
+    pub fn mount_with_timeout(
+        mut self,
+        component: &'static str,
+        router: Router,
+        openapi: OpenApi,
+        timeout: Duration,
+    ) -> Self {
+        self.api = self.api.merge(with_timeout(router, timeout));
         self.openapi.merge(openapi);
         self.components.push(component);
         self
@@ -139,7 +155,8 @@ impl AppBuilder {
     }
 
     /// Answers every request outside [`RESERVED_PREFIXES`] that no route
-    /// matched with `service` (the gateway).
+    /// matched with `service` (the gateway). The host puts no timeout on it:
+    /// the gateway times its upstreams out per route.
     pub fn fallback(mut self, service: FallbackService) -> Self {
         self.fallback = Some(service);
         self
@@ -198,7 +215,8 @@ impl AppBuilder {
             .route_layer(axum::middleware::map_response(problem_for_bare_errors))
             .with_state(Arc::new(ops_state));
 
-        let router = ops.merge(api);
+        let default_timeout = Duration::from_secs(self.config.request_timeout_secs);
+        let router = with_timeout(ops, default_timeout).merge(api);
         let router = with_host_layers(router, &self.config);
         App {
             config: self.config,
@@ -211,10 +229,31 @@ impl AppBuilder {
     }
 }
 
-/// The request id, access log, panic catching, timeout and body limit
-/// around `router`.
+/// `router` answering a 503 problem when a request takes longer than
+/// `timeout` to produce its response headers.
+fn with_timeout(router: Router, timeout: Duration) -> Router {
+    router.layer(
+        ServiceBuilder::new()
+            .layer(HandleErrorLayer::new(
+                move |_: tower::BoxError| async move {
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "timeout",
+                        "Request timed out",
+                    )
+                    .with_detail(format!(
+                        "the request took longer than {} s",
+                        timeout.as_secs()
+                    ))
+                },
+            ))
+            .layer(tower::timeout::TimeoutLayer::new(timeout)),
+    )
+}
+
+/// The request id, access log, panic catching and body limit around
+/// `router`.
 fn with_host_layers(router: Router, config: &Config) -> Router {
-    let timeout = Duration::from_secs(config.request_timeout_secs);
     let limit = config.body_limit_bytes;
     router
         .layer(DefaultBodyLimit::max(limit))
@@ -223,23 +262,6 @@ fn with_host_layers(router: Router, config: &Config) -> Router {
             limit,
             reject_declared_oversize,
         ))
-        .layer(
-            ServiceBuilder::new()
-                .layer(HandleErrorLayer::new(
-                    move |_: tower::BoxError| async move {
-                        Problem::new(
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "timeout",
-                            "Request timed out",
-                        )
-                        .with_detail(format!(
-                            "the request took longer than {} s",
-                            timeout.as_secs()
-                        ))
-                    },
-                ))
-                .layer(tower::timeout::TimeoutLayer::new(timeout)),
-        )
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_: Box<dyn std::any::Any + Send>| {
                 tracing::error!("a request handler panicked");

@@ -321,19 +321,36 @@ async fn slow_handlers_time_out_as_problems() {
             "never"
         }),
     );
+    // A component with waits of its own (a blocking query) asks for more.
+    let patient = Router::new().route(
+        "/v1/patient/wait",
+        get(|| async {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            "waited"
+        }),
+    );
     let app = App::builder(config, backends)
         .mount("test", stuck, Default::default())
+        .mount_with_timeout(
+            "patient",
+            patient,
+            Default::default(),
+            Duration::from_secs(5),
+        )
         .build();
-    let res = tower::ServiceExt::oneshot(
-        app.router(),
-        http::Request::get("/v1/test/stuck")
-            .body(axum::body::Body::empty())
-            .unwrap(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(res.status(), 503);
-    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let call = |path: &'static str| {
+        tower::ServiceExt::oneshot(
+            app.router(),
+            http::Request::get(path)
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+    };
+    let (stuck, patient) = tokio::join!(call("/v1/test/stuck"), call("/v1/patient/wait"));
+    let stuck = stuck.unwrap();
+    assert_eq!(stuck.status(), 503);
+    assert_eq!(stuck.headers()["content-type"], "application/problem+json");
+    assert_eq!(patient.unwrap().status(), 200);
 }
 
 #[tokio::test]
