@@ -29,7 +29,7 @@ use jadugar_core::{Sealer, SharedClock};
 use rand::Rng;
 use sha2::Sha256;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 
 use crate::Config;
 use crate::error::Error;
