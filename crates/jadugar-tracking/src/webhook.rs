@@ -379,6 +379,38 @@ mod tests {
         assert!(!verify(&generate_secret(), "m", 5, b"x", &header));
     }
 
+    fn dispatcher(config: Config) -> Dispatcher {
+        Dispatcher::new(
+            Arc::new(crate::store::MemoryStore::new()),
+            jadugar_core::SystemClock::shared(),
+            Sealer::new(jadugar_core::MasterKey::generate("k"), []),
+            config,
+            AddressPolicy::strict(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn backoff_grows_with_jitter_caps_and_honours_retry_after() {
+        let d = dispatcher(Config {
+            webhook_retry_base_ms: 1_000,
+            webhook_retry_max_backoff_secs: 60,
+            ..Config::default()
+        });
+        for attempt in 1..=4u32 {
+            let full = 1_000i64 << (attempt - 1);
+            for _ in 0..20 {
+                let b = d.backoff(attempt, None).num_milliseconds();
+                assert!((full / 2..=full).contains(&b), "attempt {attempt}: {b}");
+            }
+        }
+        assert!(d.backoff(30, None).num_milliseconds() <= 60_000);
+        assert!(d.backoff(30, None).num_milliseconds() >= 30_000);
+        assert!(d.backoff(1, Some(20)).num_milliseconds() >= 20_000);
+        // Retry-After beyond the cap is capped.
+        assert!(d.backoff(1, Some(100_000)).num_milliseconds() <= 60_000);
+    }
+
     #[test]
     fn retry_after_forms() {
         let now = Utc::now();

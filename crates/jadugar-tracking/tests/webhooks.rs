@@ -581,6 +581,36 @@ async fn two_dispatchers_on_one_postgres_never_both_deliver() {
 }
 
 #[tokio::test]
+async fn slow_receivers_time_out() {
+    let app = Router::new().route(
+        "/slow",
+        post(|| async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let cfg = Config {
+        webhook_request_timeout_ms: 100,
+        ..config()
+    };
+    let t = service(Arc::new(MemoryStore::new()), SystemClock::shared(), cfg);
+    let (p, hook) = setup(&t, &format!("http://{addr}/slow")).await;
+    new_task(&t, p, "slow").await;
+    let started = std::time::Instant::now();
+    assert_eq!(t.dispatcher().unwrap().run_once().await.unwrap(), 1);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    let log = t
+        .list_deliveries(&admin(), hook.webhook.id, &Default::default())
+        .await
+        .unwrap();
+    assert_eq!(log.items[0].state, DeliveryState::Pending);
+    assert_eq!(log.items[0].log[0].excerpt, "timed out");
+}
+
+#[tokio::test]
 async fn dispatcher_stops_when_cancelled() {
     let t = service(
         Arc::new(MemoryStore::new()),
