@@ -1,2 +1,247 @@
-//! Placeholder until the gateway crate exposes its API.
-fn main() {}
+//! The gateway under load: `jadugar-gateway` (and, in `full` mode,
+//! `jadugar-auth`'s `AuthLayer`) composed as libraries, as a user embedding
+//! them would, on a single-threaded tokio runtime so it uses one core like
+//! the one-worker nginx, HAProxy and Caddy it is compared with.
+//!
+//! Modes (all proxy `/api/...` to `--upstream`):
+//! - `plain`: one prefix route, nothing else;
+//! - `full`: the same route requiring an API key with permission
+//!   `bench:proxy` (the key lives in a memory store of `jadugar-auth`; its
+//!   secret is written to `--key-file`), a per-API-key rate limit high enough
+//!   never to trigger, and a header transform (sets `x-user-id` from the
+//!   principal upstream, adds `x-gateway` to the response);
+//! - `many-routes`: the plain route among 10,000 routes (`/svc{i}/items/{id}`
+//!   prefix routes with a parameter).
+//!
+//! `--access-log` turns the gateway's access log on (one line per request on
+//! stdout, through `tracing`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use jadugar_auth::service::{NewApiKey, NewUser};
+use jadugar_auth::{AuthLayer, AuthService};
+use jadugar_gateway::model::{
+    AuthPolicy, NameValue, PathMatch, RateKey, RateLimitSpec, RouteSpec,
+};
+use jadugar_gateway::{ClientAddr, Gateway};
+use tokio::net::TcpListener;
+use tower::{Layer, Service};
+
+/// Routes configured in `many-routes` mode (the measured one included).
+const MANY_ROUTES: usize = 10_000;
+/// The permission the `full` route requires and the API key holds.
+const PERMISSION: &str = "bench:proxy";
+
+/// What the gateway is configured with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// One plain prefix route.
+    Plain,
+    /// API-key auth, a rate limit that never triggers, a header transform.
+    Full,
+    /// The plain route among 10,000 routes.
+    ManyRoutes,
+}
+
+/// Command line of the benchmark gateway.
+#[derive(Debug, Parser)]
+#[command(about = "The Jadugar gateway, as a library, for the load benchmark")]
+struct Args {
+    /// How the gateway is configured.
+    #[arg(long, value_enum, default_value = "plain")]
+    mode: Mode,
+    /// Address to listen on (HTTP/1.1 and h2c with prior knowledge).
+    #[arg(long, default_value = "127.0.0.1:18081")]
+    listen: SocketAddr,
+    /// The upstream, `host:port`.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    upstream: String,
+    /// Write one access-log line per request to stdout.
+    #[arg(long)]
+    access_log: bool,
+    /// Where `full` mode writes the API key's secret.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+}
+
+/// The `/api` route to the upstream.
+fn api_route(upstream: &str) -> RouteSpec {
+    RouteSpec::new("api", "/api", [format!("http://{upstream}")]).prefix()
+}
+
+/// The gateway configuration of `mode`.
+fn config(args: &Args) -> jadugar_gateway::Config {
+    let mut config = jadugar_gateway::Config {
+        access_log: args.access_log,
+        ..jadugar_gateway::Config::default()
+    };
+    let mut route = api_route(&args.upstream);
+    match args.mode {
+        Mode::Plain => {}
+        Mode::Full => {
+            route.auth = AuthPolicy::Require(PERMISSION.into());
+            route.rate_limit = Some(RateLimitSpec {
+                key: RateKey::ApiKey,
+                requests: 1_000_000_000,
+                per_secs: 1,
+                burst: None,
+                shared: false,
+                fail_open: true,
+            });
+            route.transform.request_headers.set.push(NameValue {
+                name: "x-user-id".into(),
+                value: "{principal.subject}".into(),
+            });
+            route.transform.response_headers.add.push(NameValue {
+                name: "x-gateway".into(),
+                value: "jadugar".into(),
+            });
+        }
+        Mode::ManyRoutes => {
+            for i in 0..MANY_ROUTES - 1 {
+                let mut other = RouteSpec::new(
+                    format!("svc-{i}"),
+                    format!("/svc{i}/items/{{id}}"),
+                    [format!("http://{}", args.upstream)],
+                );
+                other.path_match = PathMatch::Prefix;
+                config.routes.push(other);
+            }
+        }
+    }
+    config.routes.push(route);
+    config
+}
+
+/// An API key holding [`PERMISSION`], in a memory store.
+async fn api_key(auth: &AuthService) -> Result<String, Box<dyn std::error::Error>> {
+    let owner = auth
+        .create_user(
+            None,
+            NewUser {
+                email: "bench@example.com".into(),
+                display_name: "bench".into(),
+                password: None,
+                roles: vec!["admin".into()],
+            },
+        )
+        .await?;
+    let key = auth
+        .create_api_key(
+            None,
+            NewApiKey {
+                name: "load benchmark".into(),
+                scopes: vec![PERMISSION.into()],
+                expires_in_secs: None,
+                owner: Some(owner.id),
+            },
+        )
+        .await?;
+    Ok(key.secret)
+}
+
+/// Serves `service` on `listener` with the same hyper settings as
+/// [`jadugar_gateway::serve`] (which `plain` and `many-routes` use):
+/// HTTP/1.1 with upgrades and h2c, `TCP_NODELAY`, the client address in the
+/// request extensions.
+async fn serve_with<S>(listener: TcpListener, service: S) -> std::io::Result<()>
+where
+    S: Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<jadugar_gateway::ProxyBody>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    builder.http2().timer(TokioTimer::new());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(error) => {
+                eprintln!("bench_gateway: accept failed: {error}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let hyper_service =
+            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                service.clone().call(req)
+            });
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            // A client closing its connection mid-request is normal under load.
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service)
+                .await;
+        });
+    }
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let gateway = Gateway::builder(config(&args)).build().await?;
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let _tasks = gateway.spawn_background(cancel.clone());
+    let listener = TcpListener::bind(args.listen).await?;
+    eprintln!(
+        "bench_gateway ({:?}) listening on {} with {} routes",
+        args.mode,
+        listener.local_addr()?,
+        gateway.route_count()
+    );
+    if args.mode == Mode::Full {
+        let auth = AuthService::memory(jadugar_auth::Config::default()).await?;
+        let secret = api_key(&auth).await?;
+        if let Some(path) = &args.key_file {
+            std::fs::write(path, &secret)?;
+        }
+        let service = AuthLayer::new(auth).layer(gateway);
+        serve_with(listener, service).await?;
+    } else {
+        jadugar_gateway::serve(listener, gateway, std::future::pending()).await?;
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let access = if args.access_log { "info" } else { "off" };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
+            "warn,jadugar_gateway::access={access}"
+        )))
+        .with_target(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bench_gateway: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench_gateway: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
