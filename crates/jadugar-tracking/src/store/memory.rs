@@ -28,7 +28,7 @@ pub struct MemoryStore {
 /// A lease token and when it runs out.
 type Lease = (String, DateTime<Utc>);
 
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 struct Inner {
     projects: BTreeMap<ProjectId, Project>,
     milestones: BTreeMap<MilestoneId, Milestone>,
@@ -98,47 +98,73 @@ fn matches(task: &Task, q: &TaskQuery) -> bool {
 impl TrackingStore for MemoryStore {
     async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         let mut guard = self.lock();
-        // Apply to a copy of the touched state so a failure leaves nothing.
-        let mut next = guard.clone();
-        for write in writes {
+        // Check every precondition first, so that a failing commit leaves
+        // nothing behind; then apply.
+        for write in &writes {
             match write {
                 Write::Project {
                     project,
                     expected_version,
+                } => check_version(
+                    &guard.projects,
+                    &project.id,
+                    *expected_version,
+                    |p| p.version,
+                    "project",
+                )?,
+                Write::Milestone {
+                    milestone,
+                    expected_version,
+                } => check_version(
+                    &guard.milestones,
+                    &milestone.id,
+                    *expected_version,
+                    |m| m.version,
+                    "milestone",
+                )?,
+                Write::Task {
+                    task,
+                    expected_version,
+                } => check_version(
+                    &guard.tasks,
+                    &task.id,
+                    *expected_version,
+                    |t| t.version,
+                    "task",
+                )?,
+                Write::Idempotency {
+                    record,
+                    expired_before,
                 } => {
-                    check_version(
-                        &next.projects,
-                        &project.id,
-                        expected_version,
-                        |p| p.version,
-                        "project",
-                    )?;
+                    let key = (record.subject.clone(), record.key.clone());
+                    if let Some(old) = guard.idempotency.get(&key)
+                        && old.created_at >= *expired_before
+                    {
+                        return Err(StoreError::Conflict("idempotency key taken".into()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        let next = &mut *guard;
+        for write in writes {
+            match write {
+                Write::Project {
+                    project,
+                    expected_version: _,
+                } => {
                     next.projects.insert(project.id, *project);
                 }
                 Write::Milestone {
                     milestone,
-                    expected_version,
+                    expected_version: _,
                 } => {
-                    check_version(
-                        &next.milestones,
-                        &milestone.id,
-                        expected_version,
-                        |m| m.version,
-                        "milestone",
-                    )?;
                     next.milestones.insert(milestone.id, *milestone);
                 }
                 Write::Task {
                     task,
-                    expected_version,
+                    expected_version: _,
                 } => {
-                    check_version(
-                        &next.tasks,
-                        &task.id,
-                        expected_version,
-                        |t| t.version,
-                        "task",
-                    )?;
                     next.tasks.insert(task.id, *task);
                 }
                 Write::Watch { task_id, subject } => {
@@ -168,21 +194,12 @@ impl TrackingStore for MemoryStore {
                         next.deliveries.insert(seq, (d, None));
                     }
                 }
-                Write::Idempotency {
-                    record,
-                    expired_before,
-                } => {
+                Write::Idempotency { record, .. } => {
                     let key = (record.subject.clone(), record.key.clone());
-                    if let Some(old) = next.idempotency.get(&key)
-                        && old.created_at >= expired_before
-                    {
-                        return Err(StoreError::Conflict("idempotency key taken".into()));
-                    }
                     next.idempotency.insert(key, record);
                 }
             }
         }
-        *guard = next;
         Ok(())
     }
 
