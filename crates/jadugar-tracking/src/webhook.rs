@@ -103,6 +103,7 @@ pub struct Dispatcher {
     config: Config,
     policy: AddressPolicy,
     client: reqwest::Client,
+    last_warning: Arc<std::sync::Mutex<Option<Instant>>>,
 }
 
 impl Dispatcher {
@@ -123,6 +124,7 @@ impl Dispatcher {
             config,
             policy,
             client,
+            last_warning: Arc::default(),
         })
     }
 
@@ -157,7 +159,8 @@ impl Dispatcher {
         })]
     }
 
-    /// Publishes the lag gauge and warns when behind; returns the lag.
+    /// Publishes the lag gauge and, when behind, logs a warning (at most once
+    /// a minute); returns the lag, `None` when nothing is due.
     pub async fn report_lag(&self) -> Option<chrono::Duration> {
         let oldest = self.store.oldest_due().await.ok().flatten();
         let lag = oldest
@@ -165,13 +168,25 @@ impl Dispatcher {
             .filter(|l| *l > chrono::Duration::zero())
             .unwrap_or_default();
         metrics::gauge!(LAG_GAUGE).set(lag.num_milliseconds() as f64 / 1000.0);
-        if lag.num_seconds() > self.config.webhook_lag_warn_secs as i64 {
+        if lag.num_seconds() > self.config.webhook_lag_warn_secs as i64 && self.may_warn() {
             tracing::warn!(
                 lag_secs = lag.num_seconds(),
                 "webhook dispatcher is behind: the oldest due delivery has waited too long"
             );
         }
         oldest.map(|_| lag)
+    }
+
+    fn may_warn(&self) -> bool {
+        let mut last = self
+            .last_warning
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_some_and(|l| l.elapsed() < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     /// Claims one batch and delivers it; returns how many were attempted.
