@@ -51,6 +51,35 @@
 //! # });
 //! ```
 
+//!
+//! # Host wiring
+//!
+//! ```no_run
+//! # async fn wire(
+//! #     config: jadugar_tracking::Config,
+//! #     db: jadugar_core::storage::Database,
+//! #     redis: Option<jadugar_core::storage::Redis>,
+//! #     clock: jadugar_core::SharedClock,
+//! #     sealer: jadugar_core::Sealer,
+//! # ) -> Result<(), jadugar_tracking::Error> {
+//! use jadugar_tracking::webhook::CancellationToken;
+//!
+//! // Runs tracking's migrations (3000001..) on SQLite or Postgres.
+//! let tracking = jadugar_tracking::Tracking::from_backends(&config, &db, redis.as_ref(), clock, sealer)
+//!     .await?;
+//! // Optionally: .with_directory(..) backed by the auth user store, .with_notifier(..).
+//! let api: axum::Router = jadugar_tracking::http::router(tracking.clone());
+//! let spec = jadugar_tracking::http::openapi();
+//! let cancel = CancellationToken::new();
+//! let handles = tracking.dispatcher()?.start(cancel.clone());
+//! // ... serve `api` (it reads the Principal from the request extensions) ...
+//! cancel.cancel();
+//! for h in handles {
+//!     let _ = h.await;
+//! }
+//! # drop(spec); Ok(()) }
+//! ```
+
 use serde::Deserialize;
 
 pub mod access;
