@@ -16,7 +16,11 @@ use super::*;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("migrations/postgres");
 
-/// Stores tracking in SQLite or Postgres; see the [module docs](self).
+/// Stores tracking in SQLite or Postgres.
+///
+/// Each record is a JSON document plus the columns that are filtered,
+/// sorted or claimed on; deliveries are claimed with `FOR UPDATE SKIP
+/// LOCKED` on Postgres and by a single leasing `UPDATE` on SQLite.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
