@@ -233,8 +233,8 @@ async fn seed(db: &Database, n: usize) -> Vec<ProjectId> {
                    1700000000000000::bigint + g::bigint * 1000 AS created_us
             FROM generate_series(1, $2::int) AS g
         )
-        INSERT INTO trk_tasks (id, project_id, milestone_id, parent_id, status, category, priority, estimate, due_date, title_lower, created_us, updated_us, version, doc)
-        SELECT id, project_id, NULL, NULL, status, category, priority, 0, NULL, 'seeded task ' || g, created_us, created_us, 1,
+        INSERT INTO trk_tasks (id, project_id, milestone_id, parent_id, status, category, prio_key, estimate, due_date, title_lower, created_us, updated_us, version, doc)
+        SELECT id, project_id, NULL, NULL, status, category, -priority, 0, NULL, 'seeded task ' || g, created_us, created_us, 1,
                json_build_object(
                    'id', id, 'project_id', project_id, 'milestone_id', NULL, 'parent_id', NULL,
                    'title', 'Seeded task ' || g, 'description', '',

@@ -17,7 +17,7 @@ CREATE TABLE trk_tasks (
     parent_id TEXT,
     status TEXT NOT NULL,
     category TEXT NOT NULL,
-    priority BIGINT NOT NULL,
+    prio_key BIGINT NOT NULL,
     estimate BIGINT,
     due_date TEXT,
     title_lower TEXT NOT NULL,
@@ -100,5 +100,7 @@ CREATE TABLE trk_deliveries (
 );
 CREATE INDEX trk_deliveries_pending ON trk_deliveries (webhook_id, seq) WHERE state = 'pending';
 CREATE INDEX trk_deliveries_webhook ON trk_deliveries (webhook_id, id);
-CREATE INDEX trk_tasks_project_priority ON trk_tasks (project_id, priority, id);
+CREATE INDEX trk_tasks_project_priority ON trk_tasks (project_id, prio_key, id);
 CREATE INDEX trk_tasks_project_updated ON trk_tasks (project_id, updated_us, id);
+CREATE INDEX trk_tasks_created ON trk_tasks (created_us, id);
+CREATE INDEX trk_tasks_updated ON trk_tasks (updated_us, id);

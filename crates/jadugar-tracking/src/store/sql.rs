@@ -152,7 +152,7 @@ fn task_args(t: &Task) -> Vec<Arg> {
         Arg::S(t.parent_id.map(|m| m.to_string()).unwrap_or_default()),
         Arg::S(t.status.clone()),
         Arg::S(t.category.as_str().to_owned()),
-        Arg::I(t.priority.rank()),
+        Arg::I(-t.priority.rank()),
         Arg::I(i64::from(t.estimate.unwrap_or(0))),
         Arg::S(t.due_date.map(|d| d.to_string()).unwrap_or_default()),
         Arg::S(t.title.to_lowercase()),
@@ -163,10 +163,11 @@ fn task_args(t: &Task) -> Vec<Arg> {
     ]
 }
 
-/// Empty strings stand for NULL in the task columns above.
-const TASK_INSERT: &str = "INSERT INTO trk_tasks (id, project_id, milestone_id, parent_id, status, category, priority, estimate, due_date, title_lower, created_us, updated_us, version, doc) \
+/// Empty strings stand for NULL in the task columns above; `prio_key` is
+/// the negated priority rank, so that ascending order is most urgent first.
+const TASK_INSERT: &str = "INSERT INTO trk_tasks (id, project_id, milestone_id, parent_id, status, category, prio_key, estimate, due_date, title_lower, created_us, updated_us, version, doc) \
      VALUES ($1, $2, NULLIF($3, ''), NULLIF($4, ''), $5, $6, $7, $8, NULLIF($9, ''), $10, $11, $12, $13, $14) ON CONFLICT (id) DO NOTHING";
-const TASK_UPDATE: &str = "UPDATE trk_tasks SET project_id = $2, milestone_id = NULLIF($3, ''), parent_id = NULLIF($4, ''), status = $5, category = $6, priority = $7, estimate = $8, due_date = NULLIF($9, ''), title_lower = $10, created_us = $11, updated_us = $12, version = $13, doc = $14 \
+const TASK_UPDATE: &str = "UPDATE trk_tasks SET project_id = $2, milestone_id = NULLIF($3, ''), parent_id = NULLIF($4, ''), status = $5, category = $6, prio_key = $7, estimate = $8, due_date = NULLIF($9, ''), title_lower = $10, created_us = $11, updated_us = $12, version = $13, doc = $14 \
      WHERE id = $1 AND version = $15";
 
 macro_rules! apply_writes {
@@ -457,7 +458,7 @@ impl TrackingStore for SqlStore {
             eq(&mut sql, &mut args, "t.category", Arg::S(c.as_str().into()));
         }
         if let Some(p) = q.priority {
-            eq(&mut sql, &mut args, "t.priority", Arg::I(p.rank()));
+            eq(&mut sql, &mut args, "t.prio_key", Arg::I(-p.rank()));
         }
         for (kind, value) in [("a", &q.assignee), ("l", &q.label)] {
             if let Some(v) = value {
@@ -484,7 +485,7 @@ impl TrackingStore for SqlStore {
         let key = match q.sort {
             TaskSort::Created => "t.created_us",
             TaskSort::Updated => "t.updated_us",
-            TaskSort::Priority => "(0 - t.priority)",
+            TaskSort::Priority => "t.prio_key",
         };
         if let Some((k, id)) = q.after {
             args.push(Arg::I(k));
