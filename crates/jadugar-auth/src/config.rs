@@ -55,9 +55,9 @@ pub struct Config {
     pub api_key_flush_secs: u64,
     /// Most validated tokens kept in the token cache.
     pub token_cache_capacity: u64,
-    /// Failed-or-not login attempts allowed per account per window.
+    /// Login attempts (failed or not) allowed per account per window; 0 disables.
     pub login_attempts_per_account: u32,
-    /// Login attempts allowed per client IP per window.
+    /// Login attempts allowed per client IP per window; 0 disables.
     pub login_attempts_per_ip: u32,
     /// The throttling window (seconds).
     pub login_window_secs: u64,
@@ -79,7 +79,7 @@ pub struct Config {
 }
 
 /// An external OIDC issuer whose tokens are accepted.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ExternalIssuer {
     /// The `iss` value.
@@ -96,6 +96,20 @@ pub struct ExternalIssuer {
     pub jwks_ttl_secs: u64,
     /// Least time between two fetches on unknown `kid` (seconds).
     pub min_refetch_secs: u64,
+}
+
+impl Default for ExternalIssuer {
+    fn default() -> Self {
+        Self {
+            issuer: String::new(),
+            jwks_url: None,
+            audience: String::new(),
+            roles: Vec::new(),
+            permissions: Vec::new(),
+            jwks_ttl_secs: 3600,
+            min_refetch_secs: 30,
+        }
+    }
 }
 
 impl Default for Config {

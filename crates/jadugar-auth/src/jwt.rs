@@ -342,14 +342,14 @@ impl ExternalVerifier {
         Ok(())
     }
 
-    /// Verifies `token`; returns its subject.
+    /// Verifies `token`; returns its subject and expiry.
     pub(crate) async fn verify(
         &self,
         token: &str,
         kid: &str,
         now: i64,
         leeway: i64,
-    ) -> Result<String, Error> {
+    ) -> Result<(String, i64), Error> {
         let ttl = Duration::from_secs(self.config.jwks_ttl_secs.max(1));
         let fresh = self.cached().filter(|(_, at)| at.elapsed() < ttl);
         let set = match fresh {
@@ -383,6 +383,6 @@ impl ExternalVerifier {
         let data = jsonwebtoken::decode::<TimeClaims>(token, &key, &v)
             .map_err(|_| Error::Unauthenticated("invalid token"))?;
         check_times(&data.claims, now, leeway)?;
-        Ok(data.claims.sub)
+        Ok((data.claims.sub, data.claims.exp))
     }
 }

@@ -208,7 +208,10 @@ fn problem_response<B: From<Bytes>>(err: Error) -> Response<B> {
 /// Accepts `Authorization: Bearer <jwt>`, `Authorization: Bearer jdg_...`,
 /// `x-api-key: jdg_...` and the session cookie (with CSRF checks on unsafe
 /// methods). Without any credential the request passes anonymously; a bad
-/// credential is answered 401 with `WWW-Authenticate` (never 500).
+/// header credential is answered 401 with `WWW-Authenticate` (never 500).
+/// An invalid, expired or revoked session cookie counts as no credential
+/// (a browser with a stale cookie can still log in; protected routes
+/// answer 401), and an oversized cookie is 401.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     auth: AuthService,
@@ -327,6 +330,13 @@ where
         };
         let is_cookie = matches!(cred, Credential::Cookie(_));
         if let Some(result) = cached {
+            if is_cookie && result.is_err() {
+                // A stale or revoked session cookie: anonymous, so the
+                // browser can still reach login; protected routes answer 401.
+                return AuthFuture::Inner {
+                    fut: self.inner.call(req),
+                };
+            }
             return match result.and_then(|p| {
                 if is_cookie && is_unsafe(req.method()) {
                     check_csrf(&self.auth, req.headers(), &p, &self.names)?;
@@ -361,6 +371,9 @@ where
                 } else {
                     auth.validate_token(&text).await
                 };
+                if kind == 2 && result.is_err() {
+                    return inner.call(req).await;
+                }
                 let result = result.and_then(|p| {
                     if kind == 2 && is_unsafe(req.method()) {
                         check_csrf(&auth, req.headers(), &p, &names)?;

@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
+pub use tokio_util::sync::CancellationToken;
 use utoipa::ToSchema;
 
 use crate::Error;
@@ -221,6 +221,7 @@ struct Inner {
     mailer: Arc<dyn Mailer>,
     redis: Option<Redis>,
     keys: RwLock<Arc<KeySet>>,
+    last_reload: std::sync::Mutex<Option<std::time::Instant>>,
     key_cache: moka::sync::Cache<u64, Arc<CachedKey>>,
     missing_keys: moka::sync::Cache<u64, ()>,
     token_cache: moka::sync::Cache<[u8; 32], Arc<CachedToken>>,
@@ -341,6 +342,7 @@ impl AuthServiceBuilder {
             mailer: self.mailer,
             redis: self.redis,
             keys: RwLock::new(Arc::new(KeySet::default())),
+            last_reload: std::sync::Mutex::new(None),
         };
         let service = AuthService {
             inner: Arc::new(inner),
@@ -1521,13 +1523,22 @@ impl AuthService {
             return Ok(principal);
         }
         let iss = jwt::peek_issuer(token);
+        if iss.as_deref() == Some(self.inner.config.issuer.as_str()) {
+            // Ours, with a key we do not know: maybe rotated on another host.
+            // Reload (at most every 5 s) and try once more.
+            if self.reload_keys_if_idle().await?
+                && self.key_set().find(&kid, now, self.overlap()).is_some()
+            {
+                return Box::pin(self.validate_token(token)).await;
+            }
+            return Err(Error::Unauthenticated("unknown signing key"));
+        }
         let Some(external) =
             iss.and_then(|iss| self.inner.external.iter().find(|e| e.config.issuer == iss))
         else {
-            // Our own key set may be stale (rotation on another host).
             return Err(Error::Unauthenticated("unknown signing key"));
         };
-        let sub = external
+        let (sub, exp) = external
             .verify(token, &kid, now.timestamp(), leeway)
             .await?;
         let principal = Principal::new(
@@ -1536,7 +1547,32 @@ impl AuthService {
         )
         .with_roles(external.config.roles.clone())
         .with_permissions(external.config.permissions.clone());
+        self.inner.token_cache.insert(
+            digest,
+            Arc::new(CachedToken {
+                token: token.into(),
+                exp: exp + leeway,
+                principal: principal.clone(),
+                session: None,
+            }),
+        );
         Ok(principal)
+    }
+
+    async fn reload_keys_if_idle(&self) -> Result<bool, Error> {
+        {
+            let mut last = self
+                .inner
+                .last_reload
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if last.is_some_and(|t| t.elapsed() < Duration::from_secs(5)) {
+                return Ok(false);
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        self.reload_keys().await?;
+        Ok(true)
     }
 
     /// The cache-only part of [`validate_token`](Self::validate_token).

@@ -105,10 +105,6 @@ async fn garbage_and_oversized_credentials_are_401_not_500() {
         ("authorization", HeaderValue::from_str(&huge).unwrap()),
         ("x-api-key", HeaderValue::from_static("nonsense")),
         ("x-api-key", HeaderValue::from_bytes(b"\xff").unwrap()),
-        (
-            "cookie",
-            HeaderValue::from_static("__Host-jadugar_session=not.a.jwt"),
-        ),
     ];
     for (name, value) in cases {
         let req = Request::get("/open")
@@ -124,9 +120,25 @@ async fn garbage_and_oversized_credentials_are_401_not_500() {
         assert!(headers.contains_key(header::WWW_AUTHENTICATE));
         assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
     }
-    // Anonymous passes; the route decides.
+    // Anonymous passes; the route decides. A stale session cookie is anonymous.
     let (status, _, body) = send(&app, Request::get("/open").body(Body::empty()).unwrap()).await;
     assert_eq!((status, body), (StatusCode::OK, json!(false)));
+    let stale = Request::get("/open")
+        .header("cookie", "__Host-jadugar_session=not.a.jwt")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, stale).await.2, json!(false));
+    let stale = Request::get("/private")
+        .header("cookie", "__Host-jadugar_session=not.a.jwt")
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, stale).await.0, StatusCode::UNAUTHORIZED);
+    let huge = format!("__Host-jadugar_session={}", "a".repeat(100_000));
+    let req = Request::get("/open")
+        .header("cookie", huge)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(send(&app, req).await.0, StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
