@@ -29,11 +29,25 @@ fn bench(c: &mut Criterion) {
             b.iter(|| {
                 let p = black_box(prefix_path.as_str());
                 check_path(p).unwrap();
-                black_box(t.find(None, &Method::GET, p, &headers, None).map(|m| *m.value))
+                black_box(
+                    t.find(None, &Method::GET, p, &headers, None)
+                        .map(|m| *m.value),
+                )
             })
         });
         c.bench_function(&format!("match param, {n} routes"), |b| {
-            b.iter(|| black_box(t.find(None, &Method::GET, black_box(param_path.as_str()), &headers, None).map(|m| *m.value)))
+            b.iter(|| {
+                black_box(
+                    t.find(
+                        None,
+                        &Method::GET,
+                        black_box(param_path.as_str()),
+                        &headers,
+                        None,
+                    )
+                    .map(|m| *m.value),
+                )
+            })
         });
     }
 }

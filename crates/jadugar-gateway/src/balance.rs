@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use arc_swap::ArcSwap;
-use http::uri::{Authority, Scheme};
 use http::HeaderValue;
+use http::uri::{Authority, Scheme};
 use jadugar_core::Endpoint;
 
 use crate::model::{Balance, UpstreamSpec};
@@ -170,7 +170,9 @@ impl UpstreamPool {
     pub fn new(name: &str, spec: UpstreamSpec) -> Self {
         Self {
             name: Arc::from(name),
-            limits: spec.max_concurrent.map(|m| Limits::new(m, spec.max_pending)),
+            limits: spec
+                .max_concurrent
+                .map(|m| Limits::new(m, spec.max_pending)),
             ejections: metrics::counter!("gateway_upstream_ejections_total", "upstream" => name.to_owned()),
             spec,
             set: ArcSwap::from_pointee(BackendSet::default()),
@@ -216,13 +218,19 @@ impl UpstreamPool {
                 Some(b) if b.endpoint == *e => backends.push(Arc::clone(b)),
                 _ => match Backend::new(e) {
                     Some(b) => backends.push(Arc::new(b)),
-                    None => tracing::warn!(upstream = %self.name, endpoint = %e.id, "skipping endpoint that is not http"),
+                    None => {
+                        tracing::warn!(upstream = %self.name, endpoint = %e.id, "skipping endpoint that is not http")
+                    }
                 },
             }
         }
         let schedule = smooth_schedule(&backends);
         let ring = ring(&backends);
-        self.set.store(Arc::new(BackendSet { backends, schedule, ring }));
+        self.set.store(Arc::new(BackendSet {
+            backends,
+            schedule,
+            ring,
+        }));
     }
 
     /// Counts an ejection.
@@ -252,7 +260,11 @@ impl UpstreamPool {
                 let (a, b) = two_distinct(n);
                 let (a, b) = (&backends[a], &backends[b]);
                 match (ok(a), ok(b)) {
-                    (true, true) => Some(if a.cost() <= b.cost() { a.clone() } else { b.clone() }),
+                    (true, true) => Some(if a.cost() <= b.cost() {
+                        a.clone()
+                    } else {
+                        b.clone()
+                    }),
                     (true, false) => Some(a.clone()),
                     (false, true) => Some(b.clone()),
                     (false, false) => self.round_robin(backends, None, ok),
@@ -268,7 +280,10 @@ impl UpstreamPool {
                 }
                 _ => {
                     let start = rand::random::<u32>() as usize % n;
-                    (0..n).map(|i| &backends[(start + i) % n]).find(|b| ok(b)).cloned()
+                    (0..n)
+                        .map(|i| &backends[(start + i) % n])
+                        .find(|b| ok(b))
+                        .cloned()
                 }
             },
         }
@@ -291,7 +306,10 @@ impl UpstreamPool {
             _ => {}
         }
         let n = backends.len();
-        (0..n).map(|i| &backends[(tick + i) % n]).find(|b| ok(b)).cloned()
+        (0..n)
+            .map(|i| &backends[(tick + i) % n])
+            .find(|b| ok(b))
+            .cloned()
     }
 }
 
@@ -303,9 +321,14 @@ fn two_distinct(n: usize) -> (usize, usize) {
 }
 
 fn smooth_schedule(backends: &[Arc<Backend>]) -> Vec<u32> {
-    let weights: Vec<i64> = backends.iter().map(|b| i64::from(b.endpoint.weight.max(1))).collect();
+    let weights: Vec<i64> = backends
+        .iter()
+        .map(|b| i64::from(b.endpoint.weight.max(1)))
+        .collect();
     let total: i64 = weights.iter().sum();
-    let len = usize::try_from(total).unwrap_or(MAX_SCHEDULE).min(MAX_SCHEDULE);
+    let len = usize::try_from(total)
+        .unwrap_or(MAX_SCHEDULE)
+        .min(MAX_SCHEDULE);
     let mut current = vec![0i64; weights.len()];
     let mut schedule = Vec::with_capacity(len);
     for _ in 0..len {
@@ -349,10 +372,15 @@ mod tests {
         p
     }
 
-    fn counts(p: &UpstreamPool, n: usize, hash: impl Fn(usize) -> Option<u64>) -> HashMap<String, usize> {
+    fn counts(
+        p: &UpstreamPool,
+        n: usize,
+        hash: impl Fn(usize) -> Option<u64>,
+    ) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for i in 0..n {
-            *m.entry(p.pick(hash(i)).unwrap().id().to_owned()).or_default() += 1;
+            *m.entry(p.pick(hash(i)).unwrap().id().to_owned())
+                .or_default() += 1;
         }
         m
     }
@@ -372,7 +400,10 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(p.pick(Some(hash_key(b"alice"))).unwrap().id(), first.id());
         }
-        let spec = crate::model::OutlierSpec { consecutive_failures: 1, ..Default::default() };
+        let spec = crate::model::OutlierSpec {
+            consecutive_failures: 1,
+            ..Default::default()
+        };
         first.outlier.on_failure(&spec, now_ms());
         assert_ne!(p.pick(Some(hash_key(b"alice"))).unwrap().id(), first.id());
         let spread = counts(&p, 3000, |i| Some(hash_key(i.to_string().as_bytes())));
@@ -382,7 +413,12 @@ mod tests {
     #[test]
     fn least_requests_avoids_busy_instances() {
         let p = pool("{ kind = \"least_requests\" }");
-        let busy: Vec<_> = p.backends().iter().filter(|b| b.id() != "c").flat_map(|b| (0..20).map(|_| b.start()).collect::<Vec<_>>()).collect();
+        let busy: Vec<_> = p
+            .backends()
+            .iter()
+            .filter(|b| b.id() != "c")
+            .flat_map(|b| (0..20).map(|_| b.start()).collect::<Vec<_>>())
+            .collect();
         let c = counts(&p, 300, |_| None);
         assert!(c.get("c").copied().unwrap_or(0) > 150, "{c:?}");
         drop(busy);
@@ -394,7 +430,10 @@ mod tests {
         let p = pool("{ kind = \"round_robin\" }");
         let a = p.backends()[0].clone();
         let _guard = a.start();
-        p.refresh(&[Endpoint::new("a", "http", "127.0.0.1", 1).with_weight(3), Endpoint::new("d", "http", "127.0.0.1", 4)]);
+        p.refresh(&[
+            Endpoint::new("a", "http", "127.0.0.1", 1).with_weight(3),
+            Endpoint::new("d", "http", "127.0.0.1", 4),
+        ]);
         assert_eq!(p.backends()[0].in_flight(), 1);
         assert_eq!(p.backends().len(), 2);
     }

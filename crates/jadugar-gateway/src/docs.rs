@@ -46,7 +46,9 @@ pub(crate) struct DocsCache {
 impl DocsCache {
     pub(crate) fn new(policy: AddressPolicy, config: &Config) -> Self {
         Self {
-            client: policy.http_client(Duration::from_millis(config.docs_timeout_ms)).ok(),
+            client: policy
+                .http_client(Duration::from_millis(config.docs_timeout_ms))
+                .ok(),
             ttl: Duration::from_secs(config.docs_cache_secs),
             cache: tokio::sync::Mutex::new(HashMap::new()),
         }
@@ -59,7 +61,10 @@ impl DocsCache {
             return doc.clone();
         }
         let doc = self.download(url).await;
-        self.cache.lock().await.insert(url.to_owned(), (Instant::now(), doc.clone()));
+        self.cache
+            .lock()
+            .await
+            .insert(url.to_owned(), (Instant::now(), doc.clone()));
         doc
     }
 
@@ -94,7 +99,9 @@ pub fn exposed_path(route: &RouteSpec, upstream_path: &str) -> Option<String> {
     let inside = route.path.contains('{')
         || match route.path_match {
             PathMatch::Exact => exposed == route.path,
-            PathMatch::Prefix => base.is_empty() || exposed == base || exposed.starts_with(&format!("{base}/")),
+            PathMatch::Prefix => {
+                base.is_empty() || exposed == base || exposed.starts_with(&format!("{base}/"))
+            }
         };
     inside.then_some(exposed)
 }
@@ -102,10 +109,13 @@ pub fn exposed_path(route: &RouteSpec, upstream_path: &str) -> Option<String> {
 impl Gateway {
     /// The merged OpenAPI document; see the [module docs](crate::docs).
     pub async fn openapi_document(&self, platform: &utoipa::openapi::OpenApi) -> Value {
-        let mut merged = serde_json::to_value(platform).unwrap_or_else(|_| Value::Object(Map::new()));
+        let mut merged =
+            serde_json::to_value(platform).unwrap_or_else(|_| Value::Object(Map::new()));
         let specs = self.shared.snapshot.load().specs.clone();
         for route in specs.iter().filter(|r| r.openapi_url.is_some()) {
-            let Some(url) = &route.openapi_url else { continue };
+            let Some(url) = &route.openapi_url else {
+                continue;
+            };
             let Some(doc) = self.shared.docs.fetch(url).await else {
                 continue;
             };
@@ -116,13 +126,17 @@ impl Gateway {
 }
 
 fn merge(merged: &mut Value, route: &RouteSpec, doc: &Value) {
-    let Some(root) = merged.as_object_mut() else { return };
+    let Some(root) = merged.as_object_mut() else {
+        return;
+    };
     if let Some(paths) = doc.get("paths").and_then(Value::as_object) {
         let target = root
             .entry("paths")
             .or_insert_with(|| Value::Object(Map::new()));
         for (path, item) in paths {
-            let Some(exposed) = exposed_path(route, path) else { continue };
+            let Some(exposed) = exposed_path(route, path) else {
+                continue;
+            };
             let mut item = item.clone();
             if let Some(ops) = item.as_object_mut() {
                 for op in ops.values_mut().filter_map(Value::as_object_mut) {
@@ -137,12 +151,17 @@ fn merge(merged: &mut Value, route: &RouteSpec, doc: &Value) {
             }
         }
     }
-    if let Some(schemas) = doc.pointer("/components/schemas").and_then(Value::as_object) {
+    if let Some(schemas) = doc
+        .pointer("/components/schemas")
+        .and_then(Value::as_object)
+    {
         let components = root
             .entry("components")
             .or_insert_with(|| Value::Object(Map::new()));
         if let Some(c) = components.as_object_mut() {
-            let target = c.entry("schemas").or_insert_with(|| Value::Object(Map::new()));
+            let target = c
+                .entry("schemas")
+                .or_insert_with(|| Value::Object(Map::new()));
             if let Some(t) = target.as_object_mut() {
                 for (name, schema) in schemas {
                     t.entry(name.clone()).or_insert_with(|| schema.clone());
@@ -188,17 +207,27 @@ mod tests {
     fn paths_are_rewritten_as_exposed() {
         let mut r = RouteSpec::new("billing", "/billing", ["http://127.0.0.1:1"]).prefix();
         r.transform.strip_prefix = Some("/billing".into());
-        assert_eq!(exposed_path(&r, "/invoices/{id}").as_deref(), Some("/billing/invoices/{id}"));
+        assert_eq!(
+            exposed_path(&r, "/invoices/{id}").as_deref(),
+            Some("/billing/invoices/{id}")
+        );
         assert_eq!(exposed_path(&r, "/").as_deref(), Some("/billing"));
         let plain = RouteSpec::new("api", "/api", ["http://127.0.0.1:1"]).prefix();
         assert_eq!(exposed_path(&plain, "/api/x").as_deref(), Some("/api/x"));
         assert_eq!(exposed_path(&plain, "/other"), None);
         let mut doc = serde_json::json!({"paths": {}});
-        merge(&mut doc, &r, &serde_json::json!({
-            "paths": {"/invoices": {"get": {"responses": {}}}},
-            "components": {"schemas": {"Invoice": {"type": "object"}}}
-        }));
-        assert_eq!(doc["paths"]["/billing/invoices"]["get"]["tags"][0], "billing");
+        merge(
+            &mut doc,
+            &r,
+            &serde_json::json!({
+                "paths": {"/invoices": {"get": {"responses": {}}}},
+                "components": {"schemas": {"Invoice": {"type": "object"}}}
+            }),
+        );
+        assert_eq!(
+            doc["paths"]["/billing/invoices"]["get"]["tags"][0],
+            "billing"
+        );
         assert!(doc["components"]["schemas"]["Invoice"].is_object());
     }
 }

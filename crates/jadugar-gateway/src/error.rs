@@ -55,9 +55,9 @@ impl From<&Error> for Problem {
             Error::ReadOnly(id) => Problem::conflict(format!(
                 "route {id} is defined in the configuration file; change it there"
             )),
-            Error::RevisionMismatch { id, current } => Problem::precondition_failed(format!(
-                "route {id} is at revision {current}"
-            )),
+            Error::RevisionMismatch { id, current } => {
+                Problem::precondition_failed(format!("route {id} is at revision {current}"))
+            }
             Error::Store(_) | Error::Storage(_) => {
                 tracing::error!(error = %e, "gateway storage failure");
                 Problem::internal()

@@ -78,12 +78,18 @@ fn admin(principal: &Principal) -> Result<(), Problem> {
 
 fn parse_route(body: &Bytes) -> Result<RouteSpec, Problem> {
     serde_json::from_slice(body).map_err(|e| {
-        Problem::validation(vec![FieldError::new("body", format!("is not a valid route: {e}"))])
+        Problem::validation(vec![FieldError::new(
+            "body",
+            format!("is not a valid route: {e}"),
+        )])
     })
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
-    match headers.get(header::IF_MATCH).map(|v| v.to_str().unwrap_or("").trim()) {
+    match headers
+        .get(header::IF_MATCH)
+        .map(|v| v.to_str().unwrap_or("").trim())
+    {
         None | Some("*") => Ok(None),
         Some(v) => v
             .trim_start_matches("W/")
@@ -116,7 +122,10 @@ async fn list_routes(
     let limit = page.limit() as usize;
     let all = gw.list_routes().await?;
     let start = match &after {
-        Some(id) => all.iter().position(|r| r.route.id == *id).map_or(all.len(), |i| i + 1),
+        Some(id) => all
+            .iter()
+            .position(|r| r.route.id == *id)
+            .map_or(all.len(), |i| i + 1),
         None => 0,
     };
     let mut items: Vec<RouteView> = all.into_iter().skip(start).take(limit + 1).collect();
@@ -132,7 +141,11 @@ async fn list_routes(
 /// Creates a route.
 #[utoipa::path(post, path = "/v1/gateway/routes", tag = "gateway", request_body = RouteSpec,
     responses((status = 201, body = RouteView), (status = 409, body = Problem), (status = 422, body = Problem)))]
-async fn create_route(State(gw): State<Gateway>, principal: Principal, body: Bytes) -> Result<Response, Problem> {
+async fn create_route(
+    State(gw): State<Gateway>,
+    principal: Principal,
+    body: Bytes,
+) -> Result<Response, Problem> {
     admin(&principal)?;
     let route = parse_route(&body)?;
     let view = gw.create_route(route).await?;
@@ -142,7 +155,11 @@ async fn create_route(State(gw): State<Gateway>, principal: Principal, body: Byt
 /// Reads a route.
 #[utoipa::path(get, path = "/v1/gateway/routes/{id}", tag = "gateway", params(("id" = String, Path)),
     responses((status = 200, body = RouteView), (status = 404, body = Problem)))]
-async fn get_route(State(gw): State<Gateway>, principal: Principal, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn get_route(
+    State(gw): State<Gateway>,
+    principal: Principal,
+    Path(id): Path<String>,
+) -> Result<Response, Problem> {
     admin(&principal)?;
     Ok(with_etag(StatusCode::OK, gw.get_route(&id).await?))
 }
@@ -160,7 +177,10 @@ async fn update_route(
     admin(&principal)?;
     let route = parse_route(&body)?;
     if route.id != id {
-        return Err(Problem::validation(vec![FieldError::new("id", "must match the id in the path")]));
+        return Err(Problem::validation(vec![FieldError::new(
+            "id",
+            "must match the id in the path",
+        )]));
     }
     let view = gw.update_route(route, if_match(&headers)?).await?;
     Ok(with_etag(StatusCode::OK, view))

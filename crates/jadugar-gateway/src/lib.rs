@@ -238,9 +238,18 @@ impl GatewayBuilder {
             .iter()
             .map(|h| HeaderName::from_bytes(h.as_bytes()))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|_| Error::Invalid(vec![jadugar_core::FieldError::new("identity_headers", "must be header names")]))?;
-        let forwarded_proto = HeaderValue::from_str(&config.forwarded_proto)
-            .map_err(|_| Error::Invalid(vec![jadugar_core::FieldError::new("forwarded_proto", "must be http or https")]))?;
+            .map_err(|_| {
+                Error::Invalid(vec![jadugar_core::FieldError::new(
+                    "identity_headers",
+                    "must be header names",
+                )])
+            })?;
+        let forwarded_proto = HeaderValue::from_str(&config.forwarded_proto).map_err(|_| {
+            Error::Invalid(vec![jadugar_core::FieldError::new(
+                "forwarded_proto",
+                "must be http or https",
+            )])
+        })?;
         let shared = Arc::new(Shared {
             clients: ClientCache::new(
                 policy.clone(),
@@ -250,9 +259,13 @@ impl GatewayBuilder {
             docs: docs::DocsCache::new(policy, &config),
             config,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
-            discovery: self.discovery.unwrap_or_else(|| Arc::new(StaticDiscovery::new())),
+            discovery: self
+                .discovery
+                .unwrap_or_else(|| Arc::new(StaticDiscovery::new())),
             redis: self.redis,
-            store: self.store.unwrap_or_else(|| Arc::new(store::MemoryRouteStore::default())),
+            store: self
+                .store
+                .unwrap_or_else(|| Arc::new(store::MemoryRouteStore::default())),
             admin: tokio::sync::Mutex::new(()),
             clock: self.clock.unwrap_or_else(SystemClock::shared),
             identity_headers,
@@ -295,7 +308,9 @@ impl Gateway {
             .discovery(discovery)
             .store(Arc::new(store))
             .clock(clock)
-            .cursor_codec(CursorCodec::new(sealer.derive_key("jadugar-gateway/cursor")));
+            .cursor_codec(CursorCodec::new(
+                sealer.derive_key("jadugar-gateway/cursor"),
+            ));
         if let Some(redis) = redis {
             builder = builder.redis(redis.clone());
         }
@@ -304,7 +319,10 @@ impl Gateway {
 
     /// Serves one request (what [`tower::Service::call`] does, without
     /// boxing the future).
-    pub fn handle<B>(&self, req: Request<B>) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<B>
+    pub fn handle<B>(
+        &self,
+        req: Request<B>,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<B>
     where
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,

@@ -456,10 +456,7 @@ impl RouteSpec {
                 .bytes()
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
         {
-            bad(
-                "id".into(),
-                "must be 1 to 64 of a-z, 0-9, '-', '_', '.'",
-            );
+            bad("id".into(), "must be 1 to 64 of a-z, 0-9, '-', '_', '.'");
         }
         for (i, host) in self.hosts.iter().enumerate() {
             let name = host.strip_prefix("*.").unwrap_or(host);
@@ -497,7 +494,10 @@ impl RouteSpec {
         if let AuthPolicy::Require(permission) = &self.auth
             && (permission.is_empty() || permission.contains(char::is_whitespace))
         {
-            bad("auth.require".into(), "must be a permission like billing:read");
+            bad(
+                "auth.require".into(),
+                "must be a permission like billing:read",
+            );
         }
         if let Some(rl) = &self.rate_limit {
             if rl.requests == 0 {
@@ -580,7 +580,10 @@ fn validate_upstream(u: &UpstreamSpec, bad: &mut impl FnMut(String, &str)) {
             ),
         }
         if t.weight() == 0 || t.weight() > 10_000 {
-            bad(format!("upstream.targets[{i}].weight"), "must be 1 to 10000");
+            bad(
+                format!("upstream.targets[{i}].weight"),
+                "must be 1 to 10000",
+            );
         }
     }
     if let Balance::ConsistentHash { header, cookie } = &u.balance {
@@ -606,11 +609,17 @@ fn validate_upstream(u: &UpstreamSpec, bad: &mut impl FnMut(String, &str)) {
 
 fn validate_transform(t: &TransformSpec, path: &str, bad: &mut impl FnMut(String, &str)) {
     let params = crate::router::pattern_params(path);
-    for (side, ops) in [("request_headers", &t.request_headers), ("response_headers", &t.response_headers)] {
+    for (side, ops) in [
+        ("request_headers", &t.request_headers),
+        ("response_headers", &t.response_headers),
+    ] {
         for (kind, list) in [("add", &ops.add), ("set", &ops.set)] {
             for (i, nv) in list.iter().enumerate() {
                 if HeaderName::from_bytes(nv.name.as_bytes()).is_err() {
-                    bad(format!("transform.{side}.{kind}[{i}].name"), "is not a header name");
+                    bad(
+                        format!("transform.{side}.{kind}[{i}].name"),
+                        "is not a header name",
+                    );
                 }
                 if let Err(e) = Template::parse(&nv.value, &params) {
                     bad(format!("transform.{side}.{kind}[{i}].value"), &e);
@@ -619,7 +628,10 @@ fn validate_transform(t: &TransformSpec, path: &str, bad: &mut impl FnMut(String
         }
         for (i, name) in ops.remove.iter().enumerate() {
             if HeaderName::from_bytes(name.as_bytes()).is_err() {
-                bad(format!("transform.{side}.remove[{i}]"), "is not a header name");
+                bad(
+                    format!("transform.{side}.remove[{i}]"),
+                    "is not a header name",
+                );
             }
         }
     }
@@ -647,7 +659,10 @@ fn validate_transform(t: &TransformSpec, path: &str, bad: &mut impl FnMut(String
     }
     for (i, nv) in t.query.set.iter().enumerate() {
         if nv.name.is_empty() {
-            bad(format!("transform.query.set[{i}].name"), "must not be empty");
+            bad(
+                format!("transform.query.set[{i}].name"),
+                "must not be empty",
+            );
         }
         if let Err(e) = Template::parse(&nv.value, &params) {
             bad(format!("transform.query.set[{i}].value"), &e);

@@ -48,11 +48,15 @@ pub struct RouteMetrics {
 impl RouteMetrics {
     /// Registers the handles of `route` to `upstream`.
     pub fn new(route: &str, upstream: &str) -> Self {
-        let class = |c: &'static str| {
-            metrics::counter!("gateway_requests_total", "route" => route.to_owned(), "upstream" => upstream.to_owned(), "class" => c)
-        };
+        let class = |c: &'static str| metrics::counter!("gateway_requests_total", "route" => route.to_owned(), "upstream" => upstream.to_owned(), "class" => c);
         Self {
-            by_class: [class("1xx"), class("2xx"), class("3xx"), class("4xx"), class("5xx")],
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
             duration: metrics::histogram!("gateway_request_duration_seconds", "route" => route.to_owned(), "upstream" => upstream.to_owned()),
             upstream_duration: metrics::histogram!("gateway_upstream_duration_seconds", "route" => route.to_owned(), "upstream" => upstream.to_owned()),
             in_flight: metrics::gauge!("gateway_requests_in_flight", "route" => route.to_owned(), "upstream" => upstream.to_owned()),

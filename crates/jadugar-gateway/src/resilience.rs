@@ -157,7 +157,11 @@ mod tests {
 
     #[test]
     fn backoff_doubles_and_resets() {
-        let spec = OutlierSpec { consecutive_failures: 1, base_ejection_ms: 100, max_ejection_ms: 350 };
+        let spec = OutlierSpec {
+            consecutive_failures: 1,
+            base_ejection_ms: 100,
+            max_ejection_ms: 350,
+        };
         let o = Outlier::default();
         assert!(o.on_failure(&spec, 0));
         assert!(!o.is_available(99));

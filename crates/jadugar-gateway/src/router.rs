@@ -487,10 +487,9 @@ pub fn check_pattern(path: &str) -> Result<(), String> {
     if path.len() > 2048 {
         return Err("must be at most 2048 bytes".into());
     }
-    if path
-        .bytes()
-        .any(|b| b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#' || b == b'\\')
-    {
+    if path.bytes().any(|b| {
+        b.is_ascii_whitespace() || b.is_ascii_control() || b == b'?' || b == b'#' || b == b'\\'
+    }) {
         return Err("must not contain whitespace, control characters, '?', '#' or '\\'".into());
     }
     if path.split('/').any(|s| s == "." || s == "..") {
@@ -498,7 +497,9 @@ pub fn check_pattern(path: &str) -> Result<(), String> {
     }
     for name in pattern_params(path) {
         if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
-            return Err(format!("parameter {{{name}}} must be letters, digits or '_'"));
+            return Err(format!(
+                "parameter {{{name}}} must be letters, digits or '_'"
+            ));
         }
     }
     let mut scratch = matchit::Router::new();
@@ -517,7 +518,11 @@ pub fn pattern_params(path: &str) -> Vec<String> {
         let Some(end) = rest[start..].find('}') else {
             break;
         };
-        names.push(rest[start + 1..start + end].trim_start_matches('*').to_owned());
+        names.push(
+            rest[start + 1..start + end]
+                .trim_start_matches('*')
+                .to_owned(),
+        );
         rest = &rest[start + end + 1..];
     }
     names.push(REST_PARAM.to_owned());
@@ -608,21 +613,52 @@ fn hex(b: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
-    fn find<'a>(t: &'a RouteTable<&'static str>, host: Option<&str>, m: Method, p: &str) -> Option<&'static str> {
-        t.find(host, &m, p, &HeaderMap::new(), None).map(|m| *m.value)
+    fn find<'a>(
+        t: &'a RouteTable<&'static str>,
+        host: Option<&str>,
+        m: Method,
+        p: &str,
+    ) -> Option<&'static str> {
+        t.find(host, &m, p, &HeaderMap::new(), None)
+            .map(|m| *m.value)
     }
 
     #[test]
     fn precedence() {
         let mut b = RouteTable::builder();
         b.insert(RouteMatcher::prefix("/"), "root", "root").unwrap();
-        b.insert(RouteMatcher::prefix("/api"), "api", "api").unwrap();
-        b.insert(RouteMatcher::exact("/api/users/{id}"), "user", "user").unwrap();
-        b.insert(RouteMatcher::exact("/api/users/me"), "me", "me").unwrap();
-        b.insert(RouteMatcher::exact("/api/users/{id}").methods(["DELETE"]), "del", "del").unwrap();
-        b.insert(RouteMatcher::exact("/api/users/{id}").priority(-1).query("v", Some("2".into())), "v2", "v2").unwrap();
-        b.insert(RouteMatcher::prefix("/api").hosts(["api.example.com"]), "host", "host").unwrap();
-        b.insert(RouteMatcher::prefix("/api").hosts(["*.example.com"]), "wild", "wild").unwrap();
+        b.insert(RouteMatcher::prefix("/api"), "api", "api")
+            .unwrap();
+        b.insert(RouteMatcher::exact("/api/users/{id}"), "user", "user")
+            .unwrap();
+        b.insert(RouteMatcher::exact("/api/users/me"), "me", "me")
+            .unwrap();
+        b.insert(
+            RouteMatcher::exact("/api/users/{id}").methods(["DELETE"]),
+            "del",
+            "del",
+        )
+        .unwrap();
+        b.insert(
+            RouteMatcher::exact("/api/users/{id}")
+                .priority(-1)
+                .query("v", Some("2".into())),
+            "v2",
+            "v2",
+        )
+        .unwrap();
+        b.insert(
+            RouteMatcher::prefix("/api").hosts(["api.example.com"]),
+            "host",
+            "host",
+        )
+        .unwrap();
+        b.insert(
+            RouteMatcher::prefix("/api").hosts(["*.example.com"]),
+            "wild",
+            "wild",
+        )
+        .unwrap();
         let t = b.build();
         assert_eq!(find(&t, None, Method::GET, "/api/users/me"), Some("me"));
         assert_eq!(find(&t, None, Method::GET, "/api/users/7"), Some("user"));
@@ -631,31 +667,74 @@ mod tests {
         assert_eq!(find(&t, None, Method::GET, "/api"), Some("api"));
         assert_eq!(find(&t, None, Method::GET, "/apix"), Some("root"));
         assert_eq!(find(&t, None, Method::GET, "/"), Some("root"));
-        assert_eq!(find(&t, Some("API.example.com:8080"), Method::GET, "/api/users/7"), Some("host"));
-        assert_eq!(find(&t, Some("x.example.com"), Method::GET, "/api/a"), Some("wild"));
-        assert_eq!(find(&t, Some("x.example.com"), Method::GET, "/other"), Some("root"));
-        assert_eq!(find(&t, Some("example.com"), Method::GET, "/api/a"), Some("api"));
+        assert_eq!(
+            find(
+                &t,
+                Some("API.example.com:8080"),
+                Method::GET,
+                "/api/users/7"
+            ),
+            Some("host")
+        );
+        assert_eq!(
+            find(&t, Some("x.example.com"), Method::GET, "/api/a"),
+            Some("wild")
+        );
+        assert_eq!(
+            find(&t, Some("x.example.com"), Method::GET, "/other"),
+            Some("root")
+        );
+        assert_eq!(
+            find(&t, Some("example.com"), Method::GET, "/api/a"),
+            Some("api")
+        );
         let h = HeaderMap::new();
-        assert_eq!(t.find(None, &Method::GET, "/api/users/7", &h, Some("v=2")).map(|m| *m.value), Some("user"));
+        assert_eq!(
+            t.find(None, &Method::GET, "/api/users/7", &h, Some("v=2"))
+                .map(|m| *m.value),
+            Some("user")
+        );
     }
 
     #[test]
     fn conflicts_name_the_route() {
         let mut b = RouteTable::builder();
         b.insert(RouteMatcher::exact("/a/{x}"), "first", 1).unwrap();
-        let err = b.insert(RouteMatcher::exact("/a/{y}"), "second", 2).unwrap_err();
+        let err = b
+            .insert(RouteMatcher::exact("/a/{y}"), "second", 2)
+            .unwrap_err();
         assert!(err.0.contains("first"), "{err}");
     }
 
     #[test]
     fn traversal_refused() {
         for bad in [
-            "/a/../admin", "/..", "/a/./b", "/a/%2e%2e/admin", "/a/%2E./x", "/a%2fadmin",
-            "/a%5cadmin", "/%61dmin", "/a\\..\\admin", "/a/%00", "/a/%zz", "/a/%2", "/a/.%2e/x",
+            "/a/../admin",
+            "/..",
+            "/a/./b",
+            "/a/%2e%2e/admin",
+            "/a/%2E./x",
+            "/a%2fadmin",
+            "/a%5cadmin",
+            "/%61dmin",
+            "/a\\..\\admin",
+            "/a/%00",
+            "/a/%zz",
+            "/a/%2",
+            "/a/.%2e/x",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
-        for good in ["/", "/a/b", "/a/b.c", "/a/..b", "/a/...", "/caf%C3%A9", "/a%20b", "/a/"] {
+        for good in [
+            "/",
+            "/a/b",
+            "/a/b.c",
+            "/a/..b",
+            "/a/...",
+            "/caf%C3%A9",
+            "/a%20b",
+            "/a/",
+        ] {
             assert!(check_path(good).is_ok(), "{good}");
         }
     }

@@ -47,7 +47,11 @@ impl Shared {
         }
     }
 
-    pub(crate) fn compile(&self, specs: Vec<RouteSpec>, version: i64) -> Result<Snapshot, Vec<FieldError>> {
+    pub(crate) fn compile(
+        &self,
+        specs: Vec<RouteSpec>,
+        version: i64,
+    ) -> Result<Snapshot, Vec<FieldError>> {
         let old = self.snapshot.load();
         snapshot::build(specs, version, &self.context(), Some(&old))
     }
@@ -66,7 +70,11 @@ impl Shared {
         Ok(())
     }
 
-    fn check_candidate(&self, mut specs: Vec<RouteSpec>, changed: Option<&RouteSpec>) -> Result<(), Error> {
+    fn check_candidate(
+        &self,
+        mut specs: Vec<RouteSpec>,
+        changed: Option<&RouteSpec>,
+    ) -> Result<(), Error> {
         let index = changed.map(|c| {
             specs.push(c.clone());
             specs.len() - 1
@@ -76,17 +84,25 @@ impl Shared {
             Error::Invalid(
                 errors
                     .into_iter()
-                    .map(|e| match prefix.as_deref().and_then(|p| e.field.strip_prefix(p)) {
-                        Some(rest) => FieldError::new(rest, e.message),
-                        None => e,
-                    })
+                    .map(
+                        |e| match prefix.as_deref().and_then(|p| e.field.strip_prefix(p)) {
+                            Some(rest) => FieldError::new(rest, e.message),
+                            None => e,
+                        },
+                    )
                     .collect(),
             )
         })
     }
 
     fn current_specs_except(&self, id: &str) -> Vec<RouteSpec> {
-        self.snapshot.load().specs.iter().filter(|s| s.id != id).cloned().collect()
+        self.snapshot
+            .load()
+            .specs
+            .iter()
+            .filter(|s| s.id != id)
+            .cloned()
+            .collect()
     }
 
     fn is_config_route(&self, id: &str) -> bool {
@@ -102,17 +118,29 @@ impl Gateway {
             .config
             .routes
             .iter()
-            .map(|r| RouteView { route: r.clone(), source: RouteSource::Config, revision: 0 })
+            .map(|r| RouteView {
+                route: r.clone(),
+                source: RouteSource::Config,
+                revision: 0,
+            })
             .collect();
         let (stored, _) = self.shared.store.list().await?;
-        out.extend(stored.into_iter().map(|s| RouteView { route: s.route, source: RouteSource::Store, revision: s.revision }));
+        out.extend(stored.into_iter().map(|s| RouteView {
+            route: s.route,
+            source: RouteSource::Store,
+            revision: s.revision,
+        }));
         Ok(out)
     }
 
     /// One route.
     pub async fn get_route(&self, id: &str) -> Result<RouteView, Error> {
         if let Some(r) = self.shared.config.routes.iter().find(|r| r.id == id) {
-            return Ok(RouteView { route: r.clone(), source: RouteSource::Config, revision: 0 });
+            return Ok(RouteView {
+                route: r.clone(),
+                source: RouteSource::Config,
+                revision: 0,
+            });
         }
         match self.shared.store.get(id).await? {
             Some(s) => Ok(view(s)),
@@ -138,7 +166,11 @@ impl Gateway {
 
     /// Validates, stores and applies a changed route, if at revision
     /// `expected` when given.
-    pub async fn update_route(&self, route: RouteSpec, expected: Option<i64>) -> Result<RouteView, Error> {
+    pub async fn update_route(
+        &self,
+        route: RouteSpec,
+        expected: Option<i64>,
+    ) -> Result<RouteView, Error> {
         route.validate().map_err(Error::Invalid)?;
         let shared = &self.shared;
         let _guard = shared.admin.lock().await;
@@ -146,7 +178,10 @@ impl Gateway {
             return Err(Error::ReadOnly(route.id));
         }
         shared.check_candidate(shared.current_specs_except(&route.id), Some(&route))?;
-        let stored = shared.store.update(&route, expected, shared.clock.now()).await?;
+        let stored = shared
+            .store
+            .update(&route, expected, shared.clock.now())
+            .await?;
         shared.reload_locked().await?;
         Ok(view(stored))
     }
@@ -177,7 +212,9 @@ impl Gateway {
             let shared = self.shared.clone();
             let cancel = cancel.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_millis(shared.config.sync_interval_ms.max(50)));
+                let mut tick = tokio::time::interval(Duration::from_millis(
+                    shared.config.sync_interval_ms.max(50),
+                ));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
@@ -227,5 +264,9 @@ impl Shared {
 }
 
 fn view(s: StoredRoute) -> RouteView {
-    RouteView { route: s.route, source: RouteSource::Store, revision: s.revision }
+    RouteView {
+        route: s.route,
+        source: RouteSource::Store,
+        revision: s.revision,
+    }
 }

@@ -86,7 +86,10 @@ pub(crate) fn build(
 ) -> Result<Snapshot, Vec<FieldError>> {
     let mut errors = Vec::new();
     if specs.len() > ctx.config.max_routes {
-        errors.push(FieldError::new("routes", format!("at most {} routes", ctx.config.max_routes)));
+        errors.push(FieldError::new(
+            "routes",
+            format!("at most {} routes", ctx.config.max_routes),
+        ));
         return Err(errors);
     }
     let mut seen = HashMap::new();
@@ -95,23 +98,35 @@ pub(crate) fn build(
     let mut limiters = HashMap::new();
     for (i, spec) in specs.iter().enumerate() {
         if let Err(errs) = spec.validate() {
-            errors.extend(errs.into_iter().map(|e| FieldError::new(format!("routes[{i}].{}", e.field), e.message)));
+            errors.extend(
+                errs.into_iter()
+                    .map(|e| FieldError::new(format!("routes[{i}].{}", e.field), e.message)),
+            );
             continue;
         }
         if let Some(first) = seen.insert(spec.id.clone(), i) {
-            errors.push(FieldError::new(format!("routes[{i}].id"), format!("duplicates routes[{first}]")));
+            errors.push(FieldError::new(
+                format!("routes[{i}].id"),
+                format!("duplicates routes[{first}]"),
+            ));
             continue;
         }
         let transform = match Transform::compile(&spec.transform, &spec.path) {
             Ok(t) => t,
             Err(errs) => {
-                errors.extend(errs.into_iter().map(|e| FieldError::new(format!("routes[{i}].{}", e.field), e.message)));
+                errors.extend(
+                    errs.into_iter()
+                        .map(|e| FieldError::new(format!("routes[{i}].{}", e.field), e.message)),
+                );
                 continue;
             }
         };
         let name = spec.upstream_name().to_owned();
         let key = pool_key(&spec.upstream, &name);
-        let pool = match pools.get(&key).or_else(|| old.and_then(|o| o.pools.get(&key))) {
+        let pool = match pools
+            .get(&key)
+            .or_else(|| old.and_then(|o| o.pools.get(&key)))
+        {
             Some(p) => Arc::clone(p),
             None => {
                 let p = Arc::new(UpstreamPool::new(&name, spec.upstream.clone()));
@@ -123,8 +138,15 @@ pub(crate) fn build(
         let rate = match &spec.rate_limit {
             None => None,
             Some(rl) => {
-                let key = format!("{}|{}", spec.id, serde_json::to_string(rl).unwrap_or_default());
-                let limiter = match limiters.get(&key).or_else(|| old.and_then(|o| o.limiters.get(&key))) {
+                let key = format!(
+                    "{}|{}",
+                    spec.id,
+                    serde_json::to_string(rl).unwrap_or_default()
+                );
+                let limiter = match limiters
+                    .get(&key)
+                    .or_else(|| old.and_then(|o| o.limiters.get(&key)))
+                {
                     Some(l) => Clone::clone(l),
                     None => make_limiter(spec, ctx, i, &mut errors),
                 };
@@ -145,14 +167,22 @@ pub(crate) fn build(
             request_timeout: Duration::from_millis(r.request_timeout_ms),
             retries: r.retries,
             budget: (r.retries > 0).then(|| {
-                Arc::new(TpsBudget::new(Duration::from_secs(10), 1, r.retry_budget_percent / 100.0))
+                Arc::new(TpsBudget::new(
+                    Duration::from_secs(10),
+                    1,
+                    r.retry_budget_percent / 100.0,
+                ))
             }),
             preserve_host: spec.preserve_host,
             hash: match &spec.upstream.balance {
-                Balance::ConsistentHash { header: Some(h), .. } => {
-                    HeaderName::from_bytes(h.as_bytes()).ok().map(HashSource::Header)
-                }
-                Balance::ConsistentHash { cookie: Some(c), .. } => Some(HashSource::Cookie(c.clone())),
+                Balance::ConsistentHash {
+                    header: Some(h), ..
+                } => HeaderName::from_bytes(h.as_bytes())
+                    .ok()
+                    .map(HashSource::Header),
+                Balance::ConsistentHash {
+                    cookie: Some(c), ..
+                } => Some(HashSource::Cookie(c.clone())),
                 _ => None,
             },
             metrics: RouteMetrics::new(&spec.id, &name),
@@ -174,11 +204,24 @@ pub(crate) fn build(
     })
 }
 
-fn make_limiter(spec: &RouteSpec, ctx: &BuildContext<'_>, i: usize, errors: &mut Vec<FieldError>) -> RateLimiter {
+fn make_limiter(
+    spec: &RouteSpec,
+    ctx: &BuildContext<'_>,
+    i: usize,
+    errors: &mut Vec<FieldError>,
+) -> RateLimiter {
     let Some(rl) = &spec.rate_limit else {
-        return RateLimiter::Local(LocalLimiter::new(&crate::model::RateLimitSpec {
-            key: RateKey::Ip, requests: 1, per_secs: 1, burst: None, shared: false, fail_open: true,
-        }, 1));
+        return RateLimiter::Local(LocalLimiter::new(
+            &crate::model::RateLimitSpec {
+                key: RateKey::Ip,
+                requests: 1,
+                per_secs: 1,
+                burst: None,
+                shared: false,
+                fail_open: true,
+            },
+            1,
+        ));
     };
     if rl.shared {
         #[cfg(feature = "redis")]

@@ -44,7 +44,10 @@ async fn configuration_change_under_load_loses_no_request() {
     for i in 0..30 {
         let target = if i % 2 == 0 { b } else { a };
         let mut r = route("live", "/live", &[target]);
-        r.transform.request_headers.set.push(NameValue { name: "x-gen".into(), value: i.to_string() });
+        r.transform.request_headers.set.push(NameValue {
+            name: "x-gen".into(),
+            value: i.to_string(),
+        });
         gw.update_route(r, None).await.unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
@@ -60,7 +63,9 @@ async fn configuration_change_under_load_loses_no_request() {
 async fn invalid_changes_are_rejected_with_the_reason_and_nothing_changes() {
     let (a, _) = echo("a").await;
     let gw = gateway(vec![route("cfg", "/cfg", &[a])]).await;
-    gw.create_route(route("one", "/one/{id}", &[a])).await.unwrap();
+    gw.create_route(route("one", "/one/{id}", &[a]))
+        .await
+        .unwrap();
     let mut bad = route("two", "/one/{other}", &[a]);
     let err = gw.create_route(bad.clone()).await.unwrap_err();
     let problem = jadugar_core::Problem::from(err);
@@ -69,7 +74,11 @@ async fn invalid_changes_are_rejected_with_the_reason_and_nothing_changes() {
     bad.path = "no-slash".into();
     let problem = jadugar_core::Problem::from(gw.create_route(bad).await.unwrap_err());
     assert_eq!(problem.errors[0].field, "path");
-    let problem = jadugar_core::Problem::from(gw.update_route(route("cfg", "/x", &[a]), None).await.unwrap_err());
+    let problem = jadugar_core::Problem::from(
+        gw.update_route(route("cfg", "/x", &[a]), None)
+            .await
+            .unwrap_err(),
+    );
     assert_eq!(problem.status, 409);
     assert_eq!(gw.route_count(), 2);
 }
@@ -79,21 +88,35 @@ async fn upstreams_follow_discovery_without_restart() {
     let (a, _) = echo("a").await;
     let (b, _) = echo("b").await;
     let discovery = Arc::new(StaticDiscovery::new());
-    discovery.set("svc", vec![Endpoint::new("a", "http", "127.0.0.1", a.port()).with_tags(["v1"])]);
+    discovery.set(
+        "svc",
+        vec![Endpoint::new("a", "http", "127.0.0.1", a.port()).with_tags(["v1"])],
+    );
     let mut r = route("svc", "/svc", &[]);
     r.upstream.targets.clear();
     r.upstream.service = Some("svc".into());
     r.upstream.tags = vec!["v1".into()];
-    let config = Config { routes: vec![r], access_log: false, ..Config::default() };
-    let gw = Gateway::builder(config).discovery(discovery.clone()).build().await.unwrap();
+    let config = Config {
+        routes: vec![r],
+        access_log: false,
+        ..Config::default()
+    };
+    let gw = Gateway::builder(config)
+        .discovery(discovery.clone())
+        .build()
+        .await
+        .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let tasks = gw.spawn_background(cancel.clone());
     let upstream_of = |body: Bytes| json(&body)["upstream"].as_str().unwrap().to_owned();
     assert_eq!(upstream_of(call(&gw, get("/svc")).await.2), "a");
-    discovery.set("svc", vec![
-        Endpoint::new("b", "http", "127.0.0.1", b.port()).with_tags(["v1"]),
-        Endpoint::new("a", "http", "127.0.0.1", a.port()).with_tags(["old"]),
-    ]);
+    discovery.set(
+        "svc",
+        vec![
+            Endpoint::new("b", "http", "127.0.0.1", b.port()).with_tags(["v1"]),
+            Endpoint::new("a", "http", "127.0.0.1", a.port()).with_tags(["old"]),
+        ],
+    );
     let mut seen_b = false;
     for _ in 0..50 {
         if upstream_of(call(&gw, get("/svc")).await.2) == "b" {
@@ -111,7 +134,10 @@ async fn upstreams_follow_discovery_without_restart() {
     assert_eq!(call(&gw, get("/svc")).await.0, 503);
     cancel.cancel();
     for t in tasks {
-        tokio::time::timeout(Duration::from_secs(1), t).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(1), t)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -120,15 +146,40 @@ async fn upstreams_follow_discovery_without_restart() {
 async fn a_change_on_one_host_reaches_the_other() {
     let (a, _) = echo("a").await;
     let db = jadugar_core::test_support::TestSqlite::new().await;
-    let config = Config { sync_interval_ms: 50, access_log: false, ..Config::default() };
+    let config = Config {
+        sync_interval_ms: 50,
+        access_log: false,
+        ..Config::default()
+    };
     let clock = jadugar_core::SystemClock::shared();
     let sealer = jadugar_core::Sealer::new(jadugar_core::MasterKey::generate("k"), []);
-    let host1 = Gateway::from_backends(&config, db.database(), None, clock.clone(), sealer.clone(), Arc::new(StaticDiscovery::new())).await.unwrap();
-    let host2 = Gateway::from_backends(&config, &db.connect_another().await, None, clock, sealer, Arc::new(StaticDiscovery::new())).await.unwrap();
+    let host1 = Gateway::from_backends(
+        &config,
+        db.database(),
+        None,
+        clock.clone(),
+        sealer.clone(),
+        Arc::new(StaticDiscovery::new()),
+    )
+    .await
+    .unwrap();
+    let host2 = Gateway::from_backends(
+        &config,
+        &db.connect_another().await,
+        None,
+        clock,
+        sealer,
+        Arc::new(StaticDiscovery::new()),
+    )
+    .await
+    .unwrap();
     let cancel = tokio_util::sync::CancellationToken::new();
     let _tasks = host2.spawn_background(cancel.clone());
     assert_eq!(call(&host2, get("/shared")).await.0, 404);
-    host1.create_route(route("shared", "/shared", &[a])).await.unwrap();
+    host1
+        .create_route(route("shared", "/shared", &[a]))
+        .await
+        .unwrap();
     let mut status = 0;
     for _ in 0..100 {
         status = call(&host2, get("/shared")).await.0;
@@ -144,13 +195,34 @@ async fn a_change_on_one_host_reaches_the_other() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn two_gateways_sharing_redis_admit_no_more_than_the_quota() {
-    let Some(redis) = jadugar_core::test_support::TestRedis::new().await else { return };
+    let Some(redis) = jadugar_core::test_support::TestRedis::new().await else {
+        return;
+    };
     let (a, hits) = echo("a").await;
     let mut r = route("limited", "/limited", &[a]);
-    r.rate_limit = Some(RateLimitSpec { key: RateKey::Header("x-client".into()), requests: 5, per_secs: 60, burst: None, shared: true, fail_open: false });
-    let config = Config { routes: vec![r], access_log: false, ..Config::default() };
-    let gw1 = Gateway::builder(config.clone()).redis(redis.redis().clone()).build().await.unwrap();
-    let gw2 = Gateway::builder(config).redis(redis.connect_another().await).build().await.unwrap();
+    r.rate_limit = Some(RateLimitSpec {
+        key: RateKey::Header("x-client".into()),
+        requests: 5,
+        per_secs: 60,
+        burst: None,
+        shared: true,
+        fail_open: false,
+    });
+    let config = Config {
+        routes: vec![r],
+        access_log: false,
+        ..Config::default()
+    };
+    let gw1 = Gateway::builder(config.clone())
+        .redis(redis.redis().clone())
+        .build()
+        .await
+        .unwrap();
+    let gw2 = Gateway::builder(config)
+        .redis(redis.connect_another().await)
+        .build()
+        .await
+        .unwrap();
     let mut allowed = 0;
     let mut handles = Vec::new();
     for i in 0..20 {
@@ -172,21 +244,41 @@ async fn two_gateways_sharing_redis_admit_no_more_than_the_quota() {
     assert_eq!(allowed, 5);
     assert_eq!(hits.load(Ordering::SeqCst), 5);
     let mut other = get("/limited");
-    other.headers_mut().insert("x-client", "c2".parse().unwrap());
+    other
+        .headers_mut()
+        .insert("x-client", "c2".parse().unwrap());
     assert_eq!(call(&gw1, other).await.0, 200);
 }
 
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn unreachable_redis_fails_as_configured() {
-    let Some(test_redis) = jadugar_core::test_support::TestRedis::new().await else { return };
+    let Some(test_redis) = jadugar_core::test_support::TestRedis::new().await else {
+        return;
+    };
     let (a, hits) = echo("a").await;
     for fail_open in [true, false] {
         let mut r = route("limited", "/limited", &[a]);
-        r.rate_limit = Some(RateLimitSpec { key: RateKey::Ip, requests: 5, per_secs: 60, burst: None, shared: true, fail_open });
+        r.rate_limit = Some(RateLimitSpec {
+            key: RateKey::Ip,
+            requests: 5,
+            per_secs: 60,
+            burst: None,
+            shared: true,
+            fail_open,
+        });
         // A zero timeout: no Redis answer can arrive in time, as when Redis is down.
-        let config = Config { routes: vec![r], access_log: false, redis_timeout_ms: 0, ..Config::default() };
-        let gw = Gateway::builder(config).redis(test_redis.redis().clone()).build().await.unwrap();
+        let config = Config {
+            routes: vec![r],
+            access_log: false,
+            redis_timeout_ms: 0,
+            ..Config::default()
+        };
+        let gw = Gateway::builder(config)
+            .redis(test_redis.redis().clone())
+            .build()
+            .await
+            .unwrap();
         let (status, headers, _) = call(&gw, get("/limited")).await;
         if fail_open {
             assert_eq!(status, 200);
@@ -203,14 +295,20 @@ async fn admin_api_enforces_permissions_and_validates() {
     let (a, _) = echo("a").await;
     let gw = gateway(vec![]).await;
     let app = jadugar_gateway::http::router(gw.clone());
-    let send = |method: &str, uri: &str, principal: Option<Principal>, body: Option<serde_json::Value>, if_match: Option<&str>| {
+    let send = |method: &str,
+                uri: &str,
+                principal: Option<Principal>,
+                body: Option<serde_json::Value>,
+                if_match: Option<&str>| {
         let mut req = http::Request::builder().method(method).uri(uri);
         if let Some(m) = if_match {
             req = req.header("if-match", m);
         }
         let mut req = req
             .header("content-type", "application/json")
-            .body(axum::body::Body::from(body.map(|b| b.to_string()).unwrap_or_default()))
+            .body(axum::body::Body::from(
+                body.map(|b| b.to_string()).unwrap_or_default(),
+            ))
             .unwrap();
         if let Some(p) = principal {
             req.extensions_mut().insert(p);
@@ -221,59 +319,155 @@ async fn admin_api_enforces_permissions_and_validates() {
             let status = res.status().as_u16();
             let headers = res.headers().clone();
             let body = res.into_body().collect().await.unwrap().to_bytes();
-            (status, headers, if body.is_empty() { serde_json::Value::Null } else { serde_json::from_slice(&body).unwrap() })
+            (
+                status,
+                headers,
+                if body.is_empty() {
+                    serde_json::Value::Null
+                } else {
+                    serde_json::from_slice(&body).unwrap()
+                },
+            )
         }
     };
-    let admin = || Some(Principal::new("root", PrincipalKind::User).with_permissions(["gateway:admin"]));
+    let admin =
+        || Some(Principal::new("root", PrincipalKind::User).with_permissions(["gateway:admin"]));
     let nobody = || Some(Principal::new("u", PrincipalKind::User));
     let r = serde_json::to_value(route("r1", "/r1", &[a])).unwrap();
 
     let (s, h, _) = send("GET", "/v1/gateway/routes", None, None, None).await;
     assert_eq!(s, 401);
     assert!(h.contains_key("www-authenticate"));
-    assert_eq!(send("GET", "/v1/gateway/routes", nobody(), None, None).await.0, 403);
+    assert_eq!(
+        send("GET", "/v1/gateway/routes", nobody(), None, None)
+            .await
+            .0,
+        403
+    );
     let (s, h, v) = send("POST", "/v1/gateway/routes", admin(), Some(r.clone()), None).await;
     assert_eq!(s, 201, "{v}");
     assert_eq!(h["etag"], "\"1\"");
     assert_eq!(v["source"], "store");
-    assert_eq!(send("POST", "/v1/gateway/routes", admin(), Some(r.clone()), None).await.0, 409);
+    assert_eq!(
+        send("POST", "/v1/gateway/routes", admin(), Some(r.clone()), None)
+            .await
+            .0,
+        409
+    );
     let mut bad = r.clone();
     bad["id"] = "r2".into();
     bad["upstream"]["targets"] = serde_json::json!(["ftp://x"]);
     bad["resilience"] = serde_json::json!({"retries": 99});
     let (s, _, v) = send("POST", "/v1/gateway/routes", admin(), Some(bad), None).await;
     assert_eq!(s, 422);
-    let fields: Vec<&str> = v["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
-    assert!(fields.contains(&"upstream.targets[0]") && fields.contains(&"resilience.retries"), "{fields:?}");
-    let (s, _, v) = send("POST", "/v1/gateway/routes", admin(), Some(serde_json::json!({"id": "x"})), None).await;
+    let fields: Vec<&str> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert!(
+        fields.contains(&"upstream.targets[0]") && fields.contains(&"resilience.retries"),
+        "{fields:?}"
+    );
+    let (s, _, v) = send(
+        "POST",
+        "/v1/gateway/routes",
+        admin(),
+        Some(serde_json::json!({"id": "x"})),
+        None,
+    )
+    .await;
     assert_eq!(s, 422);
     assert_eq!(v["errors"][0]["field"], "body");
 
     let mut changed = r.clone();
     changed["priority"] = 5.into();
-    assert_eq!(send("PUT", "/v1/gateway/routes/r1", admin(), Some(changed.clone()), Some("\"7\"")).await.0, 412);
-    let (s, h, _) = send("PUT", "/v1/gateway/routes/r1", admin(), Some(changed.clone()), Some("\"1\"")).await;
+    assert_eq!(
+        send(
+            "PUT",
+            "/v1/gateway/routes/r1",
+            admin(),
+            Some(changed.clone()),
+            Some("\"7\"")
+        )
+        .await
+        .0,
+        412
+    );
+    let (s, h, _) = send(
+        "PUT",
+        "/v1/gateway/routes/r1",
+        admin(),
+        Some(changed.clone()),
+        Some("\"1\""),
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(h["etag"], "\"2\"");
-    assert_eq!(send("PUT", "/v1/gateway/routes/other", admin(), Some(changed), None).await.0, 422);
+    assert_eq!(
+        send(
+            "PUT",
+            "/v1/gateway/routes/other",
+            admin(),
+            Some(changed),
+            None
+        )
+        .await
+        .0,
+        422
+    );
     assert_eq!(call(&gw, get("/r1")).await.0, 200);
 
     for i in 2..5 {
         let mut more = r.clone();
         more["id"] = format!("r{i}").into();
         more["path"] = format!("/r{i}").into();
-        assert_eq!(send("POST", "/v1/gateway/routes", admin(), Some(more), None).await.0, 201);
+        assert_eq!(
+            send("POST", "/v1/gateway/routes", admin(), Some(more), None)
+                .await
+                .0,
+            201
+        );
     }
     let (_, _, page1) = send("GET", "/v1/gateway/routes?limit=3", admin(), None, None).await;
     assert_eq!(page1["items"].as_array().unwrap().len(), 3);
     let cursor = page1["next_cursor"].as_str().unwrap();
-    let (_, _, page2) = send("GET", &format!("/v1/gateway/routes?limit=3&cursor={cursor}"), admin(), None, None).await;
+    let (_, _, page2) = send(
+        "GET",
+        &format!("/v1/gateway/routes?limit=3&cursor={cursor}"),
+        admin(),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(page2["items"].as_array().unwrap().len(), 1);
     assert!(page2.get("next_cursor").is_none());
-    assert_eq!(send("GET", "/v1/gateway/routes?cursor=garbage", admin(), None, None).await.0, 400);
+    assert_eq!(
+        send(
+            "GET",
+            "/v1/gateway/routes?cursor=garbage",
+            admin(),
+            None,
+            None
+        )
+        .await
+        .0,
+        400
+    );
 
-    assert_eq!(send("DELETE", "/v1/gateway/routes/r1", admin(), None, None).await.0, 204);
-    assert_eq!(send("GET", "/v1/gateway/routes/r1", admin(), None, None).await.0, 404);
+    assert_eq!(
+        send("DELETE", "/v1/gateway/routes/r1", admin(), None, None)
+            .await
+            .0,
+        204
+    );
+    assert_eq!(
+        send("GET", "/v1/gateway/routes/r1", admin(), None, None)
+            .await
+            .0,
+        404
+    );
     assert_eq!(call(&gw, get("/r1")).await.0, 404);
     let _ = Full::new(Bytes::new());
 }
@@ -283,7 +477,10 @@ async fn docs_are_served_offline_and_merged() {
     let doc = upstream(|_req| async {
         let body = serde_json::json!({"openapi": "3.1.0", "info": {"title": "b", "version": "1"},
             "paths": {"/invoices": {"get": {"responses": {"200": {"description": "ok"}}}}}});
-        hyper::Response::builder().header("content-type", "application/json").body(Full::new(Bytes::from(body.to_string()))).unwrap()
+        hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body.to_string())))
+            .unwrap()
     })
     .await;
     let mut r = route("billing", "/billing", &[doc]).prefix();
@@ -291,14 +488,46 @@ async fn docs_are_served_offline_and_merged() {
     r.openapi_url = Some(format!("http://{doc}/openapi.json"));
     let gw = gateway(vec![r]).await;
     let app = jadugar_gateway::docs::router(gw, jadugar_gateway::http::openapi());
-    let res = app.clone().oneshot(http::Request::get("/openapi.json").body(axum::body::Body::empty()).unwrap()).await.unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    let res = app
+        .clone()
+        .oneshot(
+            http::Request::get("/openapi.json")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
     assert!(v["paths"]["/billing/invoices"]["get"].is_object(), "{v}");
     assert!(v["paths"]["/v1/gateway/routes"].is_object());
-    let page = app.clone().oneshot(http::Request::get("/docs").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let page = app
+        .clone()
+        .oneshot(
+            http::Request::get("/docs")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(page.status(), 200);
-    let html = String::from_utf8(page.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
+    let html = String::from_utf8(
+        page.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
     assert!(html.contains("swagger-ui-bundle.js") && !html.contains("https://"));
-    let js = app.oneshot(http::Request::get("/docs/swagger-ui-bundle.js").body(axum::body::Body::empty()).unwrap()).await.unwrap();
+    let js = app
+        .oneshot(
+            http::Request::get("/docs/swagger-ui-bundle.js")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
     assert_eq!(js.status(), 200);
 }

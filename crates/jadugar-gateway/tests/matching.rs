@@ -40,7 +40,9 @@ fn reference(routes: &[R], path: &str) -> Option<usize> {
         .iter()
         .enumerate()
         .filter(|(_, r)| r.prefix)
-        .filter(|(_, r)| r.base == "/" || path == r.base || path.starts_with(&format!("{}/", r.base)))
+        .filter(|(_, r)| {
+            r.base == "/" || path == r.base || path.starts_with(&format!("{}/", r.base))
+        })
         .max_by_key(|(_, r)| if r.base == "/" { 0 } else { r.base.len() })
         .map(|(i, _)| i)
 }

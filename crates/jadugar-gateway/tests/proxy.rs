@@ -16,19 +16,37 @@ async fn proxies_with_forwarding_headers_and_transforms() {
     let (up, _) = echo("a").await;
     let mut r = route("api", "/api", &[up]).prefix();
     r.transform.strip_prefix = Some("/api".into());
-    r.transform.request_headers.set.push(NameValue { name: "x-user-id".into(), value: "{principal.subject}".into() });
-    r.transform.request_headers.add.push(NameValue { name: "x-route".into(), value: "{route.id}".into() });
-    r.transform.response_headers.remove.push("x-upstream".into());
-    r.transform.response_headers.set.push(NameValue { name: "x-gw".into(), value: "yes".into() });
+    r.transform.request_headers.set.push(NameValue {
+        name: "x-user-id".into(),
+        value: "{principal.subject}".into(),
+    });
+    r.transform.request_headers.add.push(NameValue {
+        name: "x-route".into(),
+        value: "{route.id}".into(),
+    });
+    r.transform
+        .response_headers
+        .remove
+        .push("x-upstream".into());
+    r.transform.response_headers.set.push(NameValue {
+        name: "x-gw".into(),
+        value: "yes".into(),
+    });
     let gw = gateway(vec![r]).await;
     let mut req = get("/api/users/7?x=1");
-    req.headers_mut().insert("host", "public.example.com".parse().unwrap());
-    req.headers_mut().insert("connection", "keep-alive, x-drop".parse().unwrap());
+    req.headers_mut()
+        .insert("host", "public.example.com".parse().unwrap());
+    req.headers_mut()
+        .insert("connection", "keep-alive, x-drop".parse().unwrap());
     req.headers_mut().insert("x-drop", "1".parse().unwrap());
-    req.headers_mut().insert("x-request-id", "rid-1".parse().unwrap());
-    req.headers_mut().insert("x-user-id", "spoofed".parse().unwrap());
-    req.headers_mut().insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
-    req.extensions_mut().insert(Principal::new("u-1", PrincipalKind::User));
+    req.headers_mut()
+        .insert("x-request-id", "rid-1".parse().unwrap());
+    req.headers_mut()
+        .insert("x-user-id", "spoofed".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    req.extensions_mut()
+        .insert(Principal::new("u-1", PrincipalKind::User));
     let (status, headers, body) = call(&gw, req).await;
     assert_eq!(status, 200);
     let v = json(&body);
@@ -59,10 +77,22 @@ async fn traversal_attempts_refused() {
     admin.auth = AuthPolicy::Require("admin".into());
     let public = route("public", "/a", &[up]).prefix();
     let gw = gateway(vec![admin, public]).await;
-    for path in ["/a/../admin", "/a/%2e%2e/admin", "/a/..%2fadmin", "/a%2f..%2fadmin", "/a/%2E%2E/admin/x", "/%61dmin", "/a/.%2e/admin", "/a\\..\\admin"] {
-        let req = http::Request::get(http::Uri::from_maybe_shared(Bytes::from(path.to_owned())).unwrap_or_else(|_| "/".parse().unwrap()))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+    for path in [
+        "/a/../admin",
+        "/a/%2e%2e/admin",
+        "/a/..%2fadmin",
+        "/a%2f..%2fadmin",
+        "/a/%2E%2E/admin/x",
+        "/%61dmin",
+        "/a/.%2e/admin",
+        "/a\\..\\admin",
+    ] {
+        let req = http::Request::get(
+            http::Uri::from_maybe_shared(Bytes::from(path.to_owned()))
+                .unwrap_or_else(|_| "/".parse().unwrap()),
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
         let (status, _, _) = call(&gw, req).await;
         assert!(status == 400 || status == 401, "{path}: {status}");
     }
@@ -81,10 +111,12 @@ async fn auth_per_route() {
     let gw = gateway(vec![authn, perm]).await;
     assert_eq!(call(&gw, get("/me")).await.0, 401);
     let mut req = get("/billing");
-    req.extensions_mut().insert(Principal::new("u", PrincipalKind::User));
+    req.extensions_mut()
+        .insert(Principal::new("u", PrincipalKind::User));
     assert_eq!(call(&gw, req).await.0, 403);
     let mut req = get("/billing");
-    req.extensions_mut().insert(Principal::new("u", PrincipalKind::User).with_permissions(["billing:*"]));
+    req.extensions_mut()
+        .insert(Principal::new("u", PrincipalKind::User).with_permissions(["billing:*"]));
     assert_eq!(call(&gw, req).await.0, 200);
 }
 
@@ -92,10 +124,16 @@ async fn auth_per_route() {
 async fn crlf_in_templated_header_refused() {
     let (up, hits) = echo("a").await;
     let mut r = route("r", "/x", &[up]);
-    r.transform.request_headers.set.push(NameValue { name: "x-user-id".into(), value: "user={principal.subject}".into() });
+    r.transform.request_headers.set.push(NameValue {
+        name: "x-user-id".into(),
+        value: "user={principal.subject}".into(),
+    });
     let gw = gateway(vec![r]).await;
     let mut req = get("/x");
-    req.extensions_mut().insert(Principal::new("mallory\r\nx-admin: true", PrincipalKind::User));
+    req.extensions_mut().insert(Principal::new(
+        "mallory\r\nx-admin: true",
+        PrincipalKind::User,
+    ));
     let (status, _, body) = call(&gw, req).await;
     assert_eq!(status, 400);
     assert!(String::from_utf8_lossy(&body).contains("CR"));
@@ -106,11 +144,19 @@ async fn crlf_in_templated_header_refused() {
 async fn rate_limit_429_headers() {
     let (up, _) = echo("a").await;
     let mut r = route("r", "/x", &[up]);
-    r.rate_limit = Some(RateLimitSpec { key: RateKey::ApiKey, requests: 2, per_secs: 60, burst: None, shared: false, fail_open: true });
+    r.rate_limit = Some(RateLimitSpec {
+        key: RateKey::ApiKey,
+        requests: 2,
+        per_secs: 60,
+        burst: None,
+        shared: false,
+        fail_open: true,
+    });
     let gw = gateway(vec![r]).await;
     let keyed = || {
         let mut req = get("/x");
-        req.extensions_mut().insert(Principal::new("key-1", PrincipalKind::ApiKey));
+        req.extensions_mut()
+            .insert(Principal::new("key-1", PrincipalKind::ApiKey));
         req
     };
     let (s1, h1, _) = call(&gw, keyed()).await;
@@ -150,7 +196,11 @@ async fn retries_never_on_post_without_idempotency_marker() {
     assert_eq!(call(&gw, with_body).await.0, 503);
     assert_eq!(hits.load(Ordering::SeqCst), 2);
     assert_eq!(call(&gw, post(Some("k1"))).await.0, 503);
-    assert_eq!(hits.load(Ordering::SeqCst), 5, "POST with Idempotency-Key retried twice");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        5,
+        "POST with Idempotency-Key retried twice"
+    );
     assert_eq!(call(&gw, get("/x")).await.0, 503);
     assert_eq!(hits.load(Ordering::SeqCst), 8, "GET retried twice");
 }
@@ -182,7 +232,11 @@ async fn ejection_and_readmission() {
     for _ in 0..10 {
         call(&gw, get("/x")).await;
     }
-    assert_eq!(bad_hits.load(Ordering::SeqCst), 2, "ejected after two consecutive failures");
+    assert_eq!(
+        bad_hits.load(Ordering::SeqCst),
+        2,
+        "ejected after two consecutive failures"
+    );
     assert_eq!(good_hits.load(Ordering::SeqCst), 8);
     for _ in 0..10 {
         assert_eq!(call(&gw, get("/x")).await.0, 200);
@@ -193,12 +247,19 @@ async fn ejection_and_readmission() {
         call(&gw, get("/x")).await;
     }
     let after = bad_hits.load(Ordering::SeqCst);
-    assert_eq!(after, 4, "re-admitted after the back-off, then ejected again");
+    assert_eq!(
+        after, 4,
+        "re-admitted after the back-off, then ejected again"
+    );
     tokio::time::sleep(Duration::from_millis(350)).await;
     for _ in 0..6 {
         assert_eq!(call(&gw, get("/x")).await.0, 200);
     }
-    assert_eq!(bad_hits.load(Ordering::SeqCst), 4, "second ejection lasts twice as long");
+    assert_eq!(
+        bad_hits.load(Ordering::SeqCst),
+        4,
+        "second ejection lasts twice as long"
+    );
 }
 
 #[tokio::test]
@@ -254,24 +315,41 @@ async fn json_body_fields_mapped() {
     let addr = upstream(|req: hyper::Request<hyper::body::Incoming>| async move {
         use http_body_util::BodyExt;
         let body = req.into_body().collect().await.unwrap().to_bytes();
-        hyper::Response::builder().header("content-type", "application/json").body(Full::new(body)).unwrap()
+        hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .unwrap()
     })
     .await;
     let mut r = route("r", "/x", &[addr]);
-    r.transform.request_body = Some(serde_json::from_value(serde_json::json!({"rename": {"name": "full_name"}, "remove": ["password"]})).unwrap());
-    r.transform.response_body = Some(serde_json::from_value(serde_json::json!({"add": {"via": "gateway"}})).unwrap());
+    r.transform.request_body = Some(
+        serde_json::from_value(
+            serde_json::json!({"rename": {"name": "full_name"}, "remove": ["password"]}),
+        )
+        .unwrap(),
+    );
+    r.transform.response_body =
+        Some(serde_json::from_value(serde_json::json!({"add": {"via": "gateway"}})).unwrap());
     r.transform.max_body_bytes = Some(64);
     let gw = gateway(vec![r]).await;
     let req = http::Request::post("/x")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from_static(br#"{"name":"n","password":"p"}"#)))
+        .body(Full::new(Bytes::from_static(
+            br#"{"name":"n","password":"p"}"#,
+        )))
         .unwrap();
     let (status, _, body) = call(&gw, req).await;
     assert_eq!(status, 200);
-    assert_eq!(json(&body), serde_json::json!({"full_name": "n", "via": "gateway"}));
+    assert_eq!(
+        json(&body),
+        serde_json::json!({"full_name": "n", "via": "gateway"})
+    );
     let big = http::Request::post("/x")
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(format!("{{\"a\":\"{}\"}}", "x".repeat(100)))))
+        .body(Full::new(Bytes::from(format!(
+            "{{\"a\":\"{}\"}}",
+            "x".repeat(100)
+        ))))
         .unwrap();
     assert_eq!(call(&gw, big).await.0, 413);
 }

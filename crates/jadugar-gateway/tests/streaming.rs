@@ -16,7 +16,15 @@ const GIB: u64 = 1 << 30;
 fn rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| l.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0)))
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).map(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .unwrap_or("0")
+                    .parse()
+                    .unwrap_or(0)
+            })
+        })
         .unwrap_or(0)
 }
 
@@ -35,14 +43,18 @@ async fn one_gib_body_streams_through_with_flat_memory() {
                     p.fetch_max(data.len() as u64, Ordering::Relaxed);
                 }
             }
-            hyper::Response::new(Full::new(Bytes::from(r.load(Ordering::Relaxed).to_string())))
+            hyper::Response::new(Full::new(Bytes::from(
+                r.load(Ordering::Relaxed).to_string(),
+            )))
         }
     })
     .await;
     let gw = serve(gateway(vec![route("up", "/upload", &[up])]).await).await;
     let before = rss_kib();
     let chunks = (GIB / CHUNK.len() as u64) as usize;
-    let stream = futures_util::stream::iter((0..chunks).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&CHUNK))));
+    let stream = futures_util::stream::iter(
+        (0..chunks).map(|_| Ok::<_, std::io::Error>(Bytes::from_static(&CHUNK))),
+    );
     let client = reqwest::Client::new();
     let res = client
         .post(format!("http://{gw}/upload"))
@@ -54,7 +66,10 @@ async fn one_gib_body_streams_through_with_flat_memory() {
     assert_eq!(res.text().await.unwrap(), GIB.to_string());
     assert_eq!(received.load(Ordering::Relaxed), GIB);
     let grown_mib = rss_kib().saturating_sub(before) / 1024;
-    assert!(grown_mib < 64, "memory grew by {grown_mib} MiB while streaming 1 GiB");
+    assert!(
+        grown_mib < 64,
+        "memory grew by {grown_mib} MiB while streaming 1 GiB"
+    );
     assert!(peak_chunk.load(Ordering::Relaxed) <= 4 << 20);
 }
 
@@ -75,10 +90,14 @@ async fn websocket_echo_through_the_gateway() {
         }
     });
     let gw = serve(gateway(vec![route("ws", "/ws", &[up])]).await).await;
-    let (mut ws, res) = tokio_tungstenite::connect_async(format!("ws://{gw}/ws")).await.unwrap();
+    let (mut ws, res) = tokio_tungstenite::connect_async(format!("ws://{gw}/ws"))
+        .await
+        .unwrap();
     assert_eq!(res.status(), 101);
     for text in ["hello", "through", "the gateway"] {
-        ws.send(tokio_tungstenite::tungstenite::Message::text(text)).await.unwrap();
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
         let echoed = ws.next().await.unwrap().unwrap();
         assert_eq!(echoed.into_text().unwrap().as_str(), text);
     }
@@ -91,7 +110,10 @@ async fn http2_clients_and_upstreams() {
     let mut r = route("h2", "/h2", &[up]);
     r.upstream.http2 = true;
     let gw = serve(gateway(vec![r]).await).await;
-    let client = reqwest::Client::builder().http2_prior_knowledge().build().unwrap();
+    let client = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
     let res = client.get(format!("http://{gw}/h2")).send().await.unwrap();
     assert_eq!(res.version(), http::Version::HTTP_2);
     assert_eq!(res.status(), 200);

@@ -61,41 +61,63 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let text = std::fs::read_to_string(&args.config)?;
     let mut file: File = toml::from_str(&text)?;
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
     let threads = args
         .threads
         .or(file.threads)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from));
     if args.synthetic_routes > 0 {
         let Some(first) = file.gateway.routes.first().cloned() else {
-            return Err("--synthetic-routes needs at least one route to copy the upstream from".into());
+            return Err(
+                "--synthetic-routes needs at least one route to copy the upstream from".into(),
+            );
         };
         for i in 0..args.synthetic_routes {
-            let mut r = RouteSpec::new(format!("synthetic-{i}"), format!("/synthetic-{i}"), Vec::<String>::new());
+            let mut r = RouteSpec::new(
+                format!("synthetic-{i}"),
+                format!("/synthetic-{i}"),
+                Vec::<String>::new(),
+            );
             r.path_match = PathMatch::Prefix;
             r.upstream = first.upstream.clone();
             file.gateway.routes.push(r);
         }
     }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        let access = if file.gateway.access_log { "info" } else { "off" };
+        let access = if file.gateway.access_log {
+            "info"
+        } else {
+            "off"
+        };
         tracing_subscriber::EnvFilter::new(format!("warn,jadugar_gateway::access={access}"))
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
     let keys: Arc<HashMap<[u8; 32], Principal>> = Arc::new(
         file.api_keys
             .iter()
             .map(|k| {
                 let digest: [u8; 32] = Sha256::digest(k.key.as_bytes()).into();
-                let p = Principal::new(k.subject.clone(), PrincipalKind::ApiKey).with_permissions(k.permissions.clone());
+                let p = Principal::new(k.subject.clone(), PrincipalKind::ApiKey)
+                    .with_permissions(k.permissions.clone());
                 (digest, p)
             })
             .collect(),
     );
     let runtime = if threads <= 1 {
-        tokio::runtime::Builder::new_current_thread().enable_all().build()?
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
     } else {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build()?
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
     };
     runtime.block_on(run(file.gateway, listen, keys))
 }
@@ -105,19 +127,25 @@ async fn run(
     listen: SocketAddr,
     keys: Arc<HashMap<[u8; 32], Principal>>,
 ) -> Result<(), Box<dyn std::error::Error>> {
-    let gateway = Gateway::builder(config).build().await.map_err(|e| match e {
-        jadugar_gateway::Error::Invalid(errors) => errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("\n")
-            .into(),
-        other => Box::<dyn std::error::Error>::from(other.to_string()),
-    })?;
+    let gateway = Gateway::builder(config)
+        .build()
+        .await
+        .map_err(|e| match e {
+            jadugar_gateway::Error::Invalid(errors) => errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field, e.message))
+                .collect::<Vec<_>>()
+                .join("\n")
+                .into(),
+            other => Box::<dyn std::error::Error>::from(other.to_string()),
+        })?;
     let cancel = tokio_util::sync::CancellationToken::new();
     let _tasks = gateway.spawn_background(cancel.clone());
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!("jadugar-gateway listening on {listen} with {} routes", gateway.route_count());
+    eprintln!(
+        "jadugar-gateway listening on {listen} with {} routes",
+        gateway.route_count()
+    );
     let shutdown = {
         let cancel = cancel.clone();
         async move {
@@ -133,7 +161,10 @@ async fn run(
     Ok(())
 }
 
-fn authenticate(keys: &HashMap<[u8; 32], Principal>, headers: &http::HeaderMap) -> Option<Principal> {
+fn authenticate(
+    keys: &HashMap<[u8; 32], Principal>,
+    headers: &http::HeaderMap,
+) -> Option<Principal> {
     let presented = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
@@ -164,17 +195,20 @@ async fn serve_with_keys(
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
         let keys = keys.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer));
-            if let Some(p) = authenticate(&keys, req.headers()) {
-                req.extensions_mut().insert(p);
-            }
-            let fut = gw.handle(req);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
+        let service =
+            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ClientAddr(peer));
+                if let Some(p) = authenticate(&keys, req.headers()) {
+                    req.extensions_mut().insert(p);
+                }
+                let fut = gw.handle(req);
+                async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            });
         let builder = builder.clone();
         tokio::spawn(async move {
-            let _ = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
         });
     }
 }

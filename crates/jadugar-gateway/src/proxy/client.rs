@@ -79,7 +79,8 @@ impl ClientCache {
         clients
             .entry((connect_timeout_ms, http2))
             .or_insert_with(|| {
-                let mut connector = HttpConnector::new_with_resolver(PolicyResolve(self.policy.clone()));
+                let mut connector =
+                    HttpConnector::new_with_resolver(PolicyResolve(self.policy.clone()));
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(Duration::from_millis(connect_timeout_ms)));
                 connector.set_keepalive(Some(Duration::from_secs(60)));

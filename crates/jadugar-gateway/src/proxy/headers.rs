@@ -54,7 +54,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         let trailers = headers
             .get(header::TE)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            });
         headers.remove(header::TE);
         if trailers {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));

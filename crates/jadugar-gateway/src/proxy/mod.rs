@@ -48,8 +48,12 @@ fn bad_gateway(upstream: &str, detail: &str) -> Problem {
 }
 
 fn gateway_timeout(upstream: &str) -> Problem {
-    Problem::new(StatusCode::GATEWAY_TIMEOUT, "gateway-timeout", "Gateway timeout")
-        .with_detail(format!("upstream {upstream} did not answer in time"))
+    Problem::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "gateway-timeout",
+        "Gateway timeout",
+    )
+    .with_detail(format!("upstream {upstream} did not answer in time"))
 }
 
 enum Failure {
@@ -61,7 +65,10 @@ enum Failure {
 }
 
 /// Serves one request end to end.
-pub(crate) async fn handle(shared: Arc<Shared>, mut req: Request<RequestBody>) -> Response<ProxyBody> {
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    mut req: Request<RequestBody>,
+) -> Response<ProxyBody> {
     let start = Instant::now();
     let request_id = match req.headers().get(&request_id::HEADER) {
         Some(v) => Some(v.clone()),
@@ -84,7 +91,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut req: Request<RequestBody>) -
         res.0.headers_mut().insert(request_id::HEADER, id.clone());
     }
     let (response, route, instance, upstream_latency) = res;
-    if shared.config.access_log && tracing::enabled!(target: "jadugar_gateway::access", tracing::Level::INFO) {
+    if shared.config.access_log
+        && tracing::enabled!(target: "jadugar_gateway::access", tracing::Level::INFO)
+    {
         crate::observability::access_log(
             route.as_deref().unwrap_or("-"),
             instance.as_deref(),
@@ -93,18 +102,36 @@ pub(crate) async fn handle(shared: Arc<Shared>, mut req: Request<RequestBody>) -
             response.status().as_u16(),
             upstream_latency,
             start.elapsed(),
-            response.headers().get(&request_id::HEADER).and_then(|v| v.to_str().ok()),
+            response
+                .headers()
+                .get(&request_id::HEADER)
+                .and_then(|v| v.to_str().ok()),
         );
     }
     response
 }
 
-type Outcome = (Response<ProxyBody>, Option<Arc<str>>, Option<Arc<str>>, Option<Duration>);
+type Outcome = (
+    Response<ProxyBody>,
+    Option<Arc<str>>,
+    Option<Arc<str>>,
+    Option<Duration>,
+);
 
-async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &Uri, start: Instant) -> Outcome {
+async fn route_and_proxy(
+    shared: &Shared,
+    mut req: Request<RequestBody>,
+    uri: &Uri,
+    start: Instant,
+) -> Outcome {
     let path = uri.path();
     if let Err(e) = check_path(path) {
-        return (problem(&Problem::bad_request(e.to_string())), None, None, None);
+        return (
+            problem(&Problem::bad_request(e.to_string())),
+            None,
+            None,
+            None,
+        );
     }
     let snapshot = shared.snapshot.load_full();
     let host_header = req.headers().get(header::HOST).cloned();
@@ -112,8 +139,16 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
         .as_ref()
         .and_then(|h| h.to_str().ok())
         .or_else(|| uri.authority().map(|a| a.as_str()));
-    let Some(found) = snapshot.table.find(host, req.method(), path, req.headers(), uri.query()) else {
-        return (problem(&Problem::not_found("no route matches this request")), None, None, None);
+    let Some(found) = snapshot
+        .table
+        .find(host, req.method(), path, req.headers(), uri.query())
+    else {
+        return (
+            problem(&Problem::not_found("no route matches this request")),
+            None,
+            None,
+            None,
+        );
     };
     let route: &Arc<CompiledRoute> = found.value;
     let route_id = Some(route.id.clone());
@@ -122,7 +157,14 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
     let principal = req.extensions_mut().remove::<Principal>();
     match (&route.auth, &principal) {
         (AuthPolicy::Public, _) => {}
-        (_, None) => return (problem(&Problem::unauthorized("authentication required")), route_id, None, None),
+        (_, None) => {
+            return (
+                problem(&Problem::unauthorized("authentication required")),
+                route_id,
+                None,
+                None,
+            );
+        }
         (AuthPolicy::Authenticated, Some(_)) => {}
         (AuthPolicy::Require(permission), Some(p)) => {
             if let Err(problem_) = p.require(permission) {
@@ -140,7 +182,14 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
             Some(local) => local.check(&key),
             None => match limiter.check(&key).await {
                 Ok(d) => d,
-                Err(e) => return (problem(&Problem::unavailable(e.to_string())), route_id, None, None),
+                Err(e) => {
+                    return (
+                        problem(&Problem::unavailable(e.to_string())),
+                        route_id,
+                        None,
+                        None,
+                    );
+                }
             },
         };
         if !d.allowed {
@@ -162,7 +211,11 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
     let mut new_pq: Option<PathAndQuery> = None;
     if !route.transform.is_noop() {
         let empty = http::HeaderMap::new();
-        let rid = req.headers().get(&request_id::HEADER).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let rid = req
+            .headers()
+            .get(&request_id::HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let ctx = TemplateContext {
             principal: principal.as_ref(),
             params: Some(&found.params),
@@ -171,7 +224,10 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
             client_ip,
             route_id: &route.id,
         };
-        if let Err(e) = route.transform.apply_request_headers(req.headers_mut(), &ctx) {
+        if let Err(e) = route
+            .transform
+            .apply_request_headers(req.headers_mut(), &ctx)
+        {
             return (problem(&e.to_problem()), route_id, None, None);
         }
         match route.transform.rewrite(path, uri.query(), &ctx) {
@@ -184,13 +240,26 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
             let bytes = match Limited::new(body, max).collect().await {
                 Ok(c) => c.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return (problem(&crate::transform::TransformError::TooLarge(max).to_problem()), route_id, None, None);
+                    return (
+                        problem(&crate::transform::TransformError::TooLarge(max).to_problem()),
+                        route_id,
+                        None,
+                        None,
+                    );
                 }
-                Err(_) => return (problem(&crate::transform::TransformError::Body.to_problem()), route_id, None, None),
+                Err(_) => {
+                    return (
+                        problem(&crate::transform::TransformError::Body.to_problem()),
+                        route_id,
+                        None,
+                        None,
+                    );
+                }
             };
             match route.transform.map_request_json(req.headers(), bytes) {
                 Ok(mapped) => {
-                    req.headers_mut().insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                    req.headers_mut()
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
                     req.headers_mut().remove(header::TRANSFER_ENCODING);
                     *req.body_mut() = RequestBody::Full(Some(mapped));
                 }
@@ -202,7 +271,10 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
     drop(found);
     drop(snapshot);
 
-    let hash = route.hash.as_ref().and_then(|source| hash_of(source, req.headers()));
+    let hash = route
+        .hash
+        .as_ref()
+        .and_then(|source| hash_of(source, req.headers()));
     let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
@@ -220,7 +292,9 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
             headers.insert(headers::X_FORWARDED_HOST, h.clone());
         }
     }
-    let pq = new_pq.or_else(|| uri.path_and_query().cloned()).unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let pq = new_pq
+        .or_else(|| uri.path_and_query().cloned())
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (response, instance, latency) = send(shared, &route, req, pq, hash, upgrade, start).await;
     let response = match response {
         Ok(res) => finish_response(&route, res, client_upgrade, decision, principal.as_ref()).await,
@@ -228,8 +302,13 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
             route.metrics.upstream_errors.increment(1);
             let name = route.pool.name();
             let p = match failure {
-                Failure::NoInstance => Problem::unavailable(format!("upstream {name} has no available instance")),
-                Failure::Shed => Problem::unavailable(format!("upstream {name} is at its concurrency limit")).with_retry_after(1),
+                Failure::NoInstance => {
+                    Problem::unavailable(format!("upstream {name} has no available instance"))
+                }
+                Failure::Shed => {
+                    Problem::unavailable(format!("upstream {name} is at its concurrency limit"))
+                        .with_retry_after(1)
+                }
                 Failure::Connect => bad_gateway(name, "connection failed"),
                 Failure::Timeout => gateway_timeout(name),
                 Failure::Upstream => bad_gateway(name, "the request failed"),
@@ -237,12 +316,17 @@ async fn route_and_proxy(shared: &Shared, mut req: Request<RequestBody>, uri: &U
             problem(&p)
         }
     };
-    route.metrics.record(response.status().as_u16(), start.elapsed(), latency);
+    route
+        .metrics
+        .record(response.status().as_u16(), start.elapsed(), latency);
     (response, route_id, instance, latency)
 }
 
 fn set_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr, trust: bool) {
-    let value = match headers.get(headers::X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let value = match headers
+        .get(headers::X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prior) if trust => HeaderValue::from_str(&format!("{prior}, {ip}")),
         _ => HeaderValue::from_str(&ip.to_string()),
     };
@@ -265,7 +349,11 @@ fn hash_of(source: &HashSource, headers: &http::HeaderMap) -> Option<u64> {
     }
 }
 
-type Sent = (Result<Response<hyper::body::Incoming>, Failure>, Option<Arc<str>>, Option<Duration>);
+type Sent = (
+    Result<Response<hyper::body::Incoming>, Failure>,
+    Option<Arc<str>>,
+    Option<Duration>,
+);
 
 async fn send(
     shared: &Shared,
@@ -304,7 +392,8 @@ async fn send(
         let Some(backend) = route.pool.pick(hash) else {
             return (Err(Failure::NoInstance), None, None);
         };
-        let (result, latency) = send_once(route, &backend, &mut parts, body, &pq, upgrade, start).await;
+        let (result, latency) =
+            send_once(route, &backend, &mut parts, body, &pq, upgrade, start).await;
         let retry_worthy = match &result {
             Err(Failure::Connect | Failure::Timeout) => true,
             Ok(res) => matches!(res.status().as_u16(), 502..=504),
@@ -331,7 +420,10 @@ async fn send_once(
     pq: &PathAndQuery,
     upgrade: bool,
     start: Instant,
-) -> (Result<Response<hyper::body::Incoming>, Failure>, Option<Duration>) {
+) -> (
+    Result<Response<hyper::body::Incoming>, Failure>,
+    Option<Duration>,
+) {
     let _permit = match &route.pool.limits {
         Some(limits) => match limits.acquire(route.request_timeout).await {
             Ok(p) => Some(p),
@@ -352,13 +444,22 @@ async fn send_once(
     *out.headers_mut() = std::mem::take(&mut parts.headers);
     *out.extensions_mut() = std::mem::take(&mut parts.extensions);
     let h2 = route.http2 && !upgrade;
-    *out.version_mut() = if h2 { Version::HTTP_2 } else { Version::HTTP_11 };
+    *out.version_mut() = if h2 {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
     if h2 {
         out.headers_mut().remove(header::HOST);
     } else if !route.preserve_host || !out.headers().contains_key(header::HOST) {
-        out.headers_mut().insert(header::HOST, backend.host_header.clone());
+        out.headers_mut()
+            .insert(header::HOST, backend.host_header.clone());
     }
-    let client = if upgrade { &route.upgrade_client } else { &route.client };
+    let client = if upgrade {
+        &route.upgrade_client
+    } else {
+        &route.client
+    };
     let in_flight = backend.start();
     route.metrics.in_flight.increment(1.0);
     let sent_at = Instant::now();
@@ -413,15 +514,25 @@ async fn finish_response(
         splice(client_side, upstream_side);
     }
     let (mut parts, body) = res.into_parts();
-    headers::remove_hop_by_hop(&mut parts.headers, parts.status == StatusCode::SWITCHING_PROTOCOLS);
+    headers::remove_hop_by_hop(
+        &mut parts.headers,
+        parts.status == StatusCode::SWITCHING_PROTOCOLS,
+    );
     if route.transform.changes_response_headers() {
         let empty = http::HeaderMap::new();
         let ctx = TemplateContext {
             principal,
             ..TemplateContext::new(&empty, &route.id)
         };
-        if route.transform.apply_response_headers(&mut parts.headers, &ctx).is_err() {
-            return problem(&bad_gateway(route.pool.name(), "a response header could not be set"));
+        if route
+            .transform
+            .apply_response_headers(&mut parts.headers, &ctx)
+            .is_err()
+        {
+            return problem(&bad_gateway(
+                route.pool.name(),
+                "a response header could not be set",
+            ));
         }
     }
     if let Some(d) = decision {
@@ -431,14 +542,24 @@ async fn finish_response(
         let max = route.transform.max_body();
         let bytes: Bytes = match Limited::new(body, max).collect().await {
             Ok(c) => c.to_bytes(),
-            Err(_) => return problem(&bad_gateway(route.pool.name(), "the response is too large to transform")),
+            Err(_) => {
+                return problem(&bad_gateway(
+                    route.pool.name(),
+                    "the response is too large to transform",
+                ));
+            }
         };
         return match route.transform.map_response_json(&parts.headers, bytes) {
             Ok(mapped) => {
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
                 Response::from_parts(parts, ProxyBody::full(mapped))
             }
-            Err(_) => problem(&bad_gateway(route.pool.name(), "the response is not valid JSON")),
+            Err(_) => problem(&bad_gateway(
+                route.pool.name(),
+                "the response is not valid JSON",
+            )),
         };
     }
     Response::from_parts(parts, ProxyBody::Upstream(body))

@@ -25,7 +25,10 @@ pub struct RateLimitLayer {
 impl RateLimitLayer {
     /// An in-process limit.
     pub fn local(spec: &RateLimitSpec) -> Self {
-        Self::new(RateLimiter::Local(LocalLimiter::new(spec, DEFAULT_MAX_KEYS)), spec.key.clone())
+        Self::new(
+            RateLimiter::Local(LocalLimiter::new(spec, DEFAULT_MAX_KEYS)),
+            spec.key.clone(),
+        )
     }
 
     /// A limit shared through Redis (`scope` names it in Redis keys).
@@ -37,7 +40,9 @@ impl RateLimitLayer {
         timeout: std::time::Duration,
     ) -> Self {
         Self::new(
-            RateLimiter::Shared(Arc::new(super::SharedLimiter::new(redis, scope, spec, timeout))),
+            RateLimiter::Shared(Arc::new(super::SharedLimiter::new(
+                redis, scope, spec, timeout,
+            ))),
             spec.key.clone(),
         )
     }
@@ -112,10 +117,17 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let ip = client_ip(&req);
         if let Some(local) = self.limiter.as_local() {
-            let key = extract_key(&self.key, req.extensions().get::<Principal>(), req.headers(), ip);
+            let key = extract_key(
+                &self.key,
+                req.extensions().get::<Principal>(),
+                req.headers(),
+                ip,
+            );
             let decision = local.check(&key);
             if !decision.allowed {
-                return Box::pin(async move { Ok(decision.to_response::<Full<Bytes>>().map(Either::Right)) });
+                return Box::pin(async move {
+                    Ok(decision.to_response::<Full<Bytes>>().map(Either::Right))
+                });
             }
             let fut = inner.call(req);
             return Box::pin(async move {
@@ -127,11 +139,18 @@ where
         let limiter = self.limiter.clone();
         let key_spec = self.key.clone();
         Box::pin(async move {
-            let key = extract_key(&key_spec, req.extensions().get::<Principal>(), req.headers(), ip);
+            let key = extract_key(
+                &key_spec,
+                req.extensions().get::<Principal>(),
+                req.headers(),
+                ip,
+            );
             let decision = match limiter.check(&key).await {
                 Ok(d) => d,
                 Err(e) => {
-                    return Ok(Problem::unavailable(e.to_string()).to_response::<Full<Bytes>>().map(Either::Right));
+                    return Ok(Problem::unavailable(e.to_string())
+                        .to_response::<Full<Bytes>>()
+                        .map(Either::Right));
                 }
             };
             if !decision.allowed {

@@ -95,7 +95,10 @@ impl Decision {
         headers.insert(REMAINING, HeaderValue::from(self.remaining));
         headers.insert(RESET, HeaderValue::from(self.reset_secs));
         if !self.allowed {
-            headers.insert(http::header::RETRY_AFTER, HeaderValue::from(self.retry_after_secs));
+            headers.insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(self.retry_after_secs),
+            );
         }
     }
 
@@ -216,7 +219,9 @@ impl LocalLimiter {
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    let Some(limiter) = weak.upgrade() else { return };
+                    let Some(limiter) = weak.upgrade() else {
+                        return;
+                    };
                     limiter.housekeeping();
                 }
             });
@@ -232,7 +237,11 @@ impl LocalLimiter {
         governor.retain_recent();
         if governor.len() > self.max_keys {
             // governor offers no eviction: start over with empty state.
-            tracing::warn!(keys = governor.len(), cap = self.max_keys, "rate limiter key cap exceeded; state reset");
+            tracing::warn!(
+                keys = governor.len(),
+                cap = self.max_keys,
+                "rate limiter key cap exceeded; state reset"
+            );
             self.governor.store(Arc::new(
                 Governor::keyed(self.quota).with_middleware::<StateInformationMiddleware>(),
             ));
@@ -330,7 +339,14 @@ mod tests {
     use super::*;
 
     fn spec(requests: u32, per_secs: u32) -> RateLimitSpec {
-        RateLimitSpec { key: RateKey::Ip, requests, per_secs, burst: None, shared: false, fail_open: true }
+        RateLimitSpec {
+            key: RateKey::Ip,
+            requests,
+            per_secs,
+            burst: None,
+            shared: false,
+            fail_open: true,
+        }
     }
 
     #[tokio::test]

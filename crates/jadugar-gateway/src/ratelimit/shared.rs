@@ -55,7 +55,9 @@ impl SharedLimiter {
             prefix: redis.key(&format!("gw:rl:{scope}:")),
             redis,
             script: redis::Script::new(SCRIPT),
-            emission_us: u64::try_from(emission.as_micros()).unwrap_or(u64::MAX).max(1),
+            emission_us: u64::try_from(emission.as_micros())
+                .unwrap_or(u64::MAX)
+                .max(1),
             limit: burst,
             timeout,
             fail_open: spec.fail_open,
@@ -105,14 +107,21 @@ impl SharedLimiter {
             allowed: false,
             limit: self.limit,
             remaining: 0,
-            reset_secs: secs_ceil(i64::try_from(self.emission_us.saturating_mul(u64::from(self.limit))).unwrap_or(i64::MAX)),
+            reset_secs: secs_ceil(
+                i64::try_from(self.emission_us.saturating_mul(u64::from(self.limit)))
+                    .unwrap_or(i64::MAX),
+            ),
             retry_after_secs: secs_ceil(i64::try_from(retry_us).unwrap_or(i64::MAX)).max(1),
             degraded: false,
         }
     }
 
     fn unavailable(&self, why: &str) -> Result<Decision, LimiterUnavailable> {
-        tracing::warn!(error = why, fail_open = self.fail_open, "shared rate limiter unavailable");
+        tracing::warn!(
+            error = why,
+            fail_open = self.fail_open,
+            "shared rate limiter unavailable"
+        );
         if self.fail_open {
             Ok(Decision {
                 allowed: true,

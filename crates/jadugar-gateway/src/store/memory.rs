@@ -14,7 +14,9 @@ pub struct MemoryRouteStore {
 
 impl MemoryRouteStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, (BTreeMap<String, StoredRoute>, i64)> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -29,24 +31,40 @@ impl RouteStore for MemoryRouteStore {
         Ok(self.lock().0.get(id).cloned())
     }
 
-    async fn create(&self, route: &RouteSpec, now: DateTime<Utc>) -> Result<StoredRoute, StoreError> {
+    async fn create(
+        &self,
+        route: &RouteSpec,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRoute, StoreError> {
         let mut inner = self.lock();
         if inner.0.contains_key(&route.id) {
             return Err(StoreError::AlreadyExists(route.id.clone()));
         }
-        let stored = StoredRoute { route: route.clone(), revision: 1, updated_at: now };
+        let stored = StoredRoute {
+            route: route.clone(),
+            revision: 1,
+            updated_at: now,
+        };
         inner.0.insert(route.id.clone(), stored.clone());
         inner.1 += 1;
         Ok(stored)
     }
 
-    async fn update(&self, route: &RouteSpec, expected: Option<i64>, now: DateTime<Utc>) -> Result<StoredRoute, StoreError> {
+    async fn update(
+        &self,
+        route: &RouteSpec,
+        expected: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRoute, StoreError> {
         let mut inner = self.lock();
         let Some(current) = inner.0.get_mut(&route.id) else {
             return Err(StoreError::NotFound(route.id.clone()));
         };
         if expected.is_some_and(|e| e != current.revision) {
-            return Err(StoreError::Conflict { id: route.id.clone(), current: current.revision });
+            return Err(StoreError::Conflict {
+                id: route.id.clone(),
+                current: current.revision,
+            });
         }
         current.route = route.clone();
         current.revision += 1;
@@ -62,7 +80,10 @@ impl RouteStore for MemoryRouteStore {
             return Err(StoreError::NotFound(id.to_owned()));
         };
         if expected.is_some_and(|e| e != current.revision) {
-            return Err(StoreError::Conflict { id: id.to_owned(), current: current.revision });
+            return Err(StoreError::Conflict {
+                id: id.to_owned(),
+                current: current.revision,
+            });
         }
         inner.0.remove(id);
         inner.1 += 1;

@@ -79,7 +79,11 @@ pub trait RouteStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// Adds a route at revision 1; [`StoreError::AlreadyExists`] if the id
     /// is taken. Atomic with the version bump.
-    async fn create(&self, route: &RouteSpec, now: DateTime<Utc>) -> Result<StoredRoute, StoreError>;
+    async fn create(
+        &self,
+        route: &RouteSpec,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRoute, StoreError>;
 
     /// Replaces a route, if at `expected` revision when given;
     /// [`StoreError::NotFound`] or [`StoreError::Conflict`] otherwise.
@@ -110,11 +114,17 @@ pub async fn conformance(store: &dyn RouteStore) {
     let a = store.create(&route("a", "/a"), now).await.unwrap();
     assert_eq!(a.revision, 1);
     assert_eq!(a.route, route("a", "/a"));
-    assert!(matches!(store.create(&route("a", "/other"), now).await, Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(
+        store.create(&route("a", "/other"), now).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
     store.create(&route("c", "/c"), now).await.unwrap();
     store.create(&route("b", "/b"), now).await.unwrap();
     let (all, version) = store.list().await.unwrap();
-    assert_eq!(all.iter().map(|r| r.route.id.as_str()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_eq!(
+        all.iter().map(|r| r.route.id.as_str()).collect::<Vec<_>>(),
+        ["a", "b", "c"]
+    );
     assert_eq!(version, 3);
 
     let mut changed = route("a", "/a2");
@@ -127,12 +137,21 @@ pub async fn conformance(store: &dyn RouteStore) {
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert_eq!(store.update(&changed, None, now).await.unwrap().revision, 3);
-    assert!(matches!(store.update(&route("zz", "/z"), None, now).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.update(&route("zz", "/z"), None, now).await,
+        Err(StoreError::NotFound(_))
+    ));
     assert_eq!(store.version().await.unwrap(), 5);
 
-    assert!(matches!(store.delete("b", Some(9)).await, Err(StoreError::Conflict { .. })));
+    assert!(matches!(
+        store.delete("b", Some(9)).await,
+        Err(StoreError::Conflict { .. })
+    ));
     store.delete("b", Some(1)).await.unwrap();
-    assert!(matches!(store.delete("b", None).await, Err(StoreError::NotFound(_))));
+    assert!(matches!(
+        store.delete("b", None).await,
+        Err(StoreError::NotFound(_))
+    ));
     store.delete("c", None).await.unwrap();
     let (all, version) = store.list().await.unwrap();
     assert_eq!(all.len(), 1);
@@ -150,17 +169,25 @@ mod tests {
     #[tokio::test]
     async fn sqlite() {
         let db = jadugar_core::test_support::TestSqlite::new().await;
-        let store = super::SqlRouteStore::new(db.database().clone()).await.unwrap();
+        let store = super::SqlRouteStore::new(db.database().clone())
+            .await
+            .unwrap();
         super::conformance(&store).await;
     }
 
     #[cfg(feature = "postgres")]
     #[tokio::test]
     async fn postgres() {
-        let Some(pg) = jadugar_core::test_support::TestPostgres::new().await else { return };
-        let store = super::SqlRouteStore::new(pg.database().clone()).await.unwrap();
+        let Some(pg) = jadugar_core::test_support::TestPostgres::new().await else {
+            return;
+        };
+        let store = super::SqlRouteStore::new(pg.database().clone())
+            .await
+            .unwrap();
         super::conformance(&store).await;
-        let other = super::SqlRouteStore::new(pg.connect_another().await).await.unwrap();
+        let other = super::SqlRouteStore::new(pg.connect_another().await)
+            .await
+            .unwrap();
         assert_eq!(super::RouteStore::version(&other).await.unwrap(), 7);
     }
 }

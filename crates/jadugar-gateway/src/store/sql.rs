@@ -27,10 +27,19 @@ impl SqlRouteStore {
     }
 }
 
-fn row_to_route(id: String, spec: String, revision: i64, updated_at: DateTime<Utc>) -> Result<StoredRoute, StoreError> {
+fn row_to_route(
+    id: String,
+    spec: String,
+    revision: i64,
+    updated_at: DateTime<Utc>,
+) -> Result<StoredRoute, StoreError> {
     let route: RouteSpec = serde_json::from_str(&spec)?;
     debug_assert_eq!(route.id, id);
-    Ok(StoredRoute { route, revision, updated_at })
+    Ok(StoredRoute {
+        route,
+        revision,
+        updated_at,
+    })
 }
 
 fn pick(sqlite: bool, a: &'static str, b: &'static str) -> &'static str {
@@ -63,9 +72,11 @@ impl RouteStore for SqlRouteStore {
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get(0)?;
-            let rows = sqlx::query("SELECT id, spec, revision, updated_at FROM gateway_routes ORDER BY id")
-                .fetch_all(&mut *tx)
-                .await?;
+            let rows = sqlx::query(
+                "SELECT id, spec, revision, updated_at FROM gateway_routes ORDER BY id",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
             tx.commit().await?;
             let routes = rows
                 .into_iter()
@@ -77,9 +88,10 @@ impl RouteStore for SqlRouteStore {
 
     async fn get(&self, id: &str) -> Result<Option<StoredRoute>, StoreError> {
         both!(&self.db, |pool, q| {
-            let row = sqlx::query(pick(q, 
+            let row = sqlx::query(pick(
+                q,
                 "SELECT id, spec, revision, updated_at FROM gateway_routes WHERE id = ?",
-                "SELECT id, spec, revision, updated_at FROM gateway_routes WHERE id = $1"
+                "SELECT id, spec, revision, updated_at FROM gateway_routes WHERE id = $1",
             ))
             .bind(id)
             .fetch_optional(pool)
@@ -89,11 +101,15 @@ impl RouteStore for SqlRouteStore {
         })
     }
 
-    async fn create(&self, route: &RouteSpec, now: DateTime<Utc>) -> Result<StoredRoute, StoreError> {
+    async fn create(
+        &self,
+        route: &RouteSpec,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRoute, StoreError> {
         let spec = serde_json::to_string(route)?;
         both!(&self.db, |pool, q| {
             let mut tx = pool.begin().await?;
-            let done = sqlx::query(pick(q, 
+            let done = sqlx::query(pick(q,
                 "INSERT INTO gateway_routes (id, spec, revision, updated_at) VALUES (?, ?, 1, ?) ON CONFLICT (id) DO NOTHING",
                 "INSERT INTO gateway_routes (id, spec, revision, updated_at) VALUES ($1, $2, 1, $3) ON CONFLICT (id) DO NOTHING"
             ))
@@ -109,17 +125,27 @@ impl RouteStore for SqlRouteStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(StoredRoute { route: route.clone(), revision: 1, updated_at: now })
+            Ok(StoredRoute {
+                route: route.clone(),
+                revision: 1,
+                updated_at: now,
+            })
         })
     }
 
-    async fn update(&self, route: &RouteSpec, expected: Option<i64>, now: DateTime<Utc>) -> Result<StoredRoute, StoreError> {
+    async fn update(
+        &self,
+        route: &RouteSpec,
+        expected: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> Result<StoredRoute, StoreError> {
         let spec = serde_json::to_string(route)?;
         both!(&self.db, |pool, q| {
             let mut tx = pool.begin().await?;
-            let current: Option<i64> = sqlx::query(pick(q, 
+            let current: Option<i64> = sqlx::query(pick(
+                q,
                 "SELECT revision FROM gateway_routes WHERE id = ?",
-                "SELECT revision FROM gateway_routes WHERE id = $1 FOR UPDATE"
+                "SELECT revision FROM gateway_routes WHERE id = $1 FOR UPDATE",
             ))
             .bind(&route.id)
             .fetch_optional(&mut *tx)
@@ -130,11 +156,15 @@ impl RouteStore for SqlRouteStore {
                 return Err(StoreError::NotFound(route.id.clone()));
             };
             if expected.is_some_and(|e| e != current) {
-                return Err(StoreError::Conflict { id: route.id.clone(), current });
+                return Err(StoreError::Conflict {
+                    id: route.id.clone(),
+                    current,
+                });
             }
-            sqlx::query(pick(q, 
+            sqlx::query(pick(
+                q,
                 "UPDATE gateway_routes SET spec = ?, revision = ?, updated_at = ? WHERE id = ?",
-                "UPDATE gateway_routes SET spec = $1, revision = $2, updated_at = $3 WHERE id = $4"
+                "UPDATE gateway_routes SET spec = $1, revision = $2, updated_at = $3 WHERE id = $4",
             ))
             .bind(&spec)
             .bind(current + 1)
@@ -146,16 +176,21 @@ impl RouteStore for SqlRouteStore {
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
-            Ok(StoredRoute { route: route.clone(), revision: current + 1, updated_at: now })
+            Ok(StoredRoute {
+                route: route.clone(),
+                revision: current + 1,
+                updated_at: now,
+            })
         })
     }
 
     async fn delete(&self, id: &str, expected: Option<i64>) -> Result<(), StoreError> {
         both!(&self.db, |pool, q| {
             let mut tx = pool.begin().await?;
-            let current: Option<i64> = sqlx::query(pick(q, 
+            let current: Option<i64> = sqlx::query(pick(
+                q,
                 "SELECT revision FROM gateway_routes WHERE id = ?",
-                "SELECT revision FROM gateway_routes WHERE id = $1 FOR UPDATE"
+                "SELECT revision FROM gateway_routes WHERE id = $1 FOR UPDATE",
             ))
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -166,12 +201,19 @@ impl RouteStore for SqlRouteStore {
                 return Err(StoreError::NotFound(id.to_owned()));
             };
             if expected.is_some_and(|e| e != current) {
-                return Err(StoreError::Conflict { id: id.to_owned(), current });
+                return Err(StoreError::Conflict {
+                    id: id.to_owned(),
+                    current,
+                });
             }
-            sqlx::query(pick(q, "DELETE FROM gateway_routes WHERE id = ?", "DELETE FROM gateway_routes WHERE id = $1"))
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(pick(
+                q,
+                "DELETE FROM gateway_routes WHERE id = ?",
+                "DELETE FROM gateway_routes WHERE id = $1",
+            ))
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("UPDATE gateway_meta SET version = version + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await?;

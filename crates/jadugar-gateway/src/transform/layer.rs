@@ -127,7 +127,9 @@ where
                 let bytes = match Limited::new(body, transform.max_body()).collect().await {
                     Ok(c) => c.to_bytes(),
                     Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                        return Ok(problem(&TransformError::TooLarge(transform.max_body()).to_problem()));
+                        return Ok(problem(
+                            &TransformError::TooLarge(transform.max_body()).to_problem(),
+                        ));
                     }
                     Err(_) => return Ok(problem(&TransformError::Body.to_problem())),
                 };
@@ -135,7 +137,9 @@ where
                     Ok(b) => b,
                     Err(e) => return Ok(problem(&e.to_problem())),
                 };
-                parts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
                 parts.headers.remove(header::TRANSFER_ENCODING);
                 Either::Right(Full::new(mapped))
             } else {
@@ -151,26 +155,47 @@ where
             };
             if let Err(e) = transform.apply_response_headers(&mut rparts.headers, &ctx) {
                 tracing::warn!(error = %e, "response header transform failed");
-                return Ok(problem(&Problem::new(http::StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")));
+                return Ok(problem(&Problem::new(
+                    http::StatusCode::BAD_GATEWAY,
+                    "bad-gateway",
+                    "Bad gateway",
+                )));
             }
             if transform.maps_response_body() && super::is_json(&rparts.headers) {
                 let bytes = match Limited::new(rbody, transform.max_body()).collect().await {
                     Ok(c) => c.to_bytes(),
                     Err(_) => {
-                        return Ok(problem(&Problem::new(http::StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")
-                            .with_detail("the upstream response could not be transformed")));
+                        return Ok(problem(
+                            &Problem::new(
+                                http::StatusCode::BAD_GATEWAY,
+                                "bad-gateway",
+                                "Bad gateway",
+                            )
+                            .with_detail("the upstream response could not be transformed"),
+                        ));
                     }
                 };
                 let mapped = match transform.map_response_json(&rparts.headers, bytes) {
                     Ok(b) => b,
                     Err(_) => {
-                        return Ok(problem(&Problem::new(http::StatusCode::BAD_GATEWAY, "bad-gateway", "Bad gateway")
-                            .with_detail("the upstream response is not valid JSON")));
+                        return Ok(problem(
+                            &Problem::new(
+                                http::StatusCode::BAD_GATEWAY,
+                                "bad-gateway",
+                                "Bad gateway",
+                            )
+                            .with_detail("the upstream response is not valid JSON"),
+                        ));
                     }
                 };
-                rparts.headers.insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                rparts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
                 rparts.headers.remove(header::TRANSFER_ENCODING);
-                return Ok(Response::from_parts(rparts, Either::Right(Full::new(mapped))));
+                return Ok(Response::from_parts(
+                    rparts,
+                    Either::Right(Full::new(mapped)),
+                ));
             }
             Ok(Response::from_parts(rparts, Either::Left(rbody)))
         })

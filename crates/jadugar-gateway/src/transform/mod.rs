@@ -143,17 +143,29 @@ impl Transform {
             for (i, name) in ops.remove.iter().enumerate() {
                 match HeaderName::from_bytes(name.as_bytes()) {
                     Ok(n) => plan.remove.push(n),
-                    Err(_) => errors.push(FieldError::new(format!("transform.{side}.remove[{i}]"), "is not a header name")),
+                    Err(_) => errors.push(FieldError::new(
+                        format!("transform.{side}.remove[{i}]"),
+                        "is not a header name",
+                    )),
                 }
             }
-            for (kind, list, out) in [("set", &ops.set, &mut plan.set), ("add", &ops.add, &mut plan.add)] {
+            for (kind, list, out) in [
+                ("set", &ops.set, &mut plan.set),
+                ("add", &ops.add, &mut plan.add),
+            ] {
                 for (i, nv) in list.iter().enumerate() {
                     let name = HeaderName::from_bytes(nv.name.as_bytes());
                     let value = Template::parse(&nv.value, &params);
                     match (name, value) {
                         (Ok(n), Ok(t)) => out.push((n, t)),
-                        (Err(_), _) => errors.push(FieldError::new(format!("transform.{side}.{kind}[{i}].name"), "is not a header name")),
-                        (_, Err(e)) => errors.push(FieldError::new(format!("transform.{side}.{kind}[{i}].value"), e)),
+                        (Err(_), _) => errors.push(FieldError::new(
+                            format!("transform.{side}.{kind}[{i}].name"),
+                            "is not a header name",
+                        )),
+                        (_, Err(e)) => errors.push(FieldError::new(
+                            format!("transform.{side}.{kind}[{i}].value"),
+                            e,
+                        )),
                     }
                 }
             }
@@ -161,7 +173,11 @@ impl Transform {
         };
         let request = plan(&spec.request_headers, "request_headers");
         let response = plan(&spec.response_headers, "response_headers");
-        let rewrite_path = match spec.rewrite_path.as_deref().map(|p| Template::parse(p, &params)) {
+        let rewrite_path = match spec
+            .rewrite_path
+            .as_deref()
+            .map(|p| Template::parse(p, &params))
+        {
             None => None,
             Some(Ok(t)) => Some(t),
             Some(Err(e)) => {
@@ -173,7 +189,10 @@ impl Transform {
         for (i, nv) in spec.query.set.iter().enumerate() {
             match Template::parse(&nv.value, &params) {
                 Ok(t) => query_set.push((nv.name.clone(), t)),
-                Err(e) => errors.push(FieldError::new(format!("transform.query.set[{i}].value"), e)),
+                Err(e) => errors.push(FieldError::new(
+                    format!("transform.query.set[{i}].value"),
+                    e,
+                )),
             }
         }
         if !errors.is_empty() {
@@ -195,7 +214,12 @@ impl Transform {
             rewrite_path,
             query_set,
             query_remove: spec.query.remove.clone(),
-            query_rename: spec.query.rename.iter().map(|(a, b)| (a.clone(), b.clone())).collect(),
+            query_rename: spec
+                .query
+                .rename
+                .iter()
+                .map(|(a, b)| (a.clone(), b.clone()))
+                .collect(),
             request_body: spec.request_body.clone(),
             response_body: spec.response_body.clone(),
             max_body: spec.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY),
@@ -321,12 +345,14 @@ impl Transform {
         query: Option<&str>,
         ctx: &TemplateContext<'_>,
     ) -> Result<Option<String>, TransformError> {
-        if self.query_set.is_empty() && self.query_remove.is_empty() && self.query_rename.is_empty() {
+        if self.query_set.is_empty() && self.query_remove.is_empty() && self.query_rename.is_empty()
+        {
             return Ok(None);
         }
-        let mut pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let mut pairs: Vec<(String, String)> =
+            url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
         pairs.retain(|(k, _)| !self.query_remove.contains(k));
         for (from, to) in &self.query_rename {
             for (k, _) in pairs.iter_mut() {
@@ -348,7 +374,11 @@ impl Transform {
     }
 
     /// Rewrites a JSON request body (non-JSON content types pass unchanged).
-    pub fn map_request_json(&self, headers: &HeaderMap, body: Bytes) -> Result<Bytes, TransformError> {
+    pub fn map_request_json(
+        &self,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Bytes, TransformError> {
         match &self.request_body {
             Some(ops) if is_json(headers) => map_json(ops, &body),
             _ => Ok(body),
@@ -356,7 +386,11 @@ impl Transform {
     }
 
     /// Rewrites a JSON response body (non-JSON content types pass unchanged).
-    pub fn map_response_json(&self, headers: &HeaderMap, body: Bytes) -> Result<Bytes, TransformError> {
+    pub fn map_response_json(
+        &self,
+        headers: &HeaderMap,
+        body: Bytes,
+    ) -> Result<Bytes, TransformError> {
         match &self.response_body {
             Some(ops) if is_json(headers) => map_json(ops, &body),
             _ => Ok(body),
@@ -369,7 +403,13 @@ pub fn is_json(headers: &HeaderMap) -> bool {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|ct| ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|ct| {
+            ct.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .is_some_and(|ct| ct == "application/json" || ct.ends_with("+json"))
 }
 
@@ -446,12 +486,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert("x-user-id", "spoofed".parse().unwrap());
         let h2 = HeaderMap::new();
-        let ctx = TemplateContext { principal: Some(&evil), ..TemplateContext::new(&h2, "r") };
+        let ctx = TemplateContext {
+            principal: Some(&evil),
+            ..TemplateContext::new(&h2, "r")
+        };
         let err = t.apply_request_headers(&mut headers, &ctx).unwrap_err();
         assert!(matches!(err, TransformError::Unsafe(_)));
         assert_eq!(err.to_problem().status, 400);
         let good = Principal::new("bob", PrincipalKind::User);
-        let ctx = TemplateContext { principal: Some(&good), ..TemplateContext::new(&h2, "r") };
+        let ctx = TemplateContext {
+            principal: Some(&good),
+            ..TemplateContext::new(&h2, "r")
+        };
         let mut headers = HeaderMap::new();
         headers.append("x-user-id", "spoofed".parse().unwrap());
         t.apply_request_headers(&mut headers, &ctx).unwrap();
@@ -463,10 +509,14 @@ mod tests {
     fn json_fields() {
         let ops: JsonOps = serde_json::from_value(serde_json::json!({
             "add": {"meta.source": "gw"}, "remove": ["secret"], "rename": {"name": "full_name"}
-        })).unwrap();
+        }))
+        .unwrap();
         let out = map_json(&ops, br#"{"name":"a","secret":1}"#).unwrap();
         let v: Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v, serde_json::json!({"full_name":"a","meta":{"source":"gw"}}));
+        assert_eq!(
+            v,
+            serde_json::json!({"full_name":"a","meta":{"source":"gw"}})
+        );
         assert!(map_json(&ops, b"{nope").is_err());
     }
 
@@ -481,13 +531,28 @@ mod tests {
         router.insert("/accounts/{id}", ()).unwrap();
         let m = router.at("/accounts/42").unwrap();
         let h = HeaderMap::new();
-        let ctx = TemplateContext { params: Some(&m.params), ..TemplateContext::new(&h, "r") };
-        let pq = t.rewrite("/accounts/42", Some("q=x&debug=1"), &ctx).unwrap().unwrap();
+        let ctx = TemplateContext {
+            params: Some(&m.params),
+            ..TemplateContext::new(&h, "r")
+        };
+        let pq = t
+            .rewrite("/accounts/42", Some("q=x&debug=1"), &ctx)
+            .unwrap()
+            .unwrap();
         assert_eq!(pq.as_str(), "/v2/accounts/42?query=x&src=gw");
         let strip: TransformSpec = toml::from_str(r#"strip_prefix = "/api""#).unwrap();
         let t = Transform::compile(&strip, "/api").unwrap();
-        assert_eq!(t.rewrite("/api", None, &ctx).unwrap().unwrap().as_str(), "/");
-        assert_eq!(t.rewrite("/api/a", Some("x=1"), &ctx).unwrap().unwrap().as_str(), "/a?x=1");
+        assert_eq!(
+            t.rewrite("/api", None, &ctx).unwrap().unwrap().as_str(),
+            "/"
+        );
+        assert_eq!(
+            t.rewrite("/api/a", Some("x=1"), &ctx)
+                .unwrap()
+                .unwrap()
+                .as_str(),
+            "/a?x=1"
+        );
         assert!(t.rewrite("/apix", None, &ctx).unwrap().is_none());
     }
 }

@@ -235,7 +235,9 @@ fn parse_placeholder(name: &str, params: &[String]) -> Result<Part, String> {
         other => {
             if let Some(p) = other.strip_prefix("param.") {
                 if !params.iter().any(|n| n == p) {
-                    return Err(format!("uses {{{other}}} but the path has no parameter {p}"));
+                    return Err(format!(
+                        "uses {{{other}}} but the path has no parameter {p}"
+                    ));
                 }
                 Part::Param(p.to_owned())
             } else if let Some(h) = other.strip_prefix("header.") {

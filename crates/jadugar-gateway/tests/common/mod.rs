@@ -24,7 +24,9 @@ where
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
             let handler = handler.clone();
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(move |req| {
@@ -51,7 +53,12 @@ pub async fn echo(name: &'static str) -> (SocketAddr, Arc<AtomicUsize>) {
             let headers: serde_json::Map<String, serde_json::Value> = req
                 .headers()
                 .iter()
-                .map(|(k, v)| (k.to_string(), serde_json::Value::String(v.to_str().unwrap_or("").to_owned())))
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        serde_json::Value::String(v.to_str().unwrap_or("").to_owned()),
+                    )
+                })
                 .collect();
             let body = serde_json::json!({
                 "upstream": name,
@@ -79,7 +86,10 @@ pub async fn fixed(status: u16) -> (SocketAddr, Arc<AtomicUsize>) {
         let h = h.clone();
         async move {
             h.fetch_add(1, Ordering::SeqCst);
-            Response::builder().status(status).body(Full::new(Bytes::from_static(b"x"))).unwrap()
+            Response::builder()
+                .status(status)
+                .body(Full::new(Bytes::from_static(b"x")))
+                .unwrap()
         }
     })
     .await;
@@ -91,7 +101,11 @@ pub fn route(id: &str, path: &str, addrs: &[SocketAddr]) -> RouteSpec {
 }
 
 pub async fn gateway(routes: Vec<RouteSpec>) -> Gateway {
-    let config = Config { routes, access_log: false, ..Config::default() };
+    let config = Config {
+        routes,
+        access_log: false,
+        ..Config::default()
+    };
     Gateway::builder(config).build().await.unwrap()
 }
 
@@ -99,7 +113,11 @@ pub async fn gateway(routes: Vec<RouteSpec>) -> Gateway {
 pub async fn serve(gateway: Gateway) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(jadugar_gateway::serve(listener, gateway, std::future::pending()));
+    tokio::spawn(jadugar_gateway::serve(
+        listener,
+        gateway,
+        std::future::pending(),
+    ));
     addr
 }
 
@@ -108,12 +126,18 @@ pub async fn call(gw: &Gateway, req: Request<Full<Bytes>>) -> (u16, http::Header
     let res = gw.handle(req).await;
     let status = res.status().as_u16();
     let (parts, body) = res.into_parts();
-    (status, parts.headers, body.collect().await.unwrap().to_bytes())
+    (
+        status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
 }
 
 pub fn get(uri: &str) -> Request<Full<Bytes>> {
     let mut req = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
-    req.extensions_mut().insert(jadugar_gateway::ClientAddr("10.9.8.7:5555".parse().unwrap()));
+    req.extensions_mut().insert(jadugar_gateway::ClientAddr(
+        "10.9.8.7:5555".parse().unwrap(),
+    ));
     req
 }
 
