@@ -116,6 +116,37 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // The same cheap authenticated request while 50 logins hash at once:
+    // hashing runs on the bounded blocking pool, not on the async workers.
+    let storm = tokio_util::sync::CancellationToken::new();
+    for _ in 0..50 {
+        let auth = auth.clone();
+        let stop = storm.clone();
+        rt.spawn(async move {
+            while !stop.is_cancelled() {
+                let _ = auth
+                    .login(
+                        "bench@example.com",
+                        "correct horse battery",
+                        &RequestMeta::default(),
+                        None,
+                    )
+                    .await;
+            }
+        });
+    }
+    c.bench_function("auth_layer_api_key_cache_hit_during_50_logins", |b| {
+        b.to_async(&rt).iter(|| {
+            let req = http::Request::get("/x")
+                .header("x-api-key", &key.secret)
+                .body(Body::empty())
+                .unwrap();
+            let svc = svc.clone();
+            async move { svc.oneshot(req).await.unwrap() }
+        })
+    });
+    storm.cancel();
+
     let mut group = c.benchmark_group("login");
     group.sample_size(10);
     group.bench_function("login_argon2id_m19456_t2_p1", |b| {

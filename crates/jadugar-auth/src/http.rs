@@ -721,6 +721,14 @@ async fn openid_configuration(State(auth): State<AuthService>) -> Response {
         .into_response()
 }
 
+async fn meta_scope(
+    Meta(meta): Meta,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    crate::service::with_request_meta(meta, next.run(req)).await
+}
+
 /// The auth API: `/v1/auth/...` plus `/.well-known/jwks.json` and
 /// `/.well-known/openid-configuration`. Bodies are limited to 64 KiB.
 pub fn router(auth: AuthService) -> Router {
@@ -759,6 +767,10 @@ pub fn router(auth: AuthService) -> Router {
             "/.well-known/openid-configuration",
             get(openid_configuration),
         )
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            meta_scope,
+        ))
         .layer(DefaultBodyLimit::max(64 * 1024))
         .with_state(auth)
 }

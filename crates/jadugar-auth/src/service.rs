@@ -92,6 +92,17 @@ pub struct RequestMeta {
     pub user_agent: Option<String>,
 }
 
+tokio::task_local! {
+    static CURRENT_META: RequestMeta;
+}
+
+/// Runs `f` with `meta` as the request metadata that audit events of
+/// methods called without one (admin actions) record. The HTTP router does
+/// this for every request.
+pub async fn with_request_meta<F: std::future::Future>(meta: RequestMeta, f: F) -> F::Output {
+    CURRENT_META.scope(meta, f).await
+}
+
 /// Input of [`AuthService::create_user`].
 #[derive(Debug, Clone, Deserialize, ToSchema)]
 pub struct NewUser {
@@ -481,6 +492,15 @@ impl AuthService {
         success: bool,
         detail: Option<String>,
     ) {
+        let scoped;
+        let meta = if meta.ip.is_none() && meta.user_agent.is_none() {
+            scoped = CURRENT_META
+                .try_with(RequestMeta::clone)
+                .unwrap_or_default();
+            &scoped
+        } else {
+            meta
+        };
         let event = AuditEvent {
             id: AuditId::new(),
             at: self.now(),

@@ -346,6 +346,7 @@ async fn api_flows_refresh_logout_users_roles_audit() {
             .method(method)
             .uri(path)
             .header("authorization", &bearer)
+            .header(header::USER_AGENT, "test-agent")
             .header(header::CONTENT_TYPE, "application/json")
             .body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
             .unwrap()
@@ -410,6 +411,15 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(audit["items"].as_array().unwrap().len(), 1);
 
+    let (_, _, created) = send(
+        &app,
+        authed("GET", "/v1/auth/audit?action=user.create", None),
+    )
+    .await;
+    assert_eq!(
+        created["items"][0]["user_agent"], "test-agent",
+        "admin actions record the client"
+    );
     let (status, _, sessions) = send(&app, authed("GET", "/v1/auth/sessions", None)).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sessions.as_array().unwrap().len(), 1);
