@@ -348,7 +348,7 @@ fn smooth_schedule(backends: &[Arc<Backend>]) -> Vec<u32> {
 fn ring(backends: &[Arc<Backend>]) -> Vec<(u64, u32)> {
     let mut ring = Vec::new();
     for (i, b) in backends.iter().enumerate() {
-        for point in 0..b.endpoint.weight.max(1).min(100) * POINTS_PER_WEIGHT {
+        for point in 0..b.endpoint.weight.clamp(1, 100) * POINTS_PER_WEIGHT {
             ring.push((hash64(&(b.id(), point)), i as u32));
         }
     }

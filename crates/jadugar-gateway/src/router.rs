@@ -385,7 +385,7 @@ impl<T: Clone> RouteTableBuilder<T> {
 
     /// The finished table.
     pub fn build(mut self) -> RouteTable<T> {
-        self.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        self.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         RouteTable {
             exact: self.exact,
             wildcard: self.wildcard,
@@ -613,8 +613,8 @@ fn hex(b: u8) -> Option<u8> {
 mod tests {
     use super::*;
 
-    fn find<'a>(
-        t: &'a RouteTable<&'static str>,
+    fn find(
+        t: &RouteTable<&'static str>,
         host: Option<&str>,
         m: Method,
         p: &str,

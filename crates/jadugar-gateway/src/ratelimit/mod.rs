@@ -39,7 +39,7 @@ mod layer;
 #[cfg(feature = "redis")]
 mod shared;
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::{BuildHasher, Hash};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
@@ -261,9 +261,7 @@ impl LocalLimiter {
     }
 
     fn hash(&self, key: &KeyValue<'_>) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        key.hash(&mut h);
-        h.finish()
+        self.hasher.hash_one(key)
     }
 
     /// Checks (and counts) one request of `key`.
