@@ -26,9 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use jadugar_auth::service::{NewApiKey, NewUser};
 use jadugar_auth::{AuthLayer, AuthService};
-use jadugar_gateway::model::{
-    AuthPolicy, NameValue, PathMatch, RateKey, RateLimitSpec, RouteSpec,
-};
+use jadugar_gateway::model::{AuthPolicy, NameValue, PathMatch, RateKey, RateLimitSpec, RouteSpec};
 use jadugar_gateway::{ClientAddr, Gateway};
 use tokio::net::TcpListener;
 use tower::{Layer, Service};
@@ -178,11 +176,10 @@ where
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let hyper_service =
-            service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                service.clone().call(req)
-            });
+        let hyper_service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer));
+            service.clone().call(req)
+        });
         let builder = builder.clone();
         tokio::spawn(async move {
             // A client closing its connection mid-request is normal under load.
