@@ -62,6 +62,8 @@ pub struct Backend {
     ewma_stamp: AtomicU64,
     /// Passive health.
     pub outlier: Outlier,
+    pub(crate) socket_addr: Option<std::net::SocketAddr>,
+    pub(crate) idle: crate::proxy::pool::Idle,
 }
 
 impl Backend {
@@ -81,6 +83,8 @@ impl Backend {
             ewma_bits: AtomicU64::new(DEFAULT_RTT_NS.to_bits()),
             ewma_stamp: AtomicU64::new(0),
             outlier: Outlier::default(),
+            socket_addr: crate::proxy::pool::literal_addr(&endpoint.host, endpoint.port),
+            idle: crate::proxy::pool::Idle::default(),
         })
     }
 

@@ -37,6 +37,7 @@ pub(crate) struct CompiledRoute {
     pub upgrade_client: UpstreamClient,
     pub http2: bool,
     pub request_timeout: Duration,
+    pub connect_timeout: Duration,
     pub retries: u32,
     pub budget: Option<Arc<TpsBudget>>,
     pub preserve_host: bool,
@@ -165,6 +166,7 @@ pub(crate) fn build(
             upgrade_client: ctx.clients.get(r.connect_timeout_ms, false),
             http2,
             request_timeout: Duration::from_millis(r.request_timeout_ms),
+            connect_timeout: Duration::from_millis(r.connect_timeout_ms),
             retries: r.retries,
             budget: (r.retries > 0).then(|| {
                 Arc::new(TpsBudget::new(

@@ -253,11 +253,61 @@ async fn two_gateways_sharing_redis_admit_no_more_than_the_quota() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn unreachable_redis_fails_as_configured() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Some(test_redis) = jadugar_core::test_support::TestRedis::new().await else {
         return;
     };
+    // A proxy in front of the real Redis that can be made to swallow traffic.
+    let real: std::net::SocketAddr = test_redis
+        .url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let blackhole = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_addr = listener.local_addr().unwrap();
+    let bh = blackhole.clone();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(real).await.unwrap();
+            let (mut cr, mut cw) = client.into_split();
+            let (mut sr, mut sw) = server.into_split();
+            let (b1, b2) = (bh.clone(), bh.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = cr.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if !b1.load(Ordering::SeqCst) && sw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16384];
+                while let Ok(n) = sr.read(&mut buf).await {
+                    if n == 0 {
+                        return;
+                    }
+                    if !b2.load(Ordering::SeqCst) && cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
     let (a, hits) = echo("a").await;
     for fail_open in [true, false] {
+        // A fresh connection each time: a swallowed command leaves the old one waiting.
+        blackhole.store(false, Ordering::SeqCst);
+        let redis = jadugar_core::storage::Redis::connect(
+            &format!("redis://{proxy_addr}"),
+            test_redis.redis().prefix(),
+        )
+        .await
+        .unwrap();
         let mut r = route("limited", "/limited", &[a]);
         r.rate_limit = Some(RateLimitSpec {
             key: RateKey::Ip,
@@ -267,19 +317,20 @@ async fn unreachable_redis_fails_as_configured() {
             shared: true,
             fail_open,
         });
-        // A zero timeout: no Redis answer can arrive in time, as when Redis is down.
         let config = Config {
             routes: vec![r],
             access_log: false,
-            redis_timeout_ms: 0,
+            redis_timeout_ms: 50,
             ..Config::default()
         };
-        let gw = Gateway::builder(config)
-            .redis(test_redis.redis().clone())
-            .build()
-            .await
-            .unwrap();
+        let gw = Gateway::builder(config).redis(redis).build().await.unwrap();
         let (status, headers, _) = call(&gw, get("/limited")).await;
+        assert_eq!(status, 200);
+        assert!(headers.contains_key("ratelimit-remaining"));
+        blackhole.store(true, Ordering::SeqCst);
+        let started = std::time::Instant::now();
+        let (status, headers, _) = call(&gw, get("/limited")).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
         if fail_open {
             assert_eq!(status, 200);
             assert!(!headers.contains_key("ratelimit-remaining"));
@@ -287,7 +338,7 @@ async fn unreachable_redis_fails_as_configured() {
             assert_eq!(status, 503);
         }
     }
-    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@
 pub mod body;
 pub mod client;
 pub mod headers;
+pub(crate) mod pool;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -295,9 +296,19 @@ async fn route_and_proxy(
     let pq = new_pq
         .or_else(|| uri.path_and_query().cloned())
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let (response, instance, latency) = send(shared, &route, req, pq, hash, upgrade, start).await;
+    let (response, instance, latency) = send(shared, &route, req, pq, hash, upgrade).await;
     let response = match response {
-        Ok(res) => finish_response(&route, res, client_upgrade, decision, principal.as_ref()).await,
+        Ok((res, release)) => {
+            finish_response(
+                &route,
+                res,
+                release,
+                client_upgrade,
+                decision,
+                principal.as_ref(),
+            )
+            .await
+        }
         Err(failure) => {
             route.metrics.upstream_errors.increment(1);
             let name = route.pool.name();
@@ -349,8 +360,13 @@ fn hash_of(source: &HashSource, headers: &http::HeaderMap) -> Option<u64> {
     }
 }
 
+type Release = (
+    hyper::client::conn::http1::SendRequest<RequestBody>,
+    Arc<Backend>,
+);
+type Upstream = (Response<hyper::body::Incoming>, Option<Release>);
 type Sent = (
-    Result<Response<hyper::body::Incoming>, Failure>,
+    Result<Upstream, Failure>,
     Option<Arc<str>>,
     Option<Duration>,
 );
@@ -362,9 +378,7 @@ async fn send(
     pq: PathAndQuery,
     hash: Option<u64>,
     upgrade: bool,
-    start: Instant,
 ) -> Sent {
-    let _ = shared;
     let retryable = route.retries > 0
         && !upgrade
         && is_idempotent(req.method(), req.headers())
@@ -376,6 +390,7 @@ async fn send(
     let saved = retryable.then(|| (parts.method.clone(), parts.headers.clone()));
     let mut pending = Some((parts, body));
     let mut attempt = 0;
+    let policy = shared.clients.policy();
     loop {
         let (mut parts, body) = match pending.take() {
             Some(p) => p,
@@ -393,10 +408,10 @@ async fn send(
             return (Err(Failure::NoInstance), None, None);
         };
         let (result, latency) =
-            send_once(route, &backend, &mut parts, body, &pq, upgrade, start).await;
+            send_once(route, &backend, policy, &mut parts, body, &pq, upgrade).await;
         let retry_worthy = match &result {
             Err(Failure::Connect | Failure::Timeout) => true,
-            Ok(res) => matches!(res.status().as_u16(), 502..=504),
+            Ok((res, _)) => matches!(res.status().as_u16(), 502..=504),
             Err(_) => false,
         };
         attempt += 1;
@@ -415,15 +430,12 @@ async fn send(
 async fn send_once(
     route: &CompiledRoute,
     backend: &Arc<Backend>,
+    policy: &jadugar_core::outbound::AddressPolicy,
     parts: &mut http::request::Parts,
     body: RequestBody,
     pq: &PathAndQuery,
     upgrade: bool,
-    start: Instant,
-) -> (
-    Result<Response<hyper::body::Incoming>, Failure>,
-    Option<Duration>,
-) {
+) -> (Result<Upstream, Failure>, Option<Duration>) {
     let _permit = match &route.pool.limits {
         Some(limits) => match limits.acquire(route.request_timeout).await {
             Ok(p) => Some(p),
@@ -434,6 +446,12 @@ async fn send_once(
     let mut uri_parts = http::uri::Parts::default();
     uri_parts.scheme = Some(backend.scheme.clone());
     uri_parts.authority = Some(backend.authority.clone());
+    let h2 = route.http2 && !upgrade;
+    let pooled = !h2 && !upgrade;
+    // hyper's own connections take origin-form URIs; the pooled client wants absolute ones.
+    if pooled {
+        uri_parts = http::uri::Parts::default();
+    }
     uri_parts.path_and_query = Some(pq.clone());
     let Ok(uri) = Uri::from_parts(uri_parts) else {
         return (Err(Failure::Upstream), None);
@@ -443,7 +461,6 @@ async fn send_once(
     *out.uri_mut() = uri;
     *out.headers_mut() = std::mem::take(&mut parts.headers);
     *out.extensions_mut() = std::mem::take(&mut parts.extensions);
-    let h2 = route.http2 && !upgrade;
     *out.version_mut() = if h2 {
         Version::HTTP_2
     } else {
@@ -455,54 +472,63 @@ async fn send_once(
         out.headers_mut()
             .insert(header::HOST, backend.host_header.clone());
     }
-    let client = if upgrade {
-        &route.upgrade_client
-    } else {
-        &route.client
-    };
     let in_flight = backend.start();
     route.metrics.in_flight.increment(1.0);
     let sent_at = Instant::now();
-    let result = tokio::time::timeout(route.request_timeout, client.request(out)).await;
+    let result: Result<Upstream, Failure> = if pooled {
+        let sent = pool::send(backend, policy, route.connect_timeout, out);
+        match tokio::time::timeout(route.request_timeout, sent).await {
+            Ok(Ok((res, sender))) => Ok((res, Some((sender, backend.clone())))),
+            Ok(Err(pool::PoolError::Connect(e))) => {
+                tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream connect failed");
+                Err(Failure::Connect)
+            }
+            Ok(Err(pool::PoolError::Request(e))) => {
+                tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
+                Err(Failure::Upstream)
+            }
+            Err(_) => Err(Failure::Timeout),
+        }
+    } else {
+        let client = if upgrade {
+            &route.upgrade_client
+        } else {
+            &route.client
+        };
+        match tokio::time::timeout(route.request_timeout, client.request(out)).await {
+            Ok(Ok(res)) => Ok((res, None)),
+            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+            Ok(Err(e)) => {
+                tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
+                Err(Failure::Upstream)
+            }
+            Err(_) => Err(Failure::Timeout),
+        }
+    };
     route.metrics.in_flight.decrement(1.0);
     drop(in_flight);
     let latency = sent_at.elapsed();
-    let _ = start;
     let spec = &route.pool.spec().outlier;
     let failed = |backend: &Arc<Backend>| {
         if backend.outlier.on_failure(spec, now_ms()) {
             route.pool.ejected(backend);
         }
     };
-    match result {
-        Ok(Ok(res)) => {
-            if matches!(res.status().as_u16(), 502..=504) {
-                failed(backend);
-            } else {
-                backend.outlier.on_success();
-                backend.observe(latency);
-            }
-            (Ok(res), Some(latency))
+    match &result {
+        Ok((res, _)) if matches!(res.status().as_u16(), 502..=504) => failed(backend),
+        Ok(_) => {
+            backend.outlier.on_success();
+            backend.observe(latency);
         }
-        Ok(Err(e)) => {
-            failed(backend);
-            tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
-            if e.is_connect() {
-                (Err(Failure::Connect), Some(latency))
-            } else {
-                (Err(Failure::Upstream), Some(latency))
-            }
-        }
-        Err(_) => {
-            failed(backend);
-            (Err(Failure::Timeout), Some(latency))
-        }
+        Err(_) => failed(backend),
     }
+    (result, Some(latency))
 }
 
 async fn finish_response(
     route: &CompiledRoute,
     mut res: Response<hyper::body::Incoming>,
+    release: Option<Release>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     decision: Option<Decision>,
     principal: Option<&Principal>,
@@ -538,6 +564,10 @@ async fn finish_response(
     if let Some(d) = decision {
         d.apply_headers(&mut parts.headers);
     }
+    let body = match release {
+        Some((sender, backend)) => ProxyBody::Pooled(body::PooledBody::new(body, sender, backend)),
+        None => ProxyBody::Upstream(body),
+    };
     if route.transform.maps_response_body() && crate::transform::is_json(&parts.headers) {
         let max = route.transform.max_body();
         let bytes: Bytes = match Limited::new(body, max).collect().await {
@@ -562,7 +592,7 @@ async fn finish_response(
             )),
         };
     }
-    Response::from_parts(parts, ProxyBody::Upstream(body))
+    Response::from_parts(parts, body)
 }
 
 /// Splices two upgraded connections until either side closes.
