@@ -28,27 +28,31 @@ const TAG_CACHE_LIMIT: usize = 64;
 #[derive(Debug)]
 pub struct ServiceView {
     /// Every instance, ordered by id.
-    pub instances: Arc<[Instance]>,
+    pub instances: Arc<[Arc<Instance>]>,
     /// The passing endpoints.
     pub passing: Arc<[Endpoint]>,
-    /// The highest `modify_index` among the instances.
-    pub max_index: u64,
+    /// The highest change index applied to this view.
+    pub applied: u64,
     by_tags: RwLock<HashMap<Vec<String>, Arc<[Endpoint]>>>,
 }
 
 impl ServiceView {
-    fn new(mut instances: Vec<Instance>) -> Self {
-        instances.sort_by(|a, b| a.id.cmp(&b.id));
+    fn new(instances: Vec<Arc<Instance>>, applied: u64) -> Self {
         let passing: Arc<[Endpoint]> = instances
             .iter()
             .filter(|i| i.status == Status::Passing)
-            .map(Instance::endpoint)
+            .map(|i| i.endpoint())
             .collect();
-        let max_index = instances.iter().map(|i| i.modify_index).max().unwrap_or(0);
+        let applied = instances
+            .iter()
+            .map(|i| i.modify_index)
+            .max()
+            .unwrap_or(0)
+            .max(applied);
         Self {
             instances: instances.into(),
             passing,
-            max_index,
+            applied,
             by_tags: RwLock::new(HashMap::new()),
         }
     }
@@ -84,6 +88,7 @@ impl ServiceView {
 pub struct Snapshot {
     services: RwLock<HashMap<String, Arc<ServiceView>>>,
     changes: watch::Sender<u64>,
+    empty: Arc<[Endpoint]>,
 }
 
 impl Default for Snapshot {
@@ -92,36 +97,84 @@ impl Default for Snapshot {
     }
 }
 
+fn same_members(a: &ServiceView, b: &ServiceView) -> bool {
+    a.instances.len() == b.instances.len()
+        && a
+            .instances
+            .iter()
+            .zip(b.instances.iter())
+            .all(|(x, y)| x.id == y.id && x.modify_index == y.modify_index)
+}
+
 impl Snapshot {
     /// No services.
     pub fn new() -> Self {
         Self {
             services: RwLock::new(HashMap::new()),
             changes: watch::channel(0).0,
+            empty: Arc::from(Vec::new()),
         }
     }
 
-    /// Replaces a service's instances (removing it when empty). Returns
-    /// whether the set of instances changed.
-    pub fn set_service(&self, service: &str, instances: Vec<Instance>) -> bool {
-        let view = ServiceView::new(instances);
+    /// Replaces a service's instances (removing it when empty), as read
+    /// from the store at or after change index `applied`. Returns whether
+    /// the set of instances changed.
+    pub fn set_service(&self, service: &str, instances: Vec<Instance>, applied: u64) -> bool {
+        let mut instances: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
         let mut services = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        self.replace(&mut services, service, instances, applied)
+    }
+
+    /// Applies one written instance without reading the store. Returns
+    /// `false` (and changes nothing) when the view already reflects a later
+    /// change of the service, in which case the caller reloads the service.
+    pub fn upsert(&self, instance: Instance) -> bool {
+        let mut services = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        let old = services.get(&instance.service).cloned();
+        if old.as_ref().is_some_and(|v| v.applied >= instance.modify_index) {
+            return false;
+        }
+        let mut list: Vec<Arc<Instance>> = old.map(|v| v.instances.to_vec()).unwrap_or_default();
+        let applied = instance.modify_index;
+        let service = instance.service.clone();
+        match list.binary_search_by(|i| i.id.as_str().cmp(&instance.id)) {
+            Ok(pos) => {
+                if let Some(slot) = list.get_mut(pos) {
+                    *slot = Arc::new(instance);
+                }
+            }
+            Err(pos) => list.insert(pos, Arc::new(instance)),
+        }
+        self.replace(&mut services, &service, list, applied);
+        true
+    }
+
+    fn replace(
+        &self,
+        services: &mut HashMap<String, Arc<ServiceView>>,
+        service: &str,
+        instances: Vec<Arc<Instance>>,
+        applied: u64,
+    ) -> bool {
+        let previous = services.get(service).map_or(0, |v| v.applied);
+        let view = ServiceView::new(instances, applied.max(previous));
         let old = if view.instances.is_empty() {
             services.remove(service)
         } else {
             services.insert(service.to_owned(), Arc::new(view))
         };
-        let new = services.get(service).cloned();
-        drop(services);
-        let changed = match (&old, &new) {
+        let new = services.get(service);
+        let changed = match (&old, new) {
             (None, None) => false,
-            (Some(a), Some(b)) => a.instances != b.instances,
+            (Some(a), Some(b)) => !same_members(a, b),
             _ => true,
         };
-        let endpoints_changed = match (&old, &new) {
+        let endpoints_changed = match (&old, new) {
             (None, None) => false,
             (Some(a), Some(b)) => a.passing != b.passing,
-            (Some(a), None) | (None, Some(a)) => !a.passing.is_empty(),
+            (Some(a), None) => !a.passing.is_empty(),
+            (None, Some(b)) => !b.passing.is_empty(),
         };
         if endpoints_changed {
             self.changes.send_modify(|g| *g += 1);
@@ -158,7 +211,7 @@ impl Snapshot {
             .instances
             .binary_search_by(|i| i.id.as_str().cmp(id))
             .ok()?;
-        view.instances.get(pos).cloned()
+        view.instances.get(pos).map(|i| (**i).clone())
     }
 
     /// Names of every service.
@@ -173,7 +226,7 @@ impl Discovery for Snapshot {
         match services.get(service) {
             Some(view) if tags.is_empty() => view.passing.clone(),
             Some(view) => view.with_tags(tags),
-            None => Arc::from(Vec::new()),
+            None => self.empty.clone(),
         }
     }
 

@@ -188,33 +188,49 @@ impl Registry {
                 service: service.clone(),
             };
             self.inner.hub.observe(topic.clone(), max);
-            if self.inner.snapshot.set_service(&service, instances) {
+            if self.inner.snapshot.set_service(&service, instances, 0) {
                 moved.push(topic);
             }
         }
         for gone in names {
-            self.inner.snapshot.set_service(&gone, Vec::new());
+            self.inner.snapshot.set_service(&gone, Vec::new(), 0);
             moved.push(Topic::Service { service: gone });
         }
         self.inner.hub.resync(current, moved);
         Ok(())
     }
 
-    async fn refresh_service(&self, service: &str) -> Result<(), Error> {
+    async fn refresh_service(&self, service: &str, index: u64) -> Result<(), Error> {
         let instances = self.inner.store.list_instances(Some(service)).await?;
-        self.inner.snapshot.set_service(service, instances);
+        self.inner.snapshot.set_service(service, instances, index);
         Ok(())
     }
 
     async fn changed_service(&self, service: &str, index: u64) -> Result<(), Error> {
-        self.refresh_service(service).await?;
+        self.refresh_service(service, index).await?;
+        self.publish_service(service, index);
+        Ok(())
+    }
+
+    /// After writing `instance` (with its new `modify_index`): updates the
+    /// snapshot in place (no store read) unless a later change got there
+    /// first, then publishes.
+    async fn changed_instance(&self, instance: &Instance) -> Result<(), Error> {
+        let index = instance.modify_index;
+        if !self.inner.snapshot.upsert(instance.clone()) {
+            self.refresh_service(&instance.service, index).await?;
+        }
+        self.publish_service(&instance.service, index);
+        Ok(())
+    }
+
+    fn publish_service(&self, service: &str, index: u64) {
         self.inner.hub.publish(Change {
             index,
             topic: Topic::Service {
                 service: service.to_owned(),
             },
         });
-        Ok(())
     }
 
     /// Registers (or re-registers) an instance. Idempotent: the same
@@ -290,7 +306,7 @@ impl Registry {
             let if_index = Some(existing.as_ref().map_or(0, |e| e.modify_index));
             if let Some(index) = self.inner.store.put_instance(&instance, if_index).await? {
                 instance.modify_index = index;
-                self.changed_service(service, index).await?;
+                self.changed_instance(&instance).await?;
                 if instance.check.is_some() {
                     self.inner.claim_now.notify_one();
                 }
@@ -331,7 +347,7 @@ impl Registry {
             let expected = instance.modify_index;
             if let Some(index) = self.inner.store.put_instance(&instance, Some(expected)).await? {
                 instance.modify_index = index;
-                self.changed_service(service, index).await?;
+                self.changed_instance(&instance).await?;
                 return Ok(instance);
             }
         }
@@ -435,7 +451,7 @@ impl Registry {
                 view.instances
                     .iter()
                     .filter(|i| filter.matches(i))
-                    .cloned()
+                    .map(|i| (**i).clone())
                     .collect()
             })
             .unwrap_or_default();
@@ -571,7 +587,8 @@ impl Registry {
                         .put_instance(&expired, Some(instance.modify_index))
                         .await?
                     {
-                        self.changed_service(service, index).await?;
+                        expired.modify_index = index;
+                        self.changed_instance(&expired).await?;
                     }
                 }
             }
@@ -604,7 +621,7 @@ impl Registry {
                     return Ok(());
                 }
                 if let Topic::Service { service } = &change.topic {
-                    self.refresh_service(service).await?;
+                    self.refresh_service(service, change.index).await?;
                     if self
                         .inner
                         .snapshot
