@@ -209,6 +209,51 @@ struct CachedKey {
     flushed: AtomicI64,
 }
 
+/// Sessions revoked recently enough that their access tokens may still be
+/// unexpired. Read on every cached-token hit, so the common case (nothing
+/// revoked lately) is one atomic load.
+struct RevokedSessions {
+    any: std::sync::atomic::AtomicBool,
+    map: RwLock<std::collections::HashMap<SessionId, i64>>,
+    keep_secs: i64,
+}
+
+impl RevokedSessions {
+    fn new(keep_secs: i64) -> Self {
+        Self {
+            any: std::sync::atomic::AtomicBool::new(false),
+            map: RwLock::new(std::collections::HashMap::new()),
+            keep_secs,
+        }
+    }
+
+    fn contains(&self, id: &SessionId) -> bool {
+        self.any.load(Ordering::Acquire)
+            && self
+                .map
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .contains_key(id)
+    }
+
+    fn insert(&self, id: SessionId, now: i64) {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= 100_000 {
+            map.retain(|_, until| *until > now);
+        }
+        map.insert(id, now + self.keep_secs);
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn prune(&self, now: i64) {
+        let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
+        map.retain(|_, until| *until > now);
+        if map.is_empty() {
+            self.any.store(false, Ordering::Release);
+        }
+    }
+}
+
 struct CachedToken {
     token: Box<str>,
     exp: i64,
@@ -236,7 +281,7 @@ struct Inner {
     key_cache: moka::sync::Cache<u64, Arc<CachedKey>>,
     missing_keys: moka::sync::Cache<u64, ()>,
     token_cache: moka::sync::Cache<[u8; 32], Arc<CachedToken>>,
-    revoked_sessions: moka::sync::Cache<SessionId, ()>,
+    revoked_sessions: RevokedSessions,
     throttle: Throttle,
     refresh_key: [u8; 32],
     csrf_key: [u8; 32],
@@ -322,12 +367,9 @@ impl AuthServiceBuilder {
                     c.access_token_ttl_secs.max(1) + c.jwt_leeway_secs,
                 ))
                 .build(),
-            revoked_sessions: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(Duration::from_secs(
-                    c.access_token_ttl_secs + c.jwt_leeway_secs + 60,
-                ))
-                .build(),
+            revoked_sessions: RevokedSessions::new(
+                i64::try_from(c.access_token_ttl_secs + c.jwt_leeway_secs + 60).unwrap_or(3600),
+            ),
             throttle: Throttle::new(
                 c.login_attempts_per_account,
                 c.login_attempts_per_ip,
@@ -1080,7 +1122,9 @@ impl AuthService {
         Ok(role)
     }
 
-    /// Deletes a role no user holds. Needs `auth:roles:write` and its permissions.
+    /// Deletes a role; users holding it lose its permissions (API keys at
+    /// once, access tokens at their next refresh). Needs `auth:roles:write`
+    /// and every permission of the role.
     pub async fn delete_role(&self, actor: &Principal, name: &str) -> Result<(), Error> {
         need(actor, PERM_ROLES_WRITE)?;
         let role = self
@@ -1522,7 +1566,7 @@ impl AuthService {
             jwt::check_times(&times, now.timestamp(), leeway)?;
             let c = data.claims;
             let session = c.sid.as_deref().and_then(|s| s.parse::<SessionId>().ok());
-            if session.is_some_and(|s| self.inner.revoked_sessions.contains_key(&s)) {
+            if session.is_some_and(|s| self.inner.revoked_sessions.contains(&s)) {
                 return Err(Error::Unauthenticated("session revoked"));
             }
             let mut principal = Principal::new(c.sub, PrincipalKind::User)
@@ -1611,7 +1655,7 @@ impl AuthService {
         }
         if hit
             .session
-            .is_some_and(|s| self.inner.revoked_sessions.contains_key(&s))
+            .is_some_and(|s| self.inner.revoked_sessions.contains(&s))
         {
             return Some(Err(Error::Unauthenticated("session revoked")));
         }
@@ -1866,7 +1910,9 @@ impl AuthService {
 
     async fn revoke_session_internal(&self, id: SessionId) -> Result<(), Error> {
         self.inner.sessions.revoke_session(id, self.now()).await?;
-        self.inner.revoked_sessions.insert(id, ());
+        self.inner
+            .revoked_sessions
+            .insert(id, self.now().timestamp());
         self.publish(&format!("session:{id}")).await;
         Ok(())
     }
@@ -1878,7 +1924,9 @@ impl AuthService {
             .revoke_user_sessions(user, self.now())
             .await?
         {
-            self.inner.revoked_sessions.insert(id, ());
+            self.inner
+                .revoked_sessions
+                .insert(id, self.now().timestamp());
             self.publish(&format!("session:{id}")).await;
         }
         Ok(())
@@ -2119,7 +2167,9 @@ impl AuthService {
             }
         } else if let Some(id) = message.strip_prefix("session:") {
             if let Ok(id) = id.parse::<SessionId>() {
-                self.inner.revoked_sessions.insert(id, ());
+                self.inner
+                    .revoked_sessions
+                    .insert(id, self.now().timestamp());
             }
         } else if message == "users" {
             self.inner.key_cache.invalidate_all();
@@ -2188,6 +2238,7 @@ impl AuthService {
         {
             self.rotate_signing_key().await?;
         }
+        self.inner.revoked_sessions.prune(self.now().timestamp());
         self.inner
             .sessions
             .purge_sessions(self.now() - chrono::Duration::days(1))

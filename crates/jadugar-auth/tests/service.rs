@@ -822,3 +822,48 @@ async fn users_validate_input_and_paginate() {
         Err(Error::Validation(_))
     ));
 }
+
+#[tokio::test]
+async fn forwarded_for_is_believed_only_from_trusted_proxies() {
+    let clock = ManualClock::default();
+    let config = Config {
+        trusted_proxies: vec!["10.0.0.0/8".into(), "192.168.1.1".into()],
+        ..fast_config()
+    };
+    let auth = service(config, &clock).await;
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    assert_eq!(
+        auth.client_ip(Some(ip("10.0.0.5")), Some("1.2.3.4, 10.0.0.7")),
+        Some(ip("1.2.3.4"))
+    );
+    assert_eq!(
+        auth.client_ip(Some(ip("192.168.1.1")), Some("5.6.7.8")),
+        Some(ip("5.6.7.8"))
+    );
+    assert_eq!(
+        auth.client_ip(Some(ip("8.8.8.8")), Some("1.2.3.4")),
+        Some(ip("8.8.8.8")),
+        "untrusted peer"
+    );
+    assert_eq!(
+        auth.client_ip(Some(ip("10.0.0.5")), Some("garbage")),
+        Some(ip("10.0.0.5"))
+    );
+    assert_eq!(
+        auth.client_ip(Some(ip("10.0.0.5")), None),
+        Some(ip("10.0.0.5"))
+    );
+    assert_eq!(auth.client_ip(None, Some("1.2.3.4")), None);
+    let store = Arc::new(MemoryStore::default());
+    let bad = AuthService::builder(
+        Config {
+            trusted_proxies: vec!["nope".into()],
+            ..fast_config()
+        },
+        store.clone(),
+        store,
+    )
+    .build()
+    .await;
+    assert!(matches!(bad, Err(Error::Validation(_))));
+}
