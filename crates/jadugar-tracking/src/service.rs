@@ -410,7 +410,10 @@ impl Tracking {
             )
             .await?,
         ];
-        self.store.commit(writes).await.map_err(stale)?;
+        self.store
+            .commit(writes)
+            .await
+            .map_err(|e| stale(e, if_match))?;
         Ok(new)
     }
 
@@ -589,7 +592,10 @@ impl Tracking {
             )
             .await?,
         ];
-        self.store.commit(writes).await.map_err(stale)?;
+        self.store
+            .commit(writes)
+            .await
+            .map_err(|e| stale(e, if_match))?;
         self.milestone_view(new).await
     }
 
@@ -739,7 +745,7 @@ impl Tracking {
         if changes.is_empty() {
             return Ok(old);
         }
-        self.commit_update(p, &old, new, changes).await
+        self.commit_update(p, &old, new, changes, if_match).await
     }
 
     async fn commit_update(
@@ -748,6 +754,7 @@ impl Tracking {
         old: &Task,
         new: Task,
         changes: Vec<FieldChange>,
+        if_match: Option<i64>,
     ) -> Result<Task, Error> {
         let mut writes = vec![
             Write::Task {
@@ -802,7 +809,10 @@ impl Tracking {
                 .cloned()
                 .map(|n| Write::Notification(Box::new(n))),
         );
-        self.store.commit(writes).await.map_err(stale)?;
+        self.store
+            .commit(writes)
+            .await
+            .map_err(|e| stale(e, if_match))?;
         self.send_notifications(&notes).await;
         Ok(new)
     }
@@ -1221,7 +1231,7 @@ impl Tracking {
         if dry_run || changes.is_empty() {
             return Ok(new);
         }
-        self.commit_update(p, &old, new, changes).await
+        self.commit_update(p, &old, new, changes, None).await
     }
 
     // ----- activity, comments, watching --------------------------------
@@ -1687,12 +1697,12 @@ fn check_if_match(if_match: Option<i64>, version: i64) -> Result<(), Error> {
     }
 }
 
-/// A versioned write that lost a race after an `If-Match` check passed is
-/// still a failed precondition for the caller.
-fn stale(e: StoreError) -> Error {
-    match e {
-        StoreError::Conflict(what) => Error::PreconditionFailed(what),
-        other => other.into(),
+/// A versioned write that lost a race: a failed precondition for a caller
+/// who sent `If-Match`, a conflict (409) for one who did not.
+fn stale(e: StoreError, if_match: Option<i64>) -> Error {
+    match (e, if_match) {
+        (StoreError::Conflict(_), Some(v)) => Error::PreconditionFailed(v.to_string()),
+        (other, _) => other.into(),
     }
 }
 
