@@ -24,7 +24,9 @@ fn cpu_ticks(skip: &str) -> u64 {
         if task.file_name().to_string_lossy() == skip {
             continue;
         }
-        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            continue;
+        };
         let after = &stat[stat.rfind(')').unwrap() + 2..];
         let fields: Vec<&str> = after.split_whitespace().collect();
         // Fields 14 and 15 of stat (utime, stime) are 11 and 12 after the name.
@@ -34,8 +36,14 @@ fn cpu_ticks(skip: &str) -> u64 {
 }
 
 fn main() {
-    let instances: usize = std::env::var("CHECKER_INSTANCES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
-    let measure: u64 = std::env::var("CHECKER_MEASURE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let instances: usize = std::env::var("CHECKER_INSTANCES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let measure: u64 = std::env::var("CHECKER_MEASURE_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
     if std::env::args().any(|a| a == "--list" || a == "--test") {
         return;
     }
@@ -49,7 +57,10 @@ fn main() {
             .next()
             .unwrap()
             .to_owned();
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         rt.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send((tid, listener.local_addr().unwrap())).unwrap();
@@ -59,7 +70,11 @@ fn main() {
     });
     let (server_tid, addr) = rx.recv().unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async move {
         let config = Config {
             allow_loopback_checks: true,

@@ -32,9 +32,13 @@ fn sealer() -> Sealer {
 
 fn reg(i: u64) -> Registration {
     let tags: &[&str] = if i % 2 == 0 { &["v2", "eu"] } else { &["v1"] };
-    Registration::new(Address::new("http", "10.0.0.1", 1000 + u16::try_from(i % 60_000).unwrap()))
-        .with_tags(tags.iter().copied())
-        .with_metadata("zone", "a")
+    Registration::new(Address::new(
+        "http",
+        "10.0.0.1",
+        1000 + u16::try_from(i % 60_000).unwrap(),
+    ))
+    .with_tags(tags.iter().copied())
+    .with_metadata("zone", "a")
 }
 
 fn discovery(c: &mut Criterion) {
@@ -87,16 +91,24 @@ fn watchers(c: &mut Criterion) {
                     for _ in 0..1000 {
                         let r = registry.clone();
                         handles.push(tokio::spawn(async move {
-                            r.watch_instances("web", &InstanceFilter::default(), since, Duration::from_secs(30))
-                                .await
-                                .index
+                            r.watch_instances(
+                                "web",
+                                &InstanceFilter::default(),
+                                since,
+                                Duration::from_secs(30),
+                            )
+                            .await
+                            .index
                         }));
                     }
                     // Let every watcher block before the change (not timed).
                     tokio::time::sleep(Duration::from_millis(20)).await;
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let started = Instant::now();
-                    registry.register("web", &format!("w-{i}"), reg(i)).await.unwrap();
+                    registry
+                        .register("web", &format!("w-{i}"), reg(i))
+                        .await
+                        .unwrap();
                     for h in handles {
                         assert!(h.await.unwrap() > since);
                     }
@@ -135,17 +147,29 @@ fn register(c: &mut Criterion) {
     let rt = runtime();
     let sqlite = rt.block_on(TestSqlite::new());
     let registry = rt.block_on(async {
-        Registry::from_backends(&Config::default(), sqlite.database(), None, SystemClock::shared(), sealer())
-            .await
-            .unwrap()
+        Registry::from_backends(
+            &Config::default(),
+            sqlite.database(),
+            None,
+            SystemClock::shared(),
+            sealer(),
+        )
+        .await
+        .unwrap()
     });
     register_on(c, "sqlite", &rt, &registry);
 
     if let Some(pg) = rt.block_on(TestPostgres::new()) {
         let registry = rt.block_on(async {
-            Registry::from_backends(&Config::default(), pg.database(), None, SystemClock::shared(), sealer())
-                .await
-                .unwrap()
+            Registry::from_backends(
+                &Config::default(),
+                pg.database(),
+                None,
+                SystemClock::shared(),
+                sealer(),
+            )
+            .await
+            .unwrap()
         });
         register_on(c, "postgres", &rt, &registry);
     }

@@ -146,7 +146,9 @@ impl Prober {
 fn is_policy_denial(err: &reqwest::Error) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = source {
-        if e.downcast_ref::<jadugar_core::outbound::PolicyError>().is_some() {
+        if e.downcast_ref::<jadugar_core::outbound::PolicyError>()
+            .is_some()
+        {
             return true;
         }
         source = e.source();
@@ -167,7 +169,8 @@ pub(crate) async fn run(registry: Registry, cancel: CancellationToken) {
         }
     };
     let config = registry.config().clone();
-    let lease = chrono::Duration::seconds(i64::try_from(config.check_lease_secs.max(1)).unwrap_or(15));
+    let lease =
+        chrono::Duration::seconds(i64::try_from(config.check_lease_secs.max(1)).unwrap_or(15));
     let renew = Duration::from_millis((config.check_lease_secs.max(1) * 1000) / 3);
     let mut tasks: HashMap<Key, (CancellationToken, JoinHandle<()>)> = HashMap::new();
     loop {
@@ -218,7 +221,12 @@ pub(crate) async fn run(registry: Registry, cancel: CancellationToken) {
         token.cancel();
         let _ = handle.await;
     }
-    if let Err(err) = registry.inner.store.release_checks(registry.host_id()).await {
+    if let Err(err) = registry
+        .inner
+        .store
+        .release_checks(registry.host_id())
+        .await
+    {
         tracing::warn!(error = %err, "could not release check leases");
     }
 }

@@ -86,7 +86,9 @@ impl RegistryClient {
     pub fn new(base_url: &str) -> Result<Self, ClientError> {
         let url = url::Url::parse(base_url).map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(ClientError::InvalidUrl("scheme must be http or https".into()));
+            return Err(ClientError::InvalidUrl(
+                "scheme must be http or https".into(),
+            ));
         }
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -154,7 +156,8 @@ impl RegistryClient {
         id: &str,
         registration: &Registration,
     ) -> Result<Instance, ClientError> {
-        let body = serde_json::to_value(registration).map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
+        let body = serde_json::to_value(registration)
+            .map_err(|e| ClientError::InvalidUrl(e.to_string()))?;
         self.send(
             Method::PUT,
             &Self::instance_path(service, id),
@@ -278,9 +281,16 @@ impl RegistryClient {
     }
 
     /// A config key (`None` when absent).
-    pub async fn config(&self, namespace: &str, key: &str) -> Result<Option<ConfigEntry>, ClientError> {
+    pub async fn config(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<ConfigEntry>, ClientError> {
         let path = format!("/v1/config/namespaces/{namespace}/keys/{key}");
-        match self.send(Method::GET, &path, None, Duration::from_secs(10)).await {
+        match self
+            .send(Method::GET, &path, None, Duration::from_secs(10))
+            .await
+        {
             Ok(entry) => Ok(entry),
             Err(ClientError::Status { status: 404, .. }) => Ok(None),
             Err(err) => Err(err),
@@ -288,7 +298,11 @@ impl RegistryClient {
     }
 
     /// Watches one config key: the receiver always holds the latest value.
-    pub async fn watch_config(&self, namespace: &str, key: &str) -> Result<ConfigWatch, ClientError> {
+    pub async fn watch_config(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<ConfigWatch, ClientError> {
         let list: ConfigListResponse = self
             .send(
                 Method::GET,
@@ -350,8 +364,15 @@ async fn heartbeat_loop(
         let outcome = match client.heartbeat(&service, &id).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                tracing::info!(service, id, "registry forgot this instance; registering again");
-                client.register_once(&service, &id, &registration).await.map(|_| ())
+                tracing::info!(
+                    service,
+                    id,
+                    "registry forgot this instance; registering again"
+                );
+                client
+                    .register_once(&service, &id, &registration)
+                    .await
+                    .map(|_| ())
             }
             Err(err) => Err(err),
         };

@@ -99,8 +99,7 @@ impl Default for Snapshot {
 
 fn same_members(a: &ServiceView, b: &ServiceView) -> bool {
     a.instances.len() == b.instances.len()
-        && a
-            .instances
+        && a.instances
             .iter()
             .zip(b.instances.iter())
             .all(|(x, y)| x.id == y.id && x.modify_index == y.modify_index)
@@ -122,7 +121,10 @@ impl Snapshot {
     pub fn set_service(&self, service: &str, instances: Vec<Instance>, applied: u64) -> bool {
         let mut instances: Vec<Arc<Instance>> = instances.into_iter().map(Arc::new).collect();
         instances.sort_by(|a, b| a.id.cmp(&b.id));
-        let mut services = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        let mut services = self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         self.replace(&mut services, service, instances, applied)
     }
 
@@ -130,9 +132,15 @@ impl Snapshot {
     /// `false` (and changes nothing) when the view already reflects a later
     /// change of the service, in which case the caller reloads the service.
     pub fn upsert(&self, instance: Instance) -> bool {
-        let mut services = self.services.write().unwrap_or_else(PoisonError::into_inner);
+        let mut services = self
+            .services
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let old = services.get(&instance.service).cloned();
-        if old.as_ref().is_some_and(|v| v.applied >= instance.modify_index) {
+        if old
+            .as_ref()
+            .is_some_and(|v| v.applied >= instance.modify_index)
+        {
             return false;
         }
         let mut list: Vec<Arc<Instance>> = old.map(|v| v.instances.to_vec()).unwrap_or_default();

@@ -70,9 +70,9 @@ impl From<Error> for Problem {
         match err {
             Error::Validation(errors) => Problem::validation(errors),
             Error::NotFound(what) => Problem::not_found(format!("{what} not found")),
-            Error::Conflict { current } => {
-                Problem::conflict(format!("version conflict: the current version is {current}"))
-            }
+            Error::Conflict { current } => Problem::conflict(format!(
+                "version conflict: the current version is {current}"
+            )),
             Error::TooOld { requested, oldest } => Problem::gone(format!(
                 "index {requested} is older than the retained change history (oldest {oldest}); list again and watch from the returned index"
             )),

@@ -273,9 +273,8 @@ struct ChangesQuery {
 fn parse_query<T: DeserializeOwned + Default>(raw: Option<String>) -> Result<T, Problem> {
     match raw {
         None => Ok(T::default()),
-        Some(raw) => serde_urlencoded::from_str(&raw).map_err(|e| {
-            Problem::validation(vec![FieldError::new("query", e.to_string())])
-        }),
+        Some(raw) => serde_urlencoded::from_str(&raw)
+            .map_err(|e| Problem::validation(vec![FieldError::new("query", e.to_string())])),
     }
 }
 
@@ -402,7 +401,9 @@ async fn list_instances(
     let list = match query.index {
         Some(since) => {
             let wait = registry.blocking_wait(parse_wait(query.wait.as_deref())?);
-            registry.watch_instances(&service, &filter, since, wait).await
+            registry
+                .watch_instances(&service, &filter, since, wait)
+                .await
         }
         None => registry.instances(&service, &filter),
     };
@@ -562,7 +563,9 @@ fn event_stream(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let rx = registry.subscribe();
-    let since = since.or(last_event_id).unwrap_or_else(|| registry.hub().current());
+    let since = since
+        .or(last_event_id)
+        .unwrap_or_else(|| registry.hub().current());
     registry
         .hub()
         .changes_since(since, |t| filter.matches(t))
@@ -593,7 +596,11 @@ fn event_stream(
             }
             let current = st.registry.hub().current();
             let filter = st.filter.clone();
-            match st.registry.hub().changes_since(st.since, |t| filter.matches(t)) {
+            match st
+                .registry
+                .hub()
+                .changes_since(st.since, |t| filter.matches(t))
+            {
                 Ok(changes) if !changes.is_empty() => {
                     st.pending.extend(changes);
                     continue;
@@ -638,8 +645,15 @@ async fn registry_events(
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
     let query: RegistryEventsQuery = parse_query(raw)?;
-    let stream = event_stream(registry, EventFilter::Service(query.service), query.index, &headers)?;
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    let stream = event_stream(
+        registry,
+        EventFilter::Service(query.service),
+        query.index,
+        &headers,
+    )?;
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Server-sent events of config changes in a namespace.
@@ -660,7 +674,9 @@ async fn config_events(
         prefix: query.prefix.unwrap_or_default(),
     };
     let stream = event_stream(registry, filter, query.index, &headers)?;
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()).into_response())
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }
 
 /// Lists keys of a namespace (secrets redacted), optionally blocking.

@@ -334,13 +334,12 @@ fn validate_check(check: &CheckSpec, config: &Config, errors: &mut Vec<FieldErro
     if check.interval_ms < config.min_check_interval_ms || check.interval_ms > 3_600_000 {
         errors.push(FieldError::new(
             "check.interval_ms",
-            format!(
-                "between {} and 3600000",
-                config.min_check_interval_ms
-            ),
+            format!("between {} and 3600000", config.min_check_interval_ms),
         ));
     }
-    if check.timeout_ms == 0 || check.timeout_ms > check.interval_ms.max(1) || check.timeout_ms > 60_000
+    if check.timeout_ms == 0
+        || check.timeout_ms > check.interval_ms.max(1)
+        || check.timeout_ms > 60_000
     {
         errors.push(FieldError::new(
             "check.timeout_ms",
@@ -348,10 +347,16 @@ fn validate_check(check: &CheckSpec, config: &Config, errors: &mut Vec<FieldErro
         ));
     }
     if !(1..=100).contains(&check.success_threshold) {
-        errors.push(FieldError::new("check.success_threshold", "between 1 and 100"));
+        errors.push(FieldError::new(
+            "check.success_threshold",
+            "between 1 and 100",
+        ));
     }
     if !(1..=100).contains(&check.failure_threshold) {
-        errors.push(FieldError::new("check.failure_threshold", "between 1 and 100"));
+        errors.push(FieldError::new(
+            "check.failure_threshold",
+            "between 1 and 100",
+        ));
     }
 }
 
@@ -396,9 +401,9 @@ pub fn validate_instance_id(id: &str) -> Result<(), FieldError> {
 pub fn validate_namespace(ns: &str) -> Result<(), FieldError> {
     if !ns.is_empty()
         && ns.len() <= 128
-        && ns
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'))
+        && ns.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-')
+        })
     {
         Ok(())
     } else {
@@ -432,7 +437,9 @@ fn is_hostname(host: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })

@@ -113,7 +113,11 @@ impl Registry {
     }
 
     /// A registry kept in memory only.
-    pub async fn in_memory(config: Config, clock: SharedClock, sealer: Sealer) -> Result<Self, Error> {
+    pub async fn in_memory(
+        config: Config,
+        clock: SharedClock,
+        sealer: Sealer,
+    ) -> Result<Self, Error> {
         Self::new(config, Arc::new(MemoryStore::new()), clock, sealer).await
     }
 
@@ -177,7 +181,10 @@ impl Registry {
         let all = self.inner.store.list_instances(None).await?;
         let mut by_service: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
         for instance in all {
-            by_service.entry(instance.service.clone()).or_default().push(instance);
+            by_service
+                .entry(instance.service.clone())
+                .or_default()
+                .push(instance);
         }
         let mut names: HashSet<String> = self.inner.snapshot.names().into_iter().collect();
         let mut moved = Vec::new();
@@ -265,7 +272,10 @@ impl Registry {
                 && !existing.ttl_expired
             {
                 if let Some(deadline) = deadline {
-                    self.inner.store.touch_instance(service, id, deadline).await?;
+                    self.inner
+                        .store
+                        .touch_instance(service, id, deadline)
+                        .await?;
                 }
                 let mut current = existing.clone();
                 current.ttl_deadline = deadline.or(current.ttl_deadline);
@@ -345,7 +355,12 @@ impl Registry {
             instance.updated_at = now;
             instance.recompute(now);
             let expected = instance.modify_index;
-            if let Some(index) = self.inner.store.put_instance(&instance, Some(expected)).await? {
+            if let Some(index) = self
+                .inner
+                .store
+                .put_instance(&instance, Some(expected))
+                .await?
+            {
                 instance.modify_index = index;
                 self.changed_instance(&instance).await?;
                 return Ok(instance);
@@ -368,7 +383,12 @@ impl Registry {
         };
         let deadline = now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(86_400));
         if !instance.ttl_expired {
-            if self.inner.store.touch_instance(service, id, deadline).await? {
+            if self
+                .inner
+                .store
+                .touch_instance(service, id, deadline)
+                .await?
+            {
                 instance.ttl_deadline = Some(deadline);
                 return Ok(instance);
             }
@@ -480,7 +500,11 @@ impl Registry {
 
     /// Every service with counts.
     pub fn services(&self) -> Vec<ServiceSummary> {
-        let guard = self.inner.guard.lock().unwrap_or_else(PoisonError::into_inner);
+        let guard = self
+            .inner
+            .guard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         self.inner
             .snapshot
             .all()
@@ -523,7 +547,10 @@ impl Registry {
         let all = self.inner.store.list_instances(None).await?;
         let mut by_service: BTreeMap<&str, Vec<&Instance>> = BTreeMap::new();
         for instance in &all {
-            by_service.entry(&instance.service).or_default().push(instance);
+            by_service
+                .entry(&instance.service)
+                .or_default()
+                .push(instance);
         }
         let remove_after = chrono::Duration::seconds(
             i64::try_from(config.deregister_critical_after_secs).unwrap_or(i64::MAX / 1000),
@@ -551,7 +578,11 @@ impl Registry {
                 && live >= config.guard_min_instances.max(1)
                 && expiring.len() as f64 > config.guard_expiry_share * live as f64;
             let hold = {
-                let mut guard = self.inner.guard.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut guard = self
+                    .inner
+                    .guard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
                 if mass {
                     let since = *guard.entry(service.to_owned()).or_insert_with(|| {
                         tracing::warn!(
@@ -595,7 +626,9 @@ impl Registry {
             if config.deregister_critical_after_secs > 0 {
                 for instance in &instances {
                     let expired_long = instance.status == Status::Critical
-                        && instance.critical_since.is_some_and(|s| now - s >= remove_after);
+                        && instance
+                            .critical_since
+                            .is_some_and(|s| now - s >= remove_after);
                     if expired_long
                         && let Some(index) = self
                             .inner
@@ -665,9 +698,8 @@ impl Registry {
                     .inner
                     .sealer
                     .open(&stored.value, &Self::aad(&stored.namespace, &stored.key))?;
-                String::from_utf8(opened).map_err(|_| {
-                    Error::Sealer(jadugar_core::SealerError::Malformed)
-                })?
+                String::from_utf8(opened)
+                    .map_err(|_| Error::Sealer(jadugar_core::SealerError::Malformed))?
             } else {
                 stored.value
             };
@@ -806,7 +838,11 @@ impl Registry {
             at: self.now(),
             by,
         };
-        let stored = self.inner.store.config_put(&new, put.expected_version).await?;
+        let stored = self
+            .inner
+            .store
+            .config_put(&new, put.expected_version)
+            .await?;
         self.config_changed(&stored);
         self.reveal(stored, false)
     }
@@ -920,9 +956,7 @@ impl Registry {
     ) -> Result<ConfigList, Error> {
         validate_namespace(namespace)?;
         let hub = &self.inner.hub;
-        let matches = |t: &Topic| {
-            matches!(t, Topic::Config { namespace: ns, key } if ns == namespace && key.starts_with(prefix))
-        };
+        let matches = |t: &Topic| matches!(t, Topic::Config { namespace: ns, key } if ns == namespace && key.starts_with(prefix));
         hub.wait_until(Instant::now() + wait, || {
             since > hub.current()
                 || hub
@@ -966,7 +1000,9 @@ fn same_registration(existing: &Instance, registration: &Registration) -> bool {
 async fn database_store(database: &Database) -> Result<Arc<dyn RegistryStore>, Error> {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     {
-        Ok(Arc::new(crate::store::SqlStore::new(database.clone()).await?))
+        Ok(Arc::new(
+            crate::store::SqlStore::new(database.clone()).await?,
+        ))
     }
     #[cfg(not(any(feature = "sqlite", feature = "postgres")))]
     {

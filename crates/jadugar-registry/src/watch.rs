@@ -83,10 +83,12 @@ impl Hub {
             if change.index <= state.floor {
                 return false;
             }
-            let pos = state
+            let pos = state.history.partition_point(|c| c.index < change.index);
+            if state
                 .history
-                .partition_point(|c| c.index < change.index);
-            if state.history.get(pos).is_some_and(|c| c.index == change.index) {
+                .get(pos)
+                .is_some_and(|c| c.index == change.index)
+            {
                 return false;
             }
             let entry = state.topics.entry(change.topic.clone()).or_insert(0);

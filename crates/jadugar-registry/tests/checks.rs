@@ -42,11 +42,18 @@ async fn http_check_goes_critical_after_the_threshold_and_recovers() {
         .with_timing(50, 50)
         .with_thresholds(1, 3);
     registry
-        .register("web", "w-1", Registration::new(local(server.addr.port())).with_check(check))
+        .register(
+            "web",
+            "w-1",
+            Registration::new(local(server.addr.port())).with_check(check),
+        )
         .await
         .unwrap();
     // Unknown until the first probe passes.
-    assert_eq!(registry.instance("web", "w-1").unwrap().status, Status::Critical);
+    assert_eq!(
+        registry.instance("web", "w-1").unwrap().status,
+        Status::Critical
+    );
     let status = || registry.instance("web", "w-1").unwrap().status;
     assert!(eventually(Duration::from_secs(3), || status() == Status::Passing).await);
     assert_eq!(registry.endpoints("web", &[]).len(), 1);
@@ -56,7 +63,11 @@ async fn http_check_goes_critical_after_the_threshold_and_recovers() {
     let stopped = Instant::now();
     assert!(eventually(Duration::from_secs(3), || status() == Status::Critical).await);
     // Three failures at 50 ms intervals: not on the first one.
-    assert!(stopped.elapsed() >= Duration::from_millis(90), "{:?}", stopped.elapsed());
+    assert!(
+        stopped.elapsed() >= Duration::from_millis(90),
+        "{:?}",
+        stopped.elapsed()
+    );
     let instance = registry.instance("web", "w-1").unwrap();
     assert_eq!(instance.check_output.as_deref(), Some("connection failed"));
     assert!(registry.endpoints("web", &[]).is_empty());
@@ -64,12 +75,19 @@ async fn http_check_goes_critical_after_the_threshold_and_recovers() {
     server.restart().await;
     assert!(eventually(Duration::from_secs(3), || status() == Status::Passing).await);
     assert_eq!(
-        registry.instance("web", "w-1").unwrap().check_output.as_deref(),
+        registry
+            .instance("web", "w-1")
+            .unwrap()
+            .check_output
+            .as_deref(),
         Some("HTTP 200")
     );
     cancel.cancel();
     for task in tasks {
-        tokio::time::timeout(Duration::from_secs(2), task).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(2), task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }
 
@@ -77,7 +95,9 @@ async fn http_check_goes_critical_after_the_threshold_and_recovers() {
 async fn tcp_check() {
     let server = TestServer::start(TestServer::ok()).await;
     let prober = Prober::new(AddressPolicy::permissive()).unwrap();
-    let probe = prober.probe(&local(server.addr.port()), &CheckSpec::tcp()).await;
+    let probe = prober
+        .probe(&local(server.addr.port()), &CheckSpec::tcp())
+        .await;
     assert!(probe.ok, "{probe:?}");
     let closed = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -91,10 +111,18 @@ async fn address_policy_denies_metadata_private_names_and_redirects() {
     let prober = Prober::new(AddressPolicy::strict()).unwrap();
     // The cloud metadata address, by HTTP and TCP.
     let metadata = Address::new("http", "169.254.169.254", 80);
-    let probe = prober.probe(&metadata, &CheckSpec::http("/latest/meta-data/")).await;
-    assert_eq!((probe.ok, probe.output.as_str()), (false, "denied by the address policy"));
+    let probe = prober
+        .probe(&metadata, &CheckSpec::http("/latest/meta-data/"))
+        .await;
+    assert_eq!(
+        (probe.ok, probe.output.as_str()),
+        (false, "denied by the address policy")
+    );
     let probe = prober.probe(&metadata, &CheckSpec::tcp()).await;
-    assert_eq!((probe.ok, probe.output.as_str()), (false, "denied by the address policy"));
+    assert_eq!(
+        (probe.ok, probe.output.as_str()),
+        (false, "denied by the address policy")
+    );
     let v6 = Address::new("http", "fd00:ec2::254", 80);
     assert!(!prober.probe(&v6, &CheckSpec::tcp()).await.ok);
 
@@ -103,7 +131,10 @@ async fn address_policy_denies_metadata_private_names_and_redirects() {
     let server = TestServer::start(TestServer::ok()).await;
     let by_name = Address::new("http", "localhost", server.addr.port());
     let probe = prober.probe(&by_name, &CheckSpec::http("/health")).await;
-    assert_eq!((probe.ok, probe.output.as_str()), (false, "denied by the address policy"));
+    assert_eq!(
+        (probe.ok, probe.output.as_str()),
+        (false, "denied by the address policy")
+    );
     assert!(!prober.probe(&by_name, &CheckSpec::tcp()).await.ok);
     assert_eq!(server.hits(), 0);
 
@@ -114,8 +145,10 @@ async fn address_policy_denies_metadata_private_names_and_redirects() {
         target.addr.port()
     )))
     .await;
-    let to_metadata =
-        TestServer::start(TestServer::redirect("http://169.254.169.254/latest/meta-data/")).await;
+    let to_metadata = TestServer::start(TestServer::redirect(
+        "http://169.254.169.254/latest/meta-data/",
+    ))
+    .await;
     let loopback_ok = Prober::new(AddressPolicy::strict().allow_loopback(true)).unwrap();
     for server in [&to_private, &to_metadata] {
         let probe = loopback_ok
@@ -137,14 +170,24 @@ async fn address_policy_denies_metadata_private_names_and_redirects() {
         .unwrap();
     let cancel = CancellationToken::new();
     let _tasks = registry.start(cancel.clone());
-    let check = CheckSpec::http("/").with_timing(30, 30).with_thresholds(1, 1);
+    let check = CheckSpec::http("/")
+        .with_timing(30, 30)
+        .with_thresholds(1, 1);
     registry
-        .register("web", "w-1", Registration::new(local(server.addr.port())).with_check(check))
+        .register(
+            "web",
+            "w-1",
+            Registration::new(local(server.addr.port())).with_check(check),
+        )
         .await
         .unwrap();
     assert!(
         eventually(Duration::from_secs(3), || {
-            registry.instance("web", "w-1").unwrap().check_output.as_deref()
+            registry
+                .instance("web", "w-1")
+                .unwrap()
+                .check_output
+                .as_deref()
                 == Some("denied by the address policy")
         })
         .await
@@ -164,17 +207,26 @@ async fn two_hosts(config: Config, make: impl AsyncFn() -> (Registry, Registry))
 
     // Registered on one, discovered on the other within a second.
     let started = Instant::now();
-    one.register("web", "w-1", Registration::new(Address::new("http", "10.1.0.1", 80)))
+    one.register(
+        "web",
+        "w-1",
+        Registration::new(Address::new("http", "10.1.0.1", 80)),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || two.endpoints("web", &[]).len()
+            == 1)
         .await
-        .unwrap();
-    assert!(eventually(Duration::from_secs(1), || two.endpoints("web", &[]).len() == 1).await);
+    );
     let seen_after = started.elapsed();
     assert!(seen_after < Duration::from_secs(1), "{seen_after:?}");
     let config_seen = {
         let two = two.clone();
         let since = two.hub().current();
         tokio::spawn(async move {
-            two.config_watch("prod.web", "k", since, Duration::from_secs(5), false).await
+            two.config_watch("prod.web", "k", since, Duration::from_secs(5), false)
+                .await
         })
     };
     one.config_put(
@@ -200,13 +252,20 @@ async fn two_hosts(config: Config, make: impl AsyncFn() -> (Registry, Registry))
     // A checked instance is probed by one host only.
     let server = TestServer::start(TestServer::ok()).await;
     let interval = 100;
-    let check = CheckSpec::http("/").with_timing(interval, 100).with_thresholds(1, 2);
-    two.register("web", "w-2", Registration::new(local(server.addr.port())).with_check(check))
-        .await
-        .unwrap();
+    let check = CheckSpec::http("/")
+        .with_timing(interval, 100)
+        .with_thresholds(1, 2);
+    two.register(
+        "web",
+        "w-2",
+        Registration::new(local(server.addr.port())).with_check(check),
+    )
+    .await
+    .unwrap();
     assert!(
         eventually(Duration::from_secs(3), || {
-            one.instance("web", "w-2").is_ok_and(|i| i.status == Status::Passing)
+            one.instance("web", "w-2")
+                .is_ok_and(|i| i.status == Status::Passing)
         })
         .await
     );
@@ -214,13 +273,21 @@ async fn two_hosts(config: Config, make: impl AsyncFn() -> (Registry, Registry))
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let probes = server.hits() - before;
     // 15 intervals: one host gives ~15, two would give ~30.
-    assert!((8..=20).contains(&probes), "{probes} probes in 1.5 s at 100 ms");
+    assert!(
+        (8..=20).contains(&probes),
+        "{probes} probes in 1.5 s at 100 ms"
+    );
 
     // The host holding the lease dies (tasks aborted, leases not released):
     // the other takes the checks over once the lease expires.
     let holder_is_one = one
         .store()
-        .claim_checks(one.host_id(), chrono::Utc::now(), chrono::Utc::now() + chrono::Duration::seconds(1), 10)
+        .claim_checks(
+            one.host_id(),
+            chrono::Utc::now(),
+            chrono::Utc::now() + chrono::Duration::seconds(1),
+            10,
+        )
         .await
         .unwrap()
         .len()
@@ -244,7 +311,9 @@ async fn two_hosts(config: Config, make: impl AsyncFn() -> (Registry, Registry))
 
 #[tokio::test]
 async fn two_hosts_on_postgres() {
-    let Some(pg) = TestPostgres::new().await else { return };
+    let Some(pg) = TestPostgres::new().await else {
+        return;
+    };
     let config = fast_config();
     let other: Database = pg.connect_another().await;
     let c = config.clone();
@@ -262,7 +331,9 @@ async fn two_hosts_on_postgres() {
 
 #[tokio::test]
 async fn two_hosts_on_redis() {
-    let Some(redis) = TestRedis::new().await else { return };
+    let Some(redis) = TestRedis::new().await else {
+        return;
+    };
     let db = TestSqlite::new().await;
     let config = Config {
         store: StoreKind::Redis,
@@ -271,12 +342,24 @@ async fn two_hosts_on_redis() {
     let other: Redis = redis.connect_another().await;
     let c = config.clone();
     two_hosts(config, async || {
-        let one = Registry::from_backends(&c, db.database(), Some(redis.redis()), SystemClock::shared(), sealer())
-            .await
-            .unwrap();
-        let two = Registry::from_backends(&c, db.database(), Some(&other), SystemClock::shared(), sealer())
-            .await
-            .unwrap();
+        let one = Registry::from_backends(
+            &c,
+            db.database(),
+            Some(redis.redis()),
+            SystemClock::shared(),
+            sealer(),
+        )
+        .await
+        .unwrap();
+        let two = Registry::from_backends(
+            &c,
+            db.database(),
+            Some(&other),
+            SystemClock::shared(),
+            sealer(),
+        )
+        .await
+        .unwrap();
         (one, two)
     })
     .await;

@@ -47,7 +47,10 @@ async fn register_heartbeat_reregister_discover_config_and_deregister() {
         .await
         .unwrap();
     let base = serve(registry.clone()).await;
-    let client = RegistryClient::new(&base).unwrap().with_token("test-key").with_wait_secs(5);
+    let client = RegistryClient::new(&base)
+        .unwrap()
+        .with_token("test-key")
+        .with_wait_secs(5);
 
     let unauthorized = RegistryClient::new(&base).unwrap();
     let err = unauthorized.instances("web", None).await.unwrap_err();
@@ -59,34 +62,64 @@ async fn register_heartbeat_reregister_discover_config_and_deregister() {
 
     // The registry forgets it: the next heartbeat registers again.
     registry.deregister("web", "w-1").await.unwrap();
-    assert!(eventually(Duration::from_secs(2), || registry.endpoints("web", &[]).len() == 1).await);
+    assert!(
+        eventually(Duration::from_secs(2), || registry
+            .endpoints("web", &[])
+            .len()
+            == 1)
+        .await
+    );
 
     // Discovery cache kept fresh by watch.
     let mut peers = client.discovery("ledger").await.unwrap();
     assert!(peers.instances().is_empty());
     registry
-        .register("ledger", "l-1", Registration::new(Address::new("http", "10.0.0.10", 80)))
+        .register(
+            "ledger",
+            "l-1",
+            Registration::new(Address::new("http", "10.0.0.10", 80)),
+        )
         .await
         .unwrap();
-    tokio::time::timeout(Duration::from_secs(2), peers.changed()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(2), peers.changed())
+        .await
+        .unwrap();
     assert_eq!(peers.instances().len(), 1);
 
     // Config watch.
-    registry.config_put("prod.web", "limits", put(json!({"rps": 10})), None).await.unwrap();
+    registry
+        .config_put("prod.web", "limits", put(json!({"rps": 10})), None)
+        .await
+        .unwrap();
     let mut limits = client.watch_config("prod.web", "limits").await.unwrap();
     assert_eq!(limits.get().unwrap().value, json!({"rps": 10}));
-    registry.config_put("prod.web", "limits", put(json!({"rps": 20})), None).await.unwrap();
-    let next = tokio::time::timeout(Duration::from_secs(2), limits.changed()).await.unwrap().unwrap();
+    registry
+        .config_put("prod.web", "limits", put(json!({"rps": 20})), None)
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(2), limits.changed())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(next.unwrap().value, json!({"rps": 20}));
 
     // Deregister explicitly, then on drop.
     registration.deregister().await.unwrap();
     assert!(registry.endpoints("web", &[]).is_empty());
     let again = client
-        .register("web", "w-2", Registration::new(Address::new("http", "10.0.0.9", 3001)))
+        .register(
+            "web",
+            "w-2",
+            Registration::new(Address::new("http", "10.0.0.9", 3001)),
+        )
         .await
         .unwrap();
     assert_eq!(registry.endpoints("web", &[]).len(), 1);
     drop(again);
-    assert!(eventually(Duration::from_secs(2), || registry.endpoints("web", &[]).is_empty()).await);
+    assert!(
+        eventually(Duration::from_secs(2), || registry
+            .endpoints("web", &[])
+            .is_empty())
+        .await
+    );
 }

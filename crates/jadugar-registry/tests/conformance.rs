@@ -19,13 +19,17 @@ async fn sqlite() {
 
 #[tokio::test]
 async fn postgres() {
-    let Some(pg) = TestPostgres::new().await else { return };
+    let Some(pg) = TestPostgres::new().await else {
+        return;
+    };
     let store = SqlStore::new(pg.database().clone()).await.unwrap();
     conformance::run(&store).await;
 }
 
 #[tokio::test]
 async fn redis() {
-    let Some(redis) = TestRedis::new().await else { return };
+    let Some(redis) = TestRedis::new().await else {
+        return;
+    };
     conformance::run(&RedisStore::new(redis.redis().clone())).await;
 }

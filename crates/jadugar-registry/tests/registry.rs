@@ -13,7 +13,9 @@ use jadugar_registry::{Config, Error, Registry};
 use serde_json::json;
 
 async fn registry(config: Config, clock: &ManualClock) -> Registry {
-    Registry::in_memory(config, clock.shared(), sealer()).await.unwrap()
+    Registry::in_memory(config, clock.shared(), sealer())
+        .await
+        .unwrap()
 }
 
 fn reg(port: u16) -> Registration {
@@ -38,29 +40,44 @@ async fn ttl_expiry_makes_critical_then_removes() {
     r.heartbeat("billing", "b-1").await.unwrap();
     clock.advance(Duration::from_secs(8));
     r.sweep().await.unwrap();
-    assert_eq!(r.instance("billing", "b-1").unwrap().status, Status::Passing);
+    assert_eq!(
+        r.instance("billing", "b-1").unwrap().status,
+        Status::Passing
+    );
 
     // A missed TTL makes it critical and takes it out of discovery.
     clock.advance(Duration::from_secs(3));
     r.sweep().await.unwrap();
-    assert_eq!(r.instance("billing", "b-1").unwrap().status, Status::Critical);
+    assert_eq!(
+        r.instance("billing", "b-1").unwrap().status,
+        Status::Critical
+    );
     assert!(r.endpoints("billing", &[]).is_empty());
 
     // A late heartbeat brings it back.
     r.heartbeat("billing", "b-1").await.unwrap();
-    assert_eq!(r.instance("billing", "b-1").unwrap().status, Status::Passing);
+    assert_eq!(
+        r.instance("billing", "b-1").unwrap().status,
+        Status::Passing
+    );
     assert_eq!(r.endpoints("billing", &[]).len(), 1);
 
     // Critical for longer than deregister_critical_after: removed.
     clock.advance(Duration::from_secs(11));
     r.sweep().await.unwrap();
-    assert_eq!(r.instance("billing", "b-1").unwrap().status, Status::Critical);
+    assert_eq!(
+        r.instance("billing", "b-1").unwrap().status,
+        Status::Critical
+    );
     clock.advance(Duration::from_secs(59));
     r.sweep().await.unwrap();
     assert!(r.instance("billing", "b-1").is_ok(), "not yet");
     clock.advance(Duration::from_secs(1));
     r.sweep().await.unwrap();
-    assert!(matches!(r.instance("billing", "b-1"), Err(Error::NotFound(_))));
+    assert!(matches!(
+        r.instance("billing", "b-1"),
+        Err(Error::NotFound(_))
+    ));
     // The client learns it must register again.
     assert!(matches!(
         r.heartbeat("billing", "b-1").await,
@@ -123,12 +140,20 @@ async fn mass_expiry_guard_keeps_the_last_set() {
 async fn discovery_filters_counts_and_maintenance() {
     let clock = ManualClock::default();
     let r = registry(Config::default(), &clock).await;
-    r.register("api", "a-1", reg(1).with_tags(["v2", "eu"]).with_metadata("zone", "a"))
-        .await
-        .unwrap();
-    r.register("api", "a-2", reg(2).with_tags(["v2"]).with_metadata("zone", "b"))
-        .await
-        .unwrap();
+    r.register(
+        "api",
+        "a-1",
+        reg(1).with_tags(["v2", "eu"]).with_metadata("zone", "a"),
+    )
+    .await
+    .unwrap();
+    r.register(
+        "api",
+        "a-2",
+        reg(2).with_tags(["v2"]).with_metadata("zone", "b"),
+    )
+    .await
+    .unwrap();
     r.register("api", "a-3", reg(3).with_tags(["v1"]))
         .await
         .unwrap();
@@ -142,9 +167,13 @@ async fn discovery_filters_counts_and_maintenance() {
 
     // Re-registering the same thing is idempotent: no new index.
     let before = r.instance("api", "a-1").unwrap().modify_index;
-    r.register("api", "a-1", reg(1).with_tags(["v2", "eu"]).with_metadata("zone", "a"))
-        .await
-        .unwrap();
+    r.register(
+        "api",
+        "a-1",
+        reg(1).with_tags(["v2", "eu"]).with_metadata("zone", "a"),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.instance("api", "a-1").unwrap().modify_index, before);
 
     let mut changes = r.changes();
@@ -157,14 +186,22 @@ async fn discovery_filters_counts_and_maintenance() {
     assert_eq!(a1.status, Status::Maintenance);
     assert_eq!(a1.maintenance.as_deref(), Some("deploy"));
     assert_eq!(r.endpoints("api", &tags(&["v2", "eu"])).len(), 0);
-    assert_eq!(r.instances("api", &InstanceFilter::default()).instances.len(), 2);
+    assert_eq!(
+        r.instances("api", &InstanceFilter::default())
+            .instances
+            .len(),
+        2
+    );
     let any = InstanceFilter {
         any_health: true,
         ..InstanceFilter::default()
     };
     assert_eq!(r.instances("api", &any).instances.len(), 3);
     let summary = &r.services()[0];
-    assert_eq!((summary.instances, summary.passing, summary.maintenance), (3, 2, 1));
+    assert_eq!(
+        (summary.instances, summary.passing, summary.maintenance),
+        (3, 2, 1)
+    );
     r.set_maintenance("api", "a-1", false, None).await.unwrap();
     assert_eq!(r.endpoints("api", &tags(&["v2", "eu"])).len(), 1);
 
@@ -186,7 +223,14 @@ async fn http_validation_and_permissions() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(headers.contains_key("www-authenticate"));
     assert_eq!(problem["status"], 401);
-    let (status, ..) = call(&app, "PUT", uri, Some(&["registry:read"]), Some(body.clone())).await;
+    let (status, ..) = call(
+        &app,
+        "PUT",
+        uri,
+        Some(&["registry:read"]),
+        Some(body.clone()),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 
     let (status, _, problem) = call(
@@ -208,13 +252,26 @@ async fn http_validation_and_permissions() {
         .iter()
         .map(|e| e["field"].as_str().unwrap())
         .collect();
-    for field in ["service", "address.scheme", "weight", "check.path", "check.interval_ms"] {
+    for field in [
+        "service",
+        "address.scheme",
+        "weight",
+        "check.path",
+        "check.interval_ms",
+    ] {
         assert!(fields.contains(&field), "{field} in {fields:?}");
     }
     let (status, _, problem) = call(&app, "PUT", uri, Some(ALL), Some(json!({"nope": 1}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "body");
-    let (status, ..) = call(&app, "GET", "/v1/registry/services/web?wait=forever&index=1", Some(ALL), None).await;
+    let (status, ..) = call(
+        &app,
+        "GET",
+        "/v1/registry/services/web?wait=forever&index=1",
+        Some(ALL),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
     let (status, headers, instance) = call(&app, "PUT", uri, Some(ALL), Some(body)).await;
@@ -226,14 +283,23 @@ async fn http_validation_and_permissions() {
     assert_eq!(list["services"][0]["instances"], 1);
     let (status, ..) = call(&app, "DELETE", uri, Some(ALL), None).await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _, problem) = call(&app, "PUT", &format!("{uri}/heartbeat"), Some(ALL), None).await;
+    let (status, _, problem) =
+        call(&app, "PUT", &format!("{uri}/heartbeat"), Some(ALL), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(problem["type"].as_str().unwrap().ends_with("not-found"));
 
     let spec = jadugar_registry::http::openapi();
     let paths: Vec<&String> = spec.paths.paths.keys().collect();
-    assert!(paths.iter().any(|p| p.as_str() == "/v1/registry/services/{service}"));
-    assert!(paths.iter().all(|p| p.starts_with("/v1/registry/") || p.starts_with("/v1/config/")));
+    assert!(
+        paths
+            .iter()
+            .any(|p| p.as_str() == "/v1/registry/services/{service}")
+    );
+    assert!(
+        paths
+            .iter()
+            .all(|p| p.starts_with("/v1/registry/") || p.starts_with("/v1/config/"))
+    );
 }
 
 #[tokio::test]
@@ -241,10 +307,20 @@ async fn blocking_query_returns_on_a_change_and_not_before() {
     let clock = ManualClock::default();
     let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);
     let body = |port: u16| json!({"address": {"scheme": "http", "host": "10.0.0.1", "port": port}});
-    call(&app, "PUT", "/v1/registry/services/web/instances/w-1", Some(ALL), Some(body(1))).await;
+    call(
+        &app,
+        "PUT",
+        "/v1/registry/services/web/instances/w-1",
+        Some(ALL),
+        Some(body(1)),
+    )
+    .await;
     let (_, headers, first) = call(&app, "GET", "/v1/registry/services/web", Some(ALL), None).await;
     let index = first["index"].as_u64().unwrap();
-    assert_eq!(headers["x-jadugar-index"].to_str().unwrap(), index.to_string());
+    assert_eq!(
+        headers["x-jadugar-index"].to_str().unwrap(),
+        index.to_string()
+    );
 
     let watcher = {
         let app = app.clone();
@@ -262,11 +338,28 @@ async fn blocking_query_returns_on_a_change_and_not_before() {
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!watcher.is_finished(), "returned before any change");
     // A change elsewhere wakes nobody watching web.
-    call(&app, "PUT", "/v1/registry/services/other/instances/o-1", Some(ALL), Some(body(2))).await;
+    call(
+        &app,
+        "PUT",
+        "/v1/registry/services/other/instances/o-1",
+        Some(ALL),
+        Some(body(2)),
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!watcher.is_finished(), "returned on another service's change");
+    assert!(
+        !watcher.is_finished(),
+        "returned on another service's change"
+    );
 
-    call(&app, "PUT", "/v1/registry/services/web/instances/w-2", Some(ALL), Some(body(3))).await;
+    call(
+        &app,
+        "PUT",
+        "/v1/registry/services/web/instances/w-2",
+        Some(ALL),
+        Some(body(3)),
+    )
+    .await;
     let (status, _, list) = tokio::time::timeout(Duration::from_secs(2), watcher)
         .await
         .expect("the watcher must return promptly on a change")
@@ -301,15 +394,23 @@ async fn many_watchers_released_by_one_change() {
     for _ in 0..200 {
         let r = r.clone();
         watchers.push(tokio::spawn(async move {
-            r.watch_instances("web", &InstanceFilter::default(), index, Duration::from_secs(10))
-                .await
+            r.watch_instances(
+                "web",
+                &InstanceFilter::default(),
+                index,
+                Duration::from_secs(10),
+            )
+            .await
         }));
     }
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(watchers.iter().all(|w| !w.is_finished()));
     r.register("web", "w-2", reg(2)).await.unwrap();
     for w in watchers {
-        let list = tokio::time::timeout(Duration::from_secs(2), w).await.unwrap().unwrap();
+        let list = tokio::time::timeout(Duration::from_secs(2), w)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(list.instances.len(), 2);
     }
 }
@@ -324,15 +425,26 @@ async fn index_older_than_the_history_is_gone() {
     let app = jadugar_registry::http::router(registry(config, &clock).await);
     for i in 0..5u16 {
         let body = json!({"address": {"scheme": "http", "host": "10.0.0.1", "port": 100 + i}});
-        call(&app, "PUT", &format!("/v1/registry/services/web/instances/w-{i}"), Some(ALL), Some(body)).await;
+        call(
+            &app,
+            "PUT",
+            &format!("/v1/registry/services/web/instances/w-{i}"),
+            Some(ALL),
+            Some(body),
+        )
+        .await;
     }
-    for uri in ["/v1/registry/changes?index=1", "/v1/registry/events?index=1"] {
+    for uri in [
+        "/v1/registry/changes?index=1",
+        "/v1/registry/events?index=1",
+    ] {
         let (status, headers, problem) = call(&app, "GET", uri, Some(ALL), None).await;
         assert_eq!(status, StatusCode::GONE, "{uri}");
         assert_eq!(headers["content-type"], "application/problem+json");
         assert!(problem["type"].as_str().unwrap().ends_with("gone"));
     }
-    let (status, _, changes) = call(&app, "GET", "/v1/registry/changes?index=3", Some(ALL), None).await;
+    let (status, _, changes) =
+        call(&app, "GET", "/v1/registry/changes?index=3", Some(ALL), None).await;
     assert_eq!(status, StatusCode::OK);
     let indexes: Vec<u64> = changes["changes"]
         .as_array()
@@ -383,16 +495,51 @@ async fn config_cas_conflict_is_409() {
     let clock = ManualClock::default();
     let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);
     let uri = "/v1/config/namespaces/prod.billing/keys/db.pool";
-    let (status, _, v1) = call(&app, "PUT", uri, Some(ALL), Some(json!({"value": {"size": 5}, "expected_version": 0}))).await;
+    let (status, _, v1) = call(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": {"size": 5}, "expected_version": 0})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v1["version"], 1);
-    let (status, _, problem) = call(&app, "PUT", uri, Some(ALL), Some(json!({"value": 6, "expected_version": 0}))).await;
+    let (status, _, problem) = call(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 6, "expected_version": 0})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(problem["detail"].as_str().unwrap().contains("current version is 1"));
-    let (status, _, v2) = call_with(&app, "PUT", uri, Some(ALL), Some(json!({"value": 7})), &[("if-match", "\"1\"")]).await;
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("current version is 1")
+    );
+    let (status, _, v2) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 7})),
+        &[("if-match", "\"1\"")],
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v2["version"], 2);
-    let (status, ..) = call_with(&app, "PUT", uri, Some(ALL), Some(json!({"value": 8})), &[("if-match", "\"1\"")]).await;
+    let (status, ..) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 8})),
+        &[("if-match", "\"1\"")],
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, ..) = call(&app, "DELETE", &format!("{uri}?version=1"), Some(ALL), None).await;
     assert_eq!(status, StatusCode::CONFLICT);
@@ -403,12 +550,33 @@ async fn config_cas_conflict_is_409() {
 
     // Size limit and text values.
     let big = "x".repeat(70 * 1024);
-    let (status, ..) = call(&app, "PUT", uri, Some(ALL), Some(json!({"value": big, "kind": "text"}))).await;
+    let (status, ..) = call(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": big, "kind": "text"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    let (status, _, problem) = call(&app, "PUT", uri, Some(ALL), Some(json!({"value": 1, "kind": "text"}))).await;
+    let (status, _, problem) = call(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 1, "kind": "text"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "value");
-    let (status, _, problem) = call(&app, "PUT", "/v1/config/namespaces/Bad%20NS/keys/x", Some(ALL), Some(json!({"value": 1}))).await;
+    let (status, _, problem) = call(
+        &app,
+        "PUT",
+        "/v1/config/namespaces/Bad%20NS/keys/x",
+        Some(ALL),
+        Some(json!({"value": 1})),
+    )
+    .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "namespace");
 }
@@ -418,20 +586,60 @@ async fn config_history_and_rollback() {
     let clock = ManualClock::default();
     let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);
     let uri = "/v1/config/namespaces/prod.web/keys/feature.flags";
-    call(&app, "PUT", uri, Some(ALL), Some(json!({"value": {"beta": false}}))).await;
-    call(&app, "PUT", uri, Some(ALL), Some(json!({"value": {"beta": true}}))).await;
-    let (status, _, rolled) = call(&app, "POST", &format!("{uri}/rollback"), Some(ALL), Some(json!({"version": 1}))).await;
+    call(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": {"beta": false}})),
+    )
+    .await;
+    call(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": {"beta": true}})),
+    )
+    .await;
+    let (status, _, rolled) = call(
+        &app,
+        "POST",
+        &format!("{uri}/rollback"),
+        Some(ALL),
+        Some(json!({"version": 1})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(rolled["version"], 3);
     let (_, _, got) = call(&app, "GET", uri, Some(ALL), None).await;
     assert_eq!(got["value"], json!({"beta": false}));
     let (status, _, history) = call(&app, "GET", &format!("{uri}/history"), Some(ALL), None).await;
     assert_eq!(status, StatusCode::OK);
-    let values: Vec<_> = history["versions"].as_array().unwrap().iter().map(|v| v["value"]["beta"].clone()).collect();
+    let values: Vec<_> = history["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"]["beta"].clone())
+        .collect();
     assert_eq!(values, [json!(false), json!(true), json!(false)]);
-    let (status, ..) = call(&app, "POST", &format!("{uri}/rollback"), Some(ALL), Some(json!({"version": 9}))).await;
+    let (status, ..) = call(
+        &app,
+        "POST",
+        &format!("{uri}/rollback"),
+        Some(ALL),
+        Some(json!({"version": 9})),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, ..) = call(&app, "POST", &format!("{uri}/rollback"), Some(ALL), Some(json!({"version": 1, "expected_version": 1}))).await;
+    let (status, ..) = call(
+        &app,
+        "POST",
+        &format!("{uri}/rollback"),
+        Some(ALL),
+        Some(json!({"version": 1, "expected_version": 1})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT);
 
     // Delete keeps the history; the key can be rolled back to life.
@@ -439,7 +647,14 @@ async fn config_history_and_rollback() {
     assert_eq!(status, StatusCode::OK);
     let (status, ..) = call(&app, "GET", uri, Some(ALL), None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, _, back) = call(&app, "POST", &format!("{uri}/rollback"), Some(ALL), Some(json!({"version": 2}))).await;
+    let (status, _, back) = call(
+        &app,
+        "POST",
+        &format!("{uri}/rollback"),
+        Some(ALL),
+        Some(json!({"version": 2})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(back["version"], 5);
 }
@@ -450,17 +665,43 @@ async fn secrets_are_sealed_and_redacted() {
     let r = registry(Config::default(), &clock).await;
     let app = jadugar_registry::http::router(r.clone());
     let uri = "/v1/config/namespaces/prod.billing/keys/stripe.key";
-    let (status, _, put) = call(&app, "PUT", uri, Some(ALL), Some(json!({"value": "sk_live_123", "kind": "text", "secret": true}))).await;
+    let (status, _, put) = call(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": "sk_live_123", "kind": "text", "secret": true})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(put["redacted"], true);
-    let stored = r.store().config_get("prod.billing", "stripe.key").await.unwrap().unwrap();
+    let stored = r
+        .store()
+        .config_get("prod.billing", "stripe.key")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!stored.value.contains("sk_live_123"), "encrypted at rest");
     let (_, _, hidden) = call(&app, "GET", uri, Some(&["config:read"]), None).await;
     assert_eq!(hidden["value"], serde_json::Value::Null);
     assert_eq!(hidden["redacted"], true);
-    let (_, _, shown) = call(&app, "GET", uri, Some(&["config:read", "config:secrets:read"]), None).await;
+    let (_, _, shown) = call(
+        &app,
+        "GET",
+        uri,
+        Some(&["config:read", "config:secrets:read"]),
+        None,
+    )
+    .await;
     assert_eq!(shown["value"], "sk_live_123");
-    let (_, _, list) = call(&app, "GET", "/v1/config/namespaces/prod.billing/keys", Some(ALL), None).await;
+    let (_, _, list) = call(
+        &app,
+        "GET",
+        "/v1/config/namespaces/prod.billing/keys",
+        Some(ALL),
+        None,
+    )
+    .await;
     assert_eq!(list["entries"][0]["value"], serde_json::Value::Null);
     assert_eq!(list["entries"][0]["redacted"], true);
 }
@@ -480,13 +721,15 @@ async fn config_watch_on_key_and_prefix() {
     let key_watch = {
         let r = r.clone();
         tokio::spawn(async move {
-            r.config_watch("prod.web", "a.x", since, Duration::from_secs(10), false).await
+            r.config_watch("prod.web", "a.x", since, Duration::from_secs(10), false)
+                .await
         })
     };
     let prefix_watch = {
         let r = r.clone();
         tokio::spawn(async move {
-            r.config_watch_list("prod.web", "b.", since, Duration::from_secs(10)).await
+            r.config_watch_list("prod.web", "b.", since, Duration::from_secs(10))
+                .await
         })
     };
     r.config_put("prod.web", "a.y", put(2), None).await.unwrap();
@@ -494,11 +737,19 @@ async fn config_watch_on_key_and_prefix() {
     assert!(!key_watch.is_finished());
     assert!(!prefix_watch.is_finished());
     r.config_put("prod.web", "b.z", put(3), None).await.unwrap();
-    let listed = tokio::time::timeout(Duration::from_secs(2), prefix_watch).await.unwrap().unwrap().unwrap();
+    let listed = tokio::time::timeout(Duration::from_secs(2), prefix_watch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(listed.entries.len(), 1);
     assert!(!key_watch.is_finished());
     r.config_put("prod.web", "a.x", put(4), None).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(2), key_watch).await.unwrap().unwrap().unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(2), key_watch)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(got.value, json!(4));
 }
 
@@ -506,9 +757,15 @@ async fn config_watch_on_key_and_prefix() {
 async fn sqlite_backed_registry_survives_a_restart() {
     let db = jadugar_core::test_support::TestSqlite::new().await;
     let clock = ManualClock::default();
-    let r = Registry::from_backends(&Config::default(), db.database(), None, clock.shared(), sealer())
-        .await
-        .unwrap();
+    let r = Registry::from_backends(
+        &Config::default(),
+        db.database(),
+        None,
+        clock.shared(),
+        sealer(),
+    )
+    .await
+    .unwrap();
     r.register("web", "w-1", reg(1)).await.unwrap();
     r.config_put(
         "prod.web",
@@ -524,10 +781,23 @@ async fn sqlite_backed_registry_survives_a_restart() {
     .await
     .unwrap();
     drop(r);
-    let again = Registry::from_backends(&Config::default(), db.database(), None, clock.shared(), sealer())
-        .await
-        .unwrap();
+    let again = Registry::from_backends(
+        &Config::default(),
+        db.database(),
+        None,
+        clock.shared(),
+        sealer(),
+    )
+    .await
+    .unwrap();
     assert_eq!(again.endpoints("web", &[]).len(), 1);
-    assert_eq!(again.config_get("prod.web", "k", false).await.unwrap().version, 1);
+    assert_eq!(
+        again
+            .config_get("prod.web", "k", false)
+            .await
+            .unwrap()
+            .version,
+        1
+    );
     assert_eq!(again.hub().current(), 2);
 }

@@ -84,7 +84,12 @@ async fn instances(store: &dyn RegistryStore) {
     // Heartbeats move the deadline without a change index.
     let later = t0() + Duration::milliseconds(60_123);
     assert!(store.touch_instance("billing", "b-1", later).await.unwrap());
-    assert!(!store.touch_instance("billing", "nope", later).await.unwrap());
+    assert!(
+        !store
+            .touch_instance("billing", "nope", later)
+            .await
+            .unwrap()
+    );
     let got = store.get_instance("billing", "b-1").await.unwrap().unwrap();
     assert_eq!(got.ttl_deadline, Some(later));
     assert_eq!(got.modify_index, 3);
@@ -106,18 +111,33 @@ async fn instances(store: &dyn RegistryStore) {
         .iter()
         .map(|i| (i.service.as_str(), i.id.as_str()))
         .collect();
-    assert_eq!(keys, [("auth", "a-1"), ("billing", "b-0"), ("billing", "b-1")]);
+    assert_eq!(
+        keys,
+        [("auth", "a-1"), ("billing", "b-0"), ("billing", "b-1")]
+    );
 
     // Deletes: conditional, then not found.
     assert_eq!(
-        store.delete_instance("billing", "b-1", Some(1)).await.unwrap(),
+        store
+            .delete_instance("billing", "b-1", Some(1))
+            .await
+            .unwrap(),
         None
     );
     assert_eq!(
-        store.delete_instance("billing", "b-1", Some(3)).await.unwrap(),
+        store
+            .delete_instance("billing", "b-1", Some(3))
+            .await
+            .unwrap(),
         Some(6)
     );
-    assert!(store.get_instance("billing", "b-1").await.unwrap().is_none());
+    assert!(
+        store
+            .get_instance("billing", "b-1")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
         store.delete_instance("billing", "b-1", None).await.unwrap(),
         None
@@ -150,7 +170,11 @@ async fn leases(store: &dyn RegistryStore) {
     let a = store.claim_checks("host-a", now, until, 1).await.unwrap();
     assert_eq!(a.len(), 1, "the limit is respected");
     let a = store.claim_checks("host-a", now, until, 10).await.unwrap();
-    assert_eq!(a, vec![key("p-1"), key("p-2")], "only instances with checks");
+    assert_eq!(
+        a,
+        vec![key("p-1"), key("p-2")],
+        "only instances with checks"
+    );
     let b = store.claim_checks("host-b", now, until, 10).await.unwrap();
     assert!(b.is_empty(), "held leases are not shared");
 
@@ -232,7 +256,11 @@ async fn config_versions(store: &dyn RegistryStore) {
         .await
         .unwrap();
 
-    let latest = store.config_get("prod.billing", "db.url").await.unwrap().unwrap();
+    let latest = store
+        .config_get("prod.billing", "db.url")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!((latest.version, latest.value.as_str()), (2, "\"two\""));
     assert_eq!(latest.updated_at, t0());
     let old = store
@@ -252,7 +280,10 @@ async fn config_versions(store: &dyn RegistryStore) {
     let keys: Vec<_> = listed.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(keys, ["db.pool", "db.url"]);
     assert_eq!(listed[1].version, 2);
-    assert_eq!(store.config_list("prod.billing", "").await.unwrap().len(), 3);
+    assert_eq!(
+        store.config_list("prod.billing", "").await.unwrap().len(),
+        3
+    );
     assert!(store.config_list("other.ns", "").await.unwrap().is_empty());
 
     // Deletion is a tombstone version; history stays.
@@ -274,7 +305,11 @@ async fn config_versions(store: &dyn RegistryStore) {
         store.config_put(&config("never", "", true), None).await,
         Err(Error::NotFound(_))
     ));
-    let got = store.config_get("prod.billing", "db.url").await.unwrap().unwrap();
+    let got = store
+        .config_get("prod.billing", "db.url")
+        .await
+        .unwrap()
+        .unwrap();
     assert!(got.deleted);
     let keys: Vec<_> = store
         .config_list("prod.billing", "db.")
@@ -290,10 +325,17 @@ async fn config_versions(store: &dyn RegistryStore) {
         .await
         .unwrap();
     assert_eq!(again.version, 4);
-    let history = store.config_history("prod.billing", "db.url").await.unwrap();
+    let history = store
+        .config_history("prod.billing", "db.url")
+        .await
+        .unwrap();
     let versions: Vec<_> = history.iter().map(|e| (e.version, e.deleted)).collect();
     assert_eq!(versions, [(1, false), (2, false), (3, true), (4, false)]);
-    assert!(history.windows(2).all(|w| w[0].modify_index < w[1].modify_index));
+    assert!(
+        history
+            .windows(2)
+            .all(|w| w[0].modify_index < w[1].modify_index)
+    );
     assert!(
         store
             .config_history("prod.billing", "nope")

@@ -11,11 +11,13 @@ use crate::Error;
 use crate::model::{Instance, NewConfig, StoredConfig};
 
 type Key = (String, String);
+/// A check lease: the holding host and until when.
+type Lease = Option<(String, DateTime<Utc>)>;
 
 #[derive(Debug, Default)]
 struct State {
     index: u64,
-    instances: BTreeMap<Key, (Instance, Option<(String, DateTime<Utc>)>)>,
+    instances: BTreeMap<Key, (Instance, Lease)>,
     config: BTreeMap<Key, Vec<StoredConfig>>,
 }
 
@@ -213,11 +215,7 @@ impl RegistryStore for MemoryStore {
         Ok(entry)
     }
 
-    async fn config_list(
-        &self,
-        namespace: &str,
-        prefix: &str,
-    ) -> Result<Vec<StoredConfig>, Error> {
+    async fn config_list(&self, namespace: &str, prefix: &str) -> Result<Vec<StoredConfig>, Error> {
         let state = self.lock();
         Ok(state
             .config

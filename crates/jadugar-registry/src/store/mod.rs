@@ -133,12 +133,10 @@ pub trait RegistryStore: Debug + Send + Sync + 'static {
 
     /// The latest non-deleted version of each key of `namespace` starting
     /// with `prefix`, ordered by key.
-    async fn config_list(&self, namespace: &str, prefix: &str)
-    -> Result<Vec<StoredConfig>, Error>;
+    async fn config_list(&self, namespace: &str, prefix: &str) -> Result<Vec<StoredConfig>, Error>;
 
     /// Every version of a key, oldest first.
-    async fn config_history(&self, namespace: &str, key: &str)
-    -> Result<Vec<StoredConfig>, Error>;
+    async fn config_history(&self, namespace: &str, key: &str) -> Result<Vec<StoredConfig>, Error>;
 
     /// The last change index taken.
     async fn current_index(&self) -> Result<u64, Error>;

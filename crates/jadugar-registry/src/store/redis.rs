@@ -185,7 +185,8 @@ impl RedisStore {
 
     async fn list_service(&self, service: &str) -> Result<Vec<Instance>, Error> {
         let mut conn = self.conn();
-        let (records, ttls): (Vec<(String, String)>, Vec<(String, String)>) = redis::pipe()
+        type Pairs = Vec<(String, String)>;
+        let (records, ttls): (Pairs, Pairs) = redis::pipe()
             .hgetall(self.key(&format!("inst:{service}")))
             .hgetall(self.key(&format!("ttl:{service}")))
             .query_async(&mut conn)
@@ -323,7 +324,10 @@ impl RegistryStore for RedisStore {
             .await?;
         let mut held: Vec<(String, String)> = members
             .into_iter()
-            .filter_map(|m| m.split_once('\n').map(|(s, i)| (s.to_owned(), i.to_owned())))
+            .filter_map(|m| {
+                m.split_once('\n')
+                    .map(|(s, i)| (s.to_owned(), i.to_owned()))
+            })
             .collect();
         held.sort();
         Ok(held)
@@ -411,11 +415,7 @@ impl RegistryStore for RedisStore {
         }
     }
 
-    async fn config_list(
-        &self,
-        namespace: &str,
-        prefix: &str,
-    ) -> Result<Vec<StoredConfig>, Error> {
+    async fn config_list(&self, namespace: &str, prefix: &str) -> Result<Vec<StoredConfig>, Error> {
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(self.key(&format!("cfg:{namespace}")))
             .query_async(&mut self.conn())
@@ -430,11 +430,7 @@ impl RegistryStore for RedisStore {
         Ok(out)
     }
 
-    async fn config_history(
-        &self,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Vec<StoredConfig>, Error> {
+    async fn config_history(&self, namespace: &str, key: &str) -> Result<Vec<StoredConfig>, Error> {
         let all: Vec<String> = redis::cmd("LRANGE")
             .arg(self.key(&format!("cfgh:{namespace}:{key}")))
             .arg(0)
@@ -497,12 +493,11 @@ impl RegistryStore for RedisStore {
                 let Ok(payload) = message.get_payload::<String>() else {
                     continue;
                 };
-                let parsed = split_once_num(&payload)
-                    .and_then(|(index, topic)| {
-                        serde_json::from_str::<Topic>(topic)
-                            .ok()
-                            .map(|topic| Change { index, topic })
-                    });
+                let parsed = split_once_num(&payload).and_then(|(index, topic)| {
+                    serde_json::from_str::<Topic>(topic)
+                        .ok()
+                        .map(|topic| Change { index, topic })
+                });
                 match parsed {
                     Some(change) => {
                         if sink.send(RemoteEvent::Change(change)).is_err() {

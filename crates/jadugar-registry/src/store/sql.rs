@@ -113,8 +113,10 @@ impl ConfigRow {
     }
 }
 
-const NEXT_INDEX: &str = "UPDATE registry_counter SET value = value + 1 WHERE id = 1 RETURNING value";
-const CONFIG_COLUMNS: &str = "namespace, key, version, value, kind, secret, deleted, modify_index, updated_at, updated_by";
+const NEXT_INDEX: &str =
+    "UPDATE registry_counter SET value = value + 1 WHERE id = 1 RETURNING value";
+const CONFIG_COLUMNS: &str =
+    "namespace, key, version, value, kind, secret, deleted, modify_index, updated_at, updated_by";
 
 impl SqlStore {
     /// Runs the registry migrations on `db` and wraps it.
@@ -385,8 +387,7 @@ impl RegistryStore for SqlStore {
                 on_pool!(&self.db, pool => sqlx::query_as(sql).bind(service).fetch_all(pool).await?)
             }
             None => {
-                let sql =
-                    "SELECT data, ttl_deadline FROM registry_instances ORDER BY service, id";
+                let sql = "SELECT data, ttl_deadline FROM registry_instances ORDER BY service, id";
                 on_pool!(&self.db, pool => sqlx::query_as(sql).fetch_all(pool).await?)
             }
         };
@@ -489,11 +490,7 @@ impl RegistryStore for SqlStore {
         }
     }
 
-    async fn config_list(
-        &self,
-        namespace: &str,
-        prefix: &str,
-    ) -> Result<Vec<StoredConfig>, Error> {
+    async fn config_list(&self, namespace: &str, prefix: &str) -> Result<Vec<StoredConfig>, Error> {
         let sql = format!(
             "SELECT {CONFIG_COLUMNS} FROM registry_config c WHERE c.namespace = $1 \
              AND substr(c.key, 1, length($2)) = $2 AND c.deleted = 0 \
@@ -509,11 +506,7 @@ impl RegistryStore for SqlStore {
         Ok(rows.into_iter().map(ConfigRow::into_entry).collect())
     }
 
-    async fn config_history(
-        &self,
-        namespace: &str,
-        key: &str,
-    ) -> Result<Vec<StoredConfig>, Error> {
+    async fn config_history(&self, namespace: &str, key: &str) -> Result<Vec<StoredConfig>, Error> {
         let sql = format!(
             "SELECT {CONFIG_COLUMNS} FROM registry_config WHERE namespace = $1 AND key = $2 ORDER BY version"
         );

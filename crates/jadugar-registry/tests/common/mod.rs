@@ -69,7 +69,8 @@ pub async fn call_with(
     let value = if bytes.is_empty() {
         Value::Null
     } else {
-        serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
+        serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()))
     };
     (status, headers, value)
 }
@@ -112,14 +113,18 @@ impl TestServer {
         let response = self.response.clone();
         self.task = Some(tokio::spawn(async move {
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { continue };
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let hits = hits.clone();
                 let response = response.clone();
                 tokio::spawn(async move {
                     let mut buf = [0u8; 2048];
                     let mut seen = Vec::new();
                     while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await {
+                        match tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+                            .await
+                        {
                             Ok(Ok(n)) if n > 0 => seen.extend_from_slice(&buf[..n]),
                             _ => break,
                         }
