@@ -327,7 +327,21 @@ impl Gateway {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        proxy::handle(self.shared.clone(), req.map(RequestBody::from_body))
+        proxy::handle(self.shared.clone(), req.map(RequestBody::from_body), None)
+    }
+
+    /// [`handle`](Self::handle) for a request from a known client address,
+    /// without going through request extensions.
+    pub(crate) fn handle_from(
+        &self,
+        req: Request<hyper::body::Incoming>,
+        peer: &proxy::Peer,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
+        proxy::handle(
+            self.shared.clone(),
+            req.map(RequestBody::Incoming),
+            Some(peer.clone()),
+        )
     }
 
     /// The number of routes in effect.

@@ -8,7 +8,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
-use crate::{ClientAddr, Gateway};
+use crate::Gateway;
 
 /// Serves `gateway` on `listener` (HTTP/1.1 with upgrades, and HTTP/2 with
 /// prior knowledge) until `shutdown` completes, then waits for open
@@ -47,9 +47,9 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
-        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer));
-            let fut = gw.handle(req);
+        let client = crate::proxy::Peer::new(peer.ip());
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let fut = gw.handle_from(req, &client);
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);

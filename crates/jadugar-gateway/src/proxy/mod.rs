@@ -66,9 +66,26 @@ enum Failure {
 }
 
 /// Serves one request end to end.
+/// The client of a connection, prepared once per connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Peer {
+    pub(crate) ip: IpAddr,
+    pub(crate) forwarded_for: Option<HeaderValue>,
+}
+
+impl Peer {
+    pub(crate) fn new(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
+        }
+    }
+}
+
 pub(crate) async fn handle(
     shared: Arc<Shared>,
     mut req: Request<RequestBody>,
+    peer: Option<Peer>,
 ) -> Response<ProxyBody> {
     let start = Instant::now();
     let request_id = match req.headers().get(&request_id::HEADER) {
@@ -85,7 +102,7 @@ pub(crate) async fn handle(
     };
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let mut res = route_and_proxy(&shared, req, &uri, start).await;
+    let mut res = route_and_proxy(&shared, req, &uri, start, peer).await;
     if let Some(id) = request_id
         && !res.0.headers().contains_key(&request_id::HEADER)
     {
@@ -124,6 +141,7 @@ async fn route_and_proxy(
     mut req: Request<RequestBody>,
     uri: &Uri,
     start: Instant,
+    peer: Option<Peer>,
 ) -> Outcome {
     let path = uri.path();
     if let Err(e) = check_path(path) {
@@ -173,7 +191,10 @@ async fn route_and_proxy(
             }
         }
     }
-    let client_ip = crate::ratelimit::client_ip(&req);
+    let client_ip = match &peer {
+        Some(p) => Some(p.ip),
+        None => crate::ratelimit::client_ip(&req),
+    };
 
     // How fast.
     let mut decision: Option<Decision> = None;
@@ -283,8 +304,21 @@ async fn route_and_proxy(
     {
         let headers = req.headers_mut();
         headers::remove_hop_by_hop(headers, upgrade);
-        if let Some(ip) = client_ip {
-            set_forwarded_for(headers, ip, shared.config.trust_forwarded);
+        match (&peer, shared.config.trust_forwarded) {
+            (
+                Some(Peer {
+                    forwarded_for: Some(v),
+                    ..
+                }),
+                false,
+            ) => {
+                headers.insert(headers::X_FORWARDED_FOR, v.clone());
+            }
+            _ => {
+                if let Some(ip) = client_ip {
+                    set_forwarded_for(headers, ip, shared.config.trust_forwarded);
+                }
+            }
         }
         if !shared.config.trust_forwarded || !headers.contains_key(headers::X_FORWARDED_PROTO) {
             headers.insert(headers::X_FORWARDED_PROTO, shared.forwarded_proto.clone());
