@@ -592,14 +592,17 @@ http://127.0.0.1:{target.h1_port} {{
                 self.wrk(port, path, self.warmup)
         stats_before = self.upstream_stats()
         cpu_before = cpu_seconds(target.proc.pid)
+        wall_before = time.monotonic()
         if proto == "h2":
             result = self.h2load(port, path, self.duration, measure=True)
         else:
             result = self.wrk(port, path, self.duration)
         cpu = cpu_seconds(target.proc.pid) - cpu_before
+        wall = time.monotonic() - wall_before
         stats_after = self.upstream_stats()
         result["upstream_conns"] = stats_after["connections"] - stats_before["connections"]
         result["cpu_per_100k"] = cpu / result["requests"] * 100_000 if result["requests"] else float("nan")
+        result["busy"] = 100 * cpu / wall if wall > 0 else float("nan")
         for access_log in target.access_logs:
             # Bounded disk use: the log was written during the run; drop it.
             try:
@@ -648,8 +651,8 @@ def fmt(value: float, digits: int = 2) -> str:
 def render(results: dict, targets: list[Target], scens: list[Scenario], header: list[str]) -> str:
     lines = list(header)
     lines.append("")
-    lines.append("| target | scenario | req/s | p50 ms | p99 ms | p99.9 ms | CPU s / 100k req | peak RSS MiB | new upstream conns | req/s ÷ nginx | p99 ÷ nginx |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    lines.append("| target | scenario | req/s | p50 ms | p99 ms | p99.9 ms | CPU s / 100k req | core busy % | peak RSS MiB | new upstream conns | req/s ÷ nginx | p99 ÷ nginx |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     notes = []
     for scen in scens:
         base = results.get((scen, "nginx"))
@@ -660,9 +663,9 @@ def render(results: dict, targets: list[Target], scens: list[Scenario], header: 
             if cell is None:
                 continue
             if isinstance(cell, str):
-                lines.append(f"| {target.label} | {scen.name} | {cell} | | | | | | | | |")
+                lines.append(f"| {target.label} | {scen.name} | {cell} | | | | | | | | | |")
                 continue
-            med = {k: statistics.median(r[k] for r in cell) for k in ("rps", "p50", "p99", "p999", "cpu_per_100k")}
+            med = {k: statistics.median(r[k] for r in cell) for k in ("rps", "p50", "p99", "p999", "cpu_per_100k", "busy")}
             conns = sum(r["upstream_conns"] for r in cell)
             errors = sum(r["errors"] for r in cell)
             rss = target.rss_kib.get("on" if scen.logs_on else "off", 0) / 1024
@@ -679,7 +682,7 @@ def render(results: dict, targets: list[Target], scens: list[Scenario], header: 
                 notes.append(f"⚠{len(notes) + 1}: {target.label}, {scen.name}: {errors} failed requests over all repetitions")
             lines.append(
                 f"| {target.label}{mark} | {scen.name} | {fmt(med['rps'], 0)} | {fmt(med['p50'])} | {fmt(med['p99'])} | "
-                f"{fmt(med['p999'])} | {fmt(med['cpu_per_100k'])} | {fmt(rss, 1)} | {conns} | {ratio_rps} | {ratio_p99} |"
+                f"{fmt(med['p999'])} | {fmt(med['cpu_per_100k'])} | {fmt(med['busy'], 0)} | {fmt(rss, 1)} | {conns} | {ratio_rps} | {ratio_p99} |"
             )
     if notes:
         lines.append("")
@@ -772,6 +775,7 @@ def main() -> None:
         f"Proxy on core {bench.proxy_core}, client and upstream on core {bench.client_core}.",
         "The machine is shared with other work: absolute figures vary between runs; compare the ratios within this one run.",
         "CPU s / 100k req and peak RSS are the proxy's (all its processes), or the upstream's on the direct row. "
+        "'core busy %' is the proxy's CPU time over the run's wall time (100 = its core saturated; below, the client side or other load limited the rate). "
         "'new upstream conns' is the number of connections the upstream accepted during the measured runs (0 = all reused).",
     ]
     table = render(results, targets, scens, header)
