@@ -75,6 +75,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 
 type Spawner = Box<dyn FnOnce(CancellationToken) -> Vec<JoinHandle<()>> + Send>;
 type Wrapper = Box<dyn FnOnce(Router) -> Router + Send>;
+type DocsRouter = Box<dyn FnOnce(OpenApi) -> Router + Send>;
 
 /// The service answering requests no route matched (the gateway).
 pub type FallbackService = BoxCloneSyncService<axum::extract::Request, Response, Infallible>;
@@ -89,6 +90,7 @@ pub struct AppBuilder {
     spawners: Vec<Spawner>,
     auth: Option<Wrapper>,
     fallback: Option<FallbackService>,
+    docs: Option<DocsRouter>,
     components: Vec<&'static str>,
 }
 
@@ -162,6 +164,14 @@ impl AppBuilder {
         self
     }
 
+    /// Serves `/openapi.json` (and `/docs`) with the router `docs` makes
+    /// from the merged platform document, instead of the host's plain
+    /// `/openapi.json` (the gateway adds its upstreams' documents).
+    pub fn docs(mut self, docs: impl FnOnce(OpenApi) -> Router + Send + 'static) -> Self {
+        self.docs = Some(Box::new(docs));
+        self
+    }
+
     /// The names of the mounted components.
     pub fn components(&self) -> &[&'static str] {
         &self.components
@@ -175,9 +185,12 @@ impl AppBuilder {
             axum::body::Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
 
         let fallback = self.fallback;
-        let api = self
-            .api
-            .route(
+        let docs = match self.docs {
+            Some(make) => with_timeout(
+                make(openapi.clone()),
+                Duration::from_secs(self.config.request_timeout_secs),
+            ),
+            None => Router::new().route(
                 "/openapi.json",
                 get(move || {
                     let body = openapi_json.clone();
@@ -191,7 +204,11 @@ impl AppBuilder {
                         )
                     }
                 }),
-            )
+            ),
+        };
+        let api = self
+            .api
+            .merge(docs)
             // Only the host's and components' routes: the gateway's
             // (proxied) responses are never rewritten.
             .route_layer(axum::middleware::map_response(problem_for_bare_errors))
@@ -381,6 +398,7 @@ impl App {
             spawners: Vec::new(),
             auth: None,
             fallback: None,
+            docs: None,
             components: Vec::new(),
         }
     }

@@ -1,22 +1,180 @@
 //! Which components the host mounts, and how each one is built.
 //!
-//! Each component crate is wired here, and only here: built from the
-//! [`Backends`](crate::Backends) and its section of the
-//! [`Config`](crate::Config), its router and OpenAPI mounted, its
-//! background work registered.
+//! Each component crate is wired here, and only here, under the same
+//! contract: built from the [`Backends`](crate::Backends) and its section of
+//! the [`Config`](crate::Config) (running its migrations), its router and
+//! OpenAPI description mounted, its background work registered. Then the
+//! adapters between components, which never know each other:
+//!
+//! - auth's [`AuthLayer`](jadugar_auth::AuthLayer) wraps every component
+//!   route and the gateway, so each sees the caller's `Principal`;
+//! - the registry is the gateway's `Discovery`;
+//! - the gateway is the fallback for everything outside `/v1` and the host's
+//!   own paths, and serves `/openapi.json` and `/docs` with its upstreams'
+//!   documents merged in.
 
-use jadugar_core::storage::Database;
+use std::time::Duration;
+
+use axum::body::Body;
+use jadugar_core::storage::{Database, StorageError};
+use tower::ServiceExt;
+use tower::util::BoxCloneSyncService;
 
 use crate::app::AppBuilder;
 use crate::error::HostError;
 
-/// Mounts every available component on `builder`.
+/// The components the host knows, in the order they are mounted.
+pub const COMPONENTS: &[&str] = &["auth", "registry", "tracking", "gateway"];
+
+fn failed(component: &'static str) -> impl FnOnce(String) -> HostError {
+    move |message| HostError::Component { component, message }
+}
+
+/// Builds and mounts every component on `builder`.
 pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
+    let config = builder.config().clone();
+    let backends = builder.backends().clone();
+    let database = &backends.database;
+    let redis = backends.redis.as_ref();
+
+    // auth
+    let auth = jadugar_auth::AuthService::from_backends(
+        &config.auth,
+        database,
+        redis,
+        backends.clock.clone(),
+        backends.sealer.clone(),
+    )
+    .await
+    .map_err(|e| failed("auth")(e.to_string()))?;
+    let password = config
+        .admin_password
+        .as_ref()
+        .map(|p| p.expose().to_owned());
+    if let Some(admin) = auth
+        .bootstrap(password)
+        .await
+        .map_err(|e| failed("auth")(e.to_string()))?
+    {
+        match admin.generated_password {
+            Some(password) => eprintln!(
+                "\n  Created the first admin, {}, with the one-time password\n\n      {password}\n\n  It must be changed at first login (POST /v1/auth/me/password).\n  Set JADUGAR_ADMIN_PASSWORD to choose it instead.\n",
+                admin.email
+            ),
+            None => tracing::info!(email = %admin.email, "created the first admin"),
+        }
+    }
+    let auth_layer = jadugar_auth::AuthLayer::new(auth.clone());
+    let builder = builder
+        .mount(
+            "auth",
+            jadugar_auth::http::router(auth.clone()),
+            jadugar_auth::http::openapi(),
+        )
+        .background(move |cancel| auth.spawn_background(cancel))
+        .authenticate(move |router| router.layer(auth_layer));
+
+    // registry: blocking queries wait up to `max_wait_secs` by design.
+    let registry = jadugar_registry::Registry::from_backends(
+        &config.registry,
+        database,
+        redis,
+        backends.clock.clone(),
+        backends.sealer.clone(),
+    )
+    .await
+    .map_err(|e| failed("registry")(e.to_string()))?;
+    let registry_timeout = Duration::from_secs(
+        config
+            .registry
+            .max_wait_secs
+            .saturating_add(config.request_timeout_secs),
+    );
+    let discovery = registry.discovery();
+    let builder = builder
+        .mount_with_timeout(
+            "registry",
+            jadugar_registry::http::router(registry.clone()),
+            jadugar_registry::http::openapi(),
+            registry_timeout,
+        )
+        .background(move |cancel| registry.start(cancel));
+
+    // tracking
+    let tracking = jadugar_tracking::Tracking::from_backends(
+        &config.tracking,
+        database,
+        redis,
+        backends.clock.clone(),
+        backends.sealer.clone(),
+    )
+    .await
+    .map_err(|e| failed("tracking")(e.to_string()))?;
+    let dispatcher = tracking
+        .dispatcher()
+        .map_err(|e| failed("tracking")(e.to_string()))?;
+    let builder = builder
+        .mount(
+            "tracking",
+            jadugar_tracking::http::router(tracking),
+            jadugar_tracking::http::openapi(),
+        )
+        .background(move |cancel| dispatcher.start(cancel));
+
+    // gateway: upstreams found through the registry.
+    let gateway = jadugar_gateway::Gateway::from_backends(
+        &config.gateway,
+        database,
+        redis,
+        backends.clock.clone(),
+        backends.sealer.clone(),
+        discovery,
+    )
+    .await
+    .map_err(|e| failed("gateway")(e.to_string()))?;
+    let proxy = ServiceExt::<axum::extract::Request>::map_response(
+        gateway.clone(),
+        |response: http::Response<jadugar_gateway::ProxyBody>| response.map(Body::new),
+    );
+    let docs_gateway = gateway.clone();
+    let background_gateway = gateway.clone();
+    let builder = builder
+        .mount(
+            "gateway",
+            jadugar_gateway::http::router(gateway),
+            jadugar_gateway::http::openapi(),
+        )
+        .background(move |cancel| background_gateway.spawn_background(cancel))
+        .docs(move |platform| jadugar_gateway::docs::router(docs_gateway, platform))
+        .fallback(BoxCloneSyncService::new(proxy));
+
     Ok(builder)
 }
 
 /// Runs every component's migrations on `database`.
 pub async fn migrate_all(database: &Database) -> Result<(), HostError> {
-    let _ = database;
+    let step = |component: &'static str| {
+        move |e: StorageError| HostError::Component {
+            component,
+            message: format!("migrations: {e}"),
+        }
+    };
+    jadugar_auth::store::SqlStore::new(database.clone())
+        .await
+        .map_err(step("auth"))?;
+    database
+        .migrate(
+            &jadugar_registry::store::sql::SQLITE_MIGRATOR,
+            &jadugar_registry::store::sql::POSTGRES_MIGRATOR,
+        )
+        .await
+        .map_err(step("registry"))?;
+    jadugar_tracking::store::SqlStore::new(database.clone())
+        .migrate()
+        .await
+        .map_err(step("tracking"))?;
+    jadugar_gateway::store::SqlRouteStore::new(database.clone())
+        .await
+        .map_err(step("gateway"))?;
     Ok(())
 }

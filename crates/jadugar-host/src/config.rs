@@ -104,6 +104,22 @@ pub struct Config {
     pub body_limit_bytes: usize,
     /// HTTPS: with both set, the listener speaks TLS.
     pub tls: TlsConfig,
+    /// Password of the first admin (`admin@localhost`), created when there
+    /// is no user yet. Without it, a one-time password is generated and
+    /// printed once on stderr.
+    pub admin_password: Option<Secret>,
+    /// The `[auth]` section: see [`jadugar_auth::Config`].
+    #[serde(skip_serializing)]
+    pub auth: jadugar_auth::Config,
+    /// The `[registry]` section: see [`jadugar_registry::Config`].
+    #[serde(skip_serializing)]
+    pub registry: jadugar_registry::Config,
+    /// The `[tracking]` section: see [`jadugar_tracking::Config`].
+    #[serde(skip_serializing)]
+    pub tracking: jadugar_tracking::Config,
+    /// The `[gateway]` section: see [`jadugar_gateway::Config`].
+    #[serde(skip_serializing)]
+    pub gateway: jadugar_gateway::Config,
     /// The component sections as given (file and environment merged), for
     /// `config print`: component configurations are not serialisable.
     #[serde(skip)]
@@ -129,6 +145,11 @@ impl Default for Config {
             request_timeout_secs: 60,
             body_limit_bytes: 2 * 1024 * 1024,
             tls: TlsConfig::default(),
+            admin_password: None,
+            auth: jadugar_auth::Config::default(),
+            registry: jadugar_registry::Config::default(),
+            tracking: jadugar_tracking::Config::default(),
+            gateway: jadugar_gateway::Config::default(),
             component_sections: BTreeMap::new(),
         }
     }
@@ -154,6 +175,7 @@ impl fmt::Debug for Config {
             .field("request_timeout_secs", &self.request_timeout_secs)
             .field("body_limit_bytes", &self.body_limit_bytes)
             .field("tls", &self.tls)
+            .field("admin_password", &self.admin_password)
             .field("components", &self.component_sections.keys())
             .finish()
     }
