@@ -55,15 +55,7 @@ async fn every_component_is_mounted_behind_auth() {
     assert!(res.headers().contains_key("www-authenticate"));
 
     // The bootstrapped admin logs in; the token opens every component.
-    let res = client
-        .post(host.url("/v1/auth/login"))
-        .json(&serde_json::json!({"email": "admin@localhost", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let tokens: serde_json::Value = res.json().await.unwrap();
-    let token = tokens["access_token"].as_str().unwrap();
+    let token = &admin_token(&client, &host).await;
     for path in ["/v1/registry/services", "/v1/gateway/routes", "/v1/auth/me"] {
         let res = client
             .get(host.url(path))
@@ -80,6 +72,69 @@ async fn every_component_is_mounted_behind_auth() {
     assert_eq!(res.headers()["content-type"], "application/problem+json");
 
     host.shutdown().await.unwrap();
+}
+
+/// Logs in as the bootstrapped admin.
+async fn admin_token(client: &reqwest::Client, host: &common::Running) -> String {
+    let tokens: serde_json::Value = client
+        .post(host.url("/v1/auth/login"))
+        .json(&serde_json::json!({"email": "admin@localhost", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tokens["access_token"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn the_gateway_proxies_to_instances_found_in_the_registry() {
+    // An upstream service.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream_port = upstream.local_addr().unwrap().port();
+    let app = axum::Router::new().fallback(|uri: http::Uri| async move { format!("echo {uri}") });
+    let upstream_task = tokio::spawn(async move { axum::serve(upstream, app).await });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.admin_password = Some(Secret::new(PASSWORD));
+    let host = start(config).await;
+    let client = reqwest::Client::new();
+    let token = admin_token(&client, &host).await;
+
+    // Register it in the registry...
+    let res = client
+        .put(host.url("/v1/registry/services/echo/instances/echo-1"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "address": {"scheme": "http", "host": "127.0.0.1", "port": upstream_port}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    // ...and route /echo to the registry service through the gateway.
+    let res = client
+        .post(host.url("/v1/gateway/routes"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "id": "echo",
+            "path": "/echo",
+            "path_match": "prefix",
+            "upstream": {"service": "echo"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+
+    let res = client.get(host.url("/echo/hello")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "echo /echo/hello");
+
+    host.shutdown().await.unwrap();
+    upstream_task.abort();
 }
 
 #[tokio::test]
