@@ -121,9 +121,14 @@ pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
         )
         .background(move |cancel| dispatcher.start(cancel));
 
-    // gateway: upstreams found through the registry.
+    // gateway: upstreams found through the registry. The host already
+    // writes one access line per request and sets the request id, so the
+    // gateway's own are off (or every proxied request would log twice).
+    let mut gateway_config = config.gateway.clone();
+    gateway_config.access_log = false;
+    gateway_config.request_id = false;
     let gateway = jadugar_gateway::Gateway::from_backends(
-        &config.gateway,
+        &gateway_config,
         database,
         redis,
         backends.clock.clone(),
