@@ -90,6 +90,9 @@ pub fn verify(secret: &str, msg_id: &str, timestamp: i64, body: &[u8], header: &
     })
 }
 
+/// Webhooks by id, with when they were read.
+type HookCache = HashMap<WebhookId, (Option<Webhook>, Instant)>;
+
 /// Delivers outbox events to webhooks; see the [module docs](self).
 ///
 /// Several dispatchers (in one process or on several hosts) may run on one
@@ -104,6 +107,9 @@ pub struct Dispatcher {
     policy: AddressPolicy,
     client: reqwest::Client,
     last_warning: Arc<std::sync::Mutex<Option<Instant>>>,
+    /// Webhooks read in the last second (URL, secrets), to spare a query per
+    /// delivery; changes reach the dispatcher within that second.
+    hooks: Arc<std::sync::Mutex<HookCache>>,
 }
 
 impl Dispatcher {
@@ -125,6 +131,7 @@ impl Dispatcher {
             policy,
             client,
             last_warning: Arc::default(),
+            hooks: Arc::default(),
         })
     }
 
@@ -200,11 +207,33 @@ impl Dispatcher {
         let n = claimed.len();
         let mut hooks: HashMap<WebhookId, Option<Webhook>> = HashMap::new();
         for c in &claimed {
-            if let std::collections::hash_map::Entry::Vacant(slot) =
-                hooks.entry(c.delivery.webhook_id)
-            {
-                slot.insert(self.store.get_webhook(c.delivery.webhook_id).await?);
+            let id = c.delivery.webhook_id;
+            if hooks.contains_key(&id) {
+                continue;
             }
+            let cached = self
+                .hooks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get(&id)
+                .filter(|(_, at)| at.elapsed() < Duration::from_secs(1))
+                .map(|(w, _)| w.clone());
+            let hook = match cached {
+                Some(w) => w,
+                None => {
+                    let w = self.store.get_webhook(id).await?;
+                    let mut cache = self
+                        .hooks
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    if cache.len() > 10_000 {
+                        cache.clear();
+                    }
+                    cache.insert(id, (w.clone(), Instant::now()));
+                    w
+                }
+            };
+            hooks.insert(id, hook);
         }
         let jobs = claimed.into_iter().map(|c| {
             let hook = hooks.get(&c.delivery.webhook_id).cloned().flatten();
@@ -271,6 +300,10 @@ impl Dispatcher {
             w.updated_at = self.clock.now();
             tracing::warn!(webhook = %id, "webhook disabled after persistent delivery failure");
             self.store.put_webhook(&w, false).await?;
+            self.hooks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(&id);
         }
         Ok(())
     }

@@ -254,6 +254,8 @@ async fn receiver_gets_signed_events_in_order_on_sqlite() {
 
     // Rotation: during the overlap both secrets sign.
     let rotated = t.rotate_secret(&admin(), hook.webhook.id).await.unwrap();
+    // Dispatchers cache a webhook's settings for up to a second.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
     t.update_task(
         &admin(),
         task.id,

@@ -812,18 +812,28 @@ impl TrackingStore for SqlStore {
             }
             out
         });
+        if claimed.is_empty() {
+            return Ok(vec![]);
+        }
+        // One query for every claimed delivery's event.
+        let ids: std::collections::BTreeSet<&String> = claimed.iter().map(|(_, e)| e).collect();
+        let sql = format!(
+            "SELECT doc FROM trk_events WHERE id IN ({})",
+            in_list(1, ids.len())
+        );
+        let args: Vec<Arg> = ids.into_iter().map(|i| Arg::S(i.clone())).collect();
+        let events: std::collections::HashMap<String, OutboxEvent> = self
+            .parsed::<OutboxEvent>(&sql, &args)
+            .await?
+            .into_iter()
+            .map(|e| (e.id.to_string(), e))
+            .collect();
         let mut out = Vec::with_capacity(claimed.len());
         for (delivery, event_id) in claimed {
-            let event: Option<OutboxEvent> = self
-                .one(
-                    "SELECT doc FROM trk_events WHERE id = $1",
-                    &[Arg::S(event_id)],
-                )
-                .await?;
-            if let Some(event) = event {
+            if let Some(event) = events.get(&event_id) {
                 out.push(ClaimedDelivery {
                     delivery,
-                    event,
+                    event: event.clone(),
                     lease: token.clone(),
                 });
             }
