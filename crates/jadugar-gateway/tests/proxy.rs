@@ -353,3 +353,42 @@ async fn json_body_fields_mapped() {
         .unwrap();
     assert_eq!(call(&gw, big).await.0, 413);
 }
+
+#[tokio::test]
+async fn mounts_as_the_fallback_of_an_axum_app() {
+    use tower::ServiceExt;
+    let (up, _) = echo("a").await;
+    let gw = gateway(vec![route("svc", "/svc", &[up]).prefix()]).await;
+    let app: axum::Router = axum::Router::new()
+        .route("/v1/health", axum::routing::get(|| async { "ok" }))
+        .fallback_service(gw);
+    let res = app
+        .clone()
+        .oneshot(
+            http::Request::get("/svc/x")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .clone()
+        .oneshot(
+            http::Request::get("/v1/health")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = app
+        .oneshot(
+            http::Request::get("/none")
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
