@@ -199,3 +199,29 @@ fn printing_redacts_secrets() {
         assert!(!debug.contains(secret), "{secret} leaked by Debug: {debug}");
     }
 }
+
+#[test]
+fn component_sections_follow_the_same_rules() {
+    let text = "[registry]\nmax_wait_secs = 30\n\n[auth]\naccess_token_ttl_secs = 120\nnot_an_auth_key = 1\n";
+    let problems = Config::load_from(Some(("j.toml", text)), []).unwrap_err();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(
+        problems[0].to_string(),
+        "j.toml:6: auth.not_an_auth_key: unknown key"
+    );
+
+    let text = "[registry]\nmax_wait_secs = 30\n";
+    let config = Config::load_from(
+        Some(("j.toml", text)),
+        env(&[
+            ("JADUGAR_REGISTRY__MAX_WAIT_SECS", "45"),
+            ("JADUGAR_AUTH__ISSUER", "https://auth.example.com"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(config.registry.max_wait_secs, 45, "the environment wins");
+    assert_eq!(config.auth.issuer, "https://auth.example.com");
+    let printed = config.to_redacted_toml();
+    assert!(printed.contains("[registry]"), "{printed}");
+    assert!(printed.contains("max_wait_secs = 45"), "{printed}");
+}
