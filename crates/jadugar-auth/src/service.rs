@@ -39,7 +39,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
 use jadugar_core::cursor::{CursorCodec, Page, PageRequest};
-use jadugar_core::storage::{Database, Redis};
+use jadugar_core::storage::Redis;
 use jadugar_core::{MasterKey, Sealer};
 use jadugar_core::{Principal, PrincipalKind, SharedClock, SystemClock};
 use serde::{Deserialize, Serialize};
@@ -458,7 +458,7 @@ impl AuthService {
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub async fn from_backends(
         config: &Config,
-        database: &Database,
+        database: &jadugar_core::storage::Database,
         redis: Option<&Redis>,
         clock: SharedClock,
         sealer: Sealer,
