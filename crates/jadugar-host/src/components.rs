@@ -9,14 +9,19 @@
 //! - auth's [`AuthLayer`](jadugar_auth::AuthLayer) wraps every component
 //!   route and the gateway, so each sees the caller's `Principal`;
 //! - the registry is the gateway's `Discovery`;
+//! - auth's users are tracking's assignee directory ([`AuthDirectory`]);
 //! - the gateway is the fallback for everything outside `/v1` and the host's
 //!   own paths, and serves `/openapi.json` and `/docs` with its upstreams'
 //!   documents merged in.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
 use jadugar_core::storage::{Database, StorageError};
+use jadugar_core::{Principal, PrincipalKind};
+use jadugar_tracking::model::ProjectId;
+use jadugar_tracking::notify::{AssigneeDirectory, AssigneeStatus};
 use tower::ServiceExt;
 use tower::util::BoxCloneSyncService;
 
@@ -65,6 +70,7 @@ pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
         }
     }
     let auth_layer = jadugar_auth::AuthLayer::new(auth.clone());
+    let directory = Arc::new(AuthDirectory(auth.clone()));
     let builder = builder
         .mount(
             "auth",
@@ -109,7 +115,8 @@ pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
         backends.sealer.clone(),
     )
     .await
-    .map_err(|e| failed("tracking")(e.to_string()))?;
+    .map_err(|e| failed("tracking")(e.to_string()))?
+    .with_directory(directory);
     let dispatcher = tracking
         .dispatcher()
         .map_err(|e| failed("tracking")(e.to_string()))?;
@@ -154,6 +161,42 @@ pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
         .fallback(BoxCloneSyncService::new(proxy));
 
     Ok(builder)
+}
+
+/// Tracking's assignees are auth's users: a subject may be assigned when it
+/// is an enabled user holding `tracking:read` or
+/// `tracking:project:<id>:read`, directly or through its roles.
+#[derive(Debug, Clone)]
+pub struct AuthDirectory(pub jadugar_auth::AuthService);
+
+#[async_trait::async_trait]
+impl AssigneeDirectory for AuthDirectory {
+    async fn check(&self, subject: &str, project: ProjectId) -> AssigneeStatus {
+        let Ok(id) = subject.parse::<jadugar_auth::model::UserId>() else {
+            return AssigneeStatus::Unknown;
+        };
+        let record = match self.0.store().get_user(id).await {
+            Ok(Some(record)) if !record.user.disabled => record,
+            Ok(_) => return AssigneeStatus::Unknown,
+            Err(e) => {
+                tracing::warn!(error = %e, "assignee lookup failed");
+                return AssigneeStatus::Unknown;
+            }
+        };
+        let permissions = match self.0.permissions_of(&record.user.roles).await {
+            Ok(permissions) => permissions,
+            Err(e) => {
+                tracing::warn!(error = %e, "assignee permissions lookup failed");
+                return AssigneeStatus::NoAccess;
+            }
+        };
+        let user = Principal::new(subject, PrincipalKind::User).with_permissions(permissions);
+        if user.can("tracking:read") || user.can(&format!("tracking:project:{project}:read")) {
+            AssigneeStatus::Ok
+        } else {
+            AssigneeStatus::NoAccess
+        }
+    }
 }
 
 /// Runs every component's migrations on `database`.

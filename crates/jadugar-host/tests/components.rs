@@ -146,3 +146,49 @@ async fn migrate_applies_every_component_and_is_idempotent() {
     let second = jadugar_host::commands::migrate(&config).await.unwrap();
     assert_eq!(first, second);
 }
+
+#[tokio::test]
+async fn tracking_assignees_are_auth_users_who_may_read_tracking() {
+    use jadugar_auth::service::NewUser;
+    use jadugar_host::components::AuthDirectory;
+    use jadugar_tracking::model::ProjectId;
+    use jadugar_tracking::notify::{AssigneeDirectory, AssigneeStatus};
+
+    let auth = jadugar_auth::AuthService::memory(jadugar_auth::Config::default())
+        .await
+        .unwrap();
+    let new_user = |email: &str, roles: Vec<String>| NewUser {
+        email: email.into(),
+        display_name: email.into(),
+        password: None,
+        roles,
+    };
+    let admin = auth
+        .create_user(None, new_user("ada@example.com", vec!["admin".into()]))
+        .await
+        .unwrap();
+    let nobody = auth
+        .create_user(None, new_user("bob@example.com", vec![]))
+        .await
+        .unwrap();
+    let directory = AuthDirectory(auth);
+    let project = ProjectId::new();
+    assert_eq!(
+        directory.check(&admin.id.to_string(), project).await,
+        AssigneeStatus::Ok
+    );
+    assert_eq!(
+        directory.check(&nobody.id.to_string(), project).await,
+        AssigneeStatus::NoAccess
+    );
+    assert_eq!(
+        directory
+            .check(&ProjectId::new().to_string(), project)
+            .await,
+        AssigneeStatus::Unknown
+    );
+    assert_eq!(
+        directory.check("not-a-user-id", project).await,
+        AssigneeStatus::Unknown
+    );
+}
