@@ -1,5 +1,16 @@
 //! What every component is built from: the database, Redis, the clock and
 //! the sealer, opened from a [`Config`].
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), jadugar_host::HostError> {
+//! use jadugar_host::{Backends, Config};
+//!
+//! let config = Config::default(); // ./jadugar-data/jadugar.db, generated master key
+//! let backends = Backends::open(&config).await?;
+//! let sealed = backends.sealer.seal(b"webhook secret", b"webhook:1");
+//! backends.close().await;
+//! # let _ = sealed; Ok(()) }
+//! ```
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};

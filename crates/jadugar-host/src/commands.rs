@@ -1,4 +1,15 @@
 //! The one-shot commands: `jadugar migrate` and `jadugar backup`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), jadugar_host::HostError> {
+//! use jadugar_host::{Config, commands};
+//!
+//! let config = Config::default();
+//! let recorded = commands::migrate(&config).await?;
+//! let bytes = commands::backup(&config, std::path::Path::new("./backup.db")).await?;
+//! println!("{recorded} migrations; backup of {bytes} bytes");
+//! # Ok(()) }
+//! ```
 
 use std::path::Path;
 

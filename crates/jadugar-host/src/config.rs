@@ -561,6 +561,15 @@ fn redact_value(key: Option<&str>, value: &toml::Value) -> toml::Value {
 }
 
 /// Checks a database URL: `sqlite:` or `postgres:`, and well-formed.
+///
+/// ```
+/// use jadugar_host::config::check_database_url;
+///
+/// assert!(check_database_url("sqlite://./data/app.db").is_ok());
+/// assert!(check_database_url("postgres://app@db.internal/jadugar").is_ok());
+/// assert!(check_database_url("mysql://db/x").is_err());
+/// assert!(check_database_url("postgres://[::1/x").is_err());
+/// ```
 pub fn check_database_url(url: &str) -> Result<(), String> {
     if url.starts_with("sqlite:") {
         let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
@@ -586,6 +595,13 @@ pub fn check_database_url(url: &str) -> Result<(), String> {
 }
 
 /// Checks a Redis URL: `redis://` or `rediss://`, and well-formed.
+///
+/// ```
+/// use jadugar_host::config::check_redis_url;
+///
+/// assert!(check_redis_url("rediss://:pw@cache:6380").is_ok());
+/// assert!(check_redis_url("http://cache").is_err());
+/// ```
 pub fn check_redis_url(url: &str) -> Result<(), String> {
     let parsed = url::Url::parse(url)
         .map_err(|e| format!("malformed redis URL {}: {e}", redact_url(url)))?;

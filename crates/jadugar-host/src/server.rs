@@ -1,5 +1,16 @@
 //! Serving: the accept loop (plain TCP or TLS), HTTP/1 and HTTP/2 through
-//! hyper-util, and graceful shutdown.
+//! hyper-util, and graceful shutdown (see [`App::serve`]).
+//!
+//! ```no_run
+//! # fn demo() -> Result<(), jadugar_host::HostError> {
+//! use std::path::Path;
+//!
+//! let acceptor = jadugar_host::server::tls_acceptor(
+//!     Path::new("/etc/jadugar/fullchain.pem"),
+//!     Path::new("/etc/jadugar/privkey.pem"),
+//! )?;
+//! # let _ = acceptor; Ok(()) }
+//! ```
 
 use std::future::Future;
 use std::net::SocketAddr;

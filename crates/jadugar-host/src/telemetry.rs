@@ -8,6 +8,17 @@
 //! cardinality stays bounded; `unmatched` for the fallback) and status. The
 //! layer goes on the router (`Router::layer`), after routing, where the
 //! matched route is known. [`metrics_handle`] renders them.
+//!
+//! ```
+//! use jadugar_host::telemetry::{AccessLogLayer, metrics_handle};
+//!
+//! let handle = metrics_handle();
+//! let app: axum::Router = axum::Router::new()
+//!     .route("/", axum::routing::get(|| async { "hi" }))
+//!     .layer(AccessLogLayer);
+//! let _text: String = handle.render(); // Prometheus text format
+//! # let _ = app;
+//! ```
 
 use std::future::Future;
 use std::pin::Pin;
