@@ -228,8 +228,14 @@ impl UpstreamPool {
                 },
             }
         }
-        let schedule = smooth_schedule(&backends);
-        let ring = ring(&backends);
+        let schedule = match self.spec.balance {
+            Balance::Weighted => smooth_schedule(&backends),
+            _ => Vec::new(),
+        };
+        let ring = match self.spec.balance {
+            Balance::ConsistentHash { .. } => ring(&backends),
+            _ => Vec::new(),
+        };
         self.set.store(Arc::new(BackendSet {
             backends,
             schedule,
