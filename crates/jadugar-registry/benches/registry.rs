@@ -132,9 +132,13 @@ fn register_on(c: &mut Criterion, name: &str, rt: &tokio::runtime::Runtime, regi
         b.to_async(rt).iter(|| {
             let i = next.fetch_add(1, Ordering::Relaxed);
             let registry = registry.clone();
+            // 1,000 instances over 50 services (20 each); the port changes
+            // every time, so each call is a real write, not an idempotent
+            // renewal.
             async move {
+                let id = i % 1000;
                 registry
-                    .register(&format!("svc-{}", i % 50), &format!("i-{i}"), reg(i))
+                    .register(&format!("svc-{}", id % 50), &format!("i-{id}"), reg(i))
                     .await
                     .unwrap();
             }
