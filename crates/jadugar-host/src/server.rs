@@ -13,7 +13,6 @@
 //! ```
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -111,12 +110,16 @@ impl App {
                 () = &mut shutdown => break,
             };
             let _ = stream.set_nodelay(true);
-            let service =
-                TowerToHyperService::new(router.clone().layer(axum::Extension(ConnectInfo::<
-                    SocketAddr,
-                >(
-                    remote
-                ))));
+            let service = TowerToHyperService::new(
+                // Cheap per connection: the router is shared, only the
+                // peer address is added to each request.
+                tower::ServiceBuilder::new()
+                    .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(ConnectInfo(remote));
+                        request
+                    })
+                    .service(router.clone()),
+            );
             let watcher = graceful.watcher();
             let builder = builder.clone();
             let tls = tls.clone();

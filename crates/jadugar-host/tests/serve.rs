@@ -554,3 +554,26 @@ async fn bad_tls_files_are_a_clear_error() {
     assert!(err.starts_with("TLS: certificate"), "{err}");
     assert!(err.contains("missing.crt"), "{err}");
 }
+
+#[tokio::test]
+async fn handlers_see_the_peer_address() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let backends = Backends::open(&config).await.unwrap();
+    let peer =
+        Router::new().route(
+            "/v1/test/peer",
+            get(
+                |axum::extract::ConnectInfo(addr): axum::extract::ConnectInfo<
+                    std::net::SocketAddr,
+                >| async move { addr.ip().to_string() },
+            ),
+        );
+    let app = App::builder(config, backends)
+        .mount("test", peer, Default::default())
+        .build();
+    let host = serve(app).await;
+    let res = reqwest::get(host.url("/v1/test/peer")).await.unwrap();
+    assert_eq!(res.text().await.unwrap(), "127.0.0.1");
+    host.shutdown().await.unwrap();
+}
