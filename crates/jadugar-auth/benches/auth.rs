@@ -14,6 +14,7 @@ use jadugar_auth::layer::AuthLayer;
 use jadugar_auth::service::{NewApiKey, NewUser, RequestMeta};
 use jadugar_auth::{AuthService, Config};
 use jadugar_core::Principal;
+use sha2::Digest;
 use tower::{Layer, ServiceExt};
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -29,6 +30,7 @@ fn benches(c: &mut Criterion) {
     let config = Config {
         login_attempts_per_account: 0,
         login_attempts_per_ip: 0,
+        api_key_cache_ttl_secs: 3600,
         ..Config::default()
     };
     let auth = rt.block_on(AuthService::memory(config)).unwrap();
@@ -56,6 +58,28 @@ fn benches(c: &mut Criterion) {
         .unwrap();
     rt.block_on(auth.verify_api_key(&key.secret)).unwrap();
 
+    // Baselines on the same machine and load, to read the figures against.
+    let secret = key.secret.rsplit('_').next().unwrap().to_owned();
+    let stored: [u8; 32] = sha2::Sha256::digest(secret.as_bytes()).into();
+    c.bench_function("baseline_sha256_ct_eq_43B", |b| {
+        b.iter(|| {
+            let h: [u8; 32] = sha2::Sha256::digest(black_box(secret.as_bytes())).into();
+            bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &stored[..]))
+        })
+    });
+    let signing = ed25519_dalek::SigningKey::from_bytes(&[7u8; 32]);
+    let message = [1u8; 300];
+    let signature = ed25519_dalek::Signer::sign(&signing, &message);
+    let verifying = signing.verifying_key();
+    c.bench_function("baseline_ed25519_verify_raw", |b| {
+        b.iter(|| {
+            verifying
+                .verify_strict(black_box(&message), &signature)
+                .is_ok()
+        })
+    });
+
+    rt.block_on(auth.verify_api_key(&key.secret)).unwrap();
     c.bench_function("api_key_verify_cache_hit", |b| {
         b.iter(|| {
             auth.verify_api_key_cached(black_box(&key.secret))

@@ -182,6 +182,10 @@ pub trait SessionStore: Debug + Send + Sync + 'static {
     async fn purge_sessions(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }
 
+#[cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "redis")),
+    allow(dead_code)
+)]
 pub(crate) fn backend<E: std::error::Error + Send + Sync + 'static>(e: E) -> StoreError {
     StoreError::Backend(Box::new(e))
 }
