@@ -239,16 +239,39 @@ impl Dispatcher {
             let hook = hooks.get(&c.delivery.webhook_id).cloned().flatten();
             self.deliver(c, hook)
         });
-        for r in futures_util::future::join_all(jobs).await {
-            r?;
+        // Claims hold at most one delivery per endpoint, so sending them all
+        // at once keeps the order per endpoint; the outcomes are then
+        // recorded in one batch.
+        let finished: Vec<(ClaimedDelivery, AttemptOutcome, WebhookId)> =
+            futures_util::future::join_all(jobs)
+                .await
+                .into_iter()
+                .flatten()
+                .collect();
+        if finished.is_empty() {
+            return Ok(n);
+        }
+        let items: Vec<(ClaimedDelivery, AttemptOutcome)> = finished
+            .iter()
+            .map(|(c, o, _)| (c.clone(), o.clone()))
+            .collect();
+        let kept = self.store.finish_deliveries(&items).await?;
+        for ((claimed, outcome, hook), kept) in finished.iter().zip(kept) {
+            if kept && outcome.state == DeliveryState::Failed {
+                self.disable(*hook, claimed).await?;
+            }
         }
         Ok(n)
     }
 
-    async fn deliver(&self, claimed: ClaimedDelivery, hook: Option<Webhook>) -> Result<(), Error> {
-        let Some(hook) = hook else {
-            return Ok(());
-        };
+    /// Sends one claimed delivery; the outcome to record, `None` when its
+    /// webhook is gone.
+    async fn deliver(
+        &self,
+        claimed: ClaimedDelivery,
+        hook: Option<Webhook>,
+    ) -> Option<(ClaimedDelivery, AttemptOutcome, WebhookId)> {
+        let hook = hook?;
         let started = self.clock.now();
         let (status, excerpt, retry_after, latency_ms) = match self.send(&claimed, &hook).await {
             Ok(r) => r,
@@ -280,14 +303,7 @@ impl Dispatcher {
             next_attempt_at: next,
             attempt,
         };
-        let kept = self
-            .store
-            .finish_delivery(claimed.delivery.id, &claimed.lease, &outcome)
-            .await?;
-        if kept && state == DeliveryState::Failed {
-            self.disable(hook.id, &claimed).await?;
-        }
-        Ok(())
+        Some((claimed, outcome, hook.id))
     }
 
     async fn disable(&self, id: WebhookId, claimed: &ClaimedDelivery) -> Result<(), Error> {

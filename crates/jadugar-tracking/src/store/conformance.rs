@@ -697,11 +697,6 @@ async fn webhooks_and_deliveries(s: &dyn TrackingStore) {
             .await
             .unwrap()
     );
-    assert!(s.finish_delivery(a1.id, &ca.lease, &retry).await.unwrap());
-    assert!(
-        !s.finish_delivery(a1.id, &ca.lease, &retry).await.unwrap(),
-        "lease is freed"
-    );
     let ok = AttemptOutcome {
         state: DeliveryState::Succeeded,
         next_attempt_at: now,
@@ -710,7 +705,32 @@ async fn webhooks_and_deliveries(s: &dyn TrackingStore) {
             ..attempt.clone()
         },
     };
-    assert!(s.finish_delivery(b1.id, &cb.lease, &ok).await.unwrap());
+    // One batch finishes both; a forged lease in a batch changes nothing.
+    let mut forged = cb.clone();
+    forged.lease = "not-the-lease".into();
+    assert_eq!(
+        s.finish_deliveries(&[(forged, retry.clone())])
+            .await
+            .unwrap(),
+        vec![false]
+    );
+    assert_eq!(
+        s.finish_deliveries(&[(ca.clone(), retry.clone()), (cb.clone(), ok.clone())])
+            .await
+            .unwrap(),
+        vec![true, true]
+    );
+    assert!(
+        !s.finish_delivery(a1.id, &ca.lease, &retry).await.unwrap(),
+        "lease is freed"
+    );
+    assert_eq!(
+        s.finish_deliveries(&[(cb.clone(), retry.clone())])
+            .await
+            .unwrap(),
+        vec![false],
+        "lease is freed (batch)"
+    );
 
     // a1 is retrying in 30 s: a2 stays behind it (order per endpoint).
     assert!(s.claim_deliveries(now, lease, 10).await.unwrap().is_empty());

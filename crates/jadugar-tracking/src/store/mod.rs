@@ -327,6 +327,24 @@ pub trait TrackingStore: Debug + Send + Sync + 'static {
         lease: &str,
         outcome: &AttemptOutcome,
     ) -> Result<bool, StoreError>;
+    /// Records the outcomes of several claimed attempts, each as
+    /// [`finish_delivery`](Self::finish_delivery) would; one `bool` per
+    /// item, in order (`false`: that lease was lost, nothing changed for
+    /// it). SQL stores write the whole batch in one statement or
+    /// transaction; the default finishes them one by one.
+    async fn finish_deliveries(
+        &self,
+        items: &[(ClaimedDelivery, AttemptOutcome)],
+    ) -> Result<Vec<bool>, StoreError> {
+        let mut out = Vec::with_capacity(items.len());
+        for (claimed, outcome) in items {
+            out.push(
+                self.finish_delivery(claimed.delivery.id, &claimed.lease, outcome)
+                    .await?,
+            );
+        }
+        Ok(out)
+    }
     /// The oldest `next_attempt_at` among pending deliveries of enabled
     /// webhooks (for the lag metric).
     async fn oldest_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;

@@ -781,7 +781,7 @@ impl TrackingStore for SqlStore {
         } else {
             ""
         };
-        let sql = format!(
+        let update = format!(
             "UPDATE trk_deliveries SET lease_token = $1, lease_until_us = $2, attempts = attempts + 1 \
              WHERE seq IN (SELECT d.seq FROM trk_deliveries d JOIN trk_webhooks w ON w.id = d.webhook_id \
                WHERE d.state = 'pending' AND w.enabled = $5 \
@@ -790,8 +790,18 @@ impl TrackingStore for SqlStore {
                ORDER BY d.seq LIMIT $4{lock}) \
              RETURNING {DELIVERY_COLS}, event_id"
         );
+        // Postgres claims and reads the events in one round trip (a data-
+        // modifying CTE); SQLite has no such CTE and reads them next.
+        let sql = if self.is_pg() {
+            format!(
+                "WITH c AS ({update}) SELECT c.doc, c.state, c.attempts, c.next_attempt_us, c.event_id, e.doc \
+                 FROM c JOIN trk_events e ON e.id = c.event_id"
+            )
+        } else {
+            update
+        };
         let token = uuid::Uuid::new_v4().to_string();
-        let claimed: Vec<(Delivery, String)> = with_pool!(&self.db, pool => {
+        let claimed: Vec<(Delivery, String, Option<String>)> = with_pool!(&self.db, pool => {
             let rows = sqlx::query(&sql)
                 .bind(token.clone())
                 .bind(us(lease_until))
@@ -808,28 +818,41 @@ impl TrackingStore for SqlStore {
                     r.try_get(2)?,
                     r.try_get(3)?,
                 )?;
-                out.push((d, r.try_get::<String, _>(4)?));
+                let event_doc = if r.len() > 5 { Some(r.try_get::<String, _>(5)?) } else { None };
+                out.push((d, r.try_get::<String, _>(4)?, event_doc));
             }
             out
         });
         if claimed.is_empty() {
             return Ok(vec![]);
         }
-        // One query for every claimed delivery's event.
-        let ids: std::collections::BTreeSet<&String> = claimed.iter().map(|(_, e)| e).collect();
-        let sql = format!(
-            "SELECT doc FROM trk_events WHERE id IN ({})",
-            in_list(1, ids.len())
-        );
-        let args: Vec<Arg> = ids.into_iter().map(|i| Arg::S(i.clone())).collect();
-        let events: std::collections::HashMap<String, OutboxEvent> = self
-            .parsed::<OutboxEvent>(&sql, &args)
-            .await?
-            .into_iter()
-            .map(|e| (e.id.to_string(), e))
+        let mut events: std::collections::HashMap<String, OutboxEvent> =
+            std::collections::HashMap::new();
+        for (_, event_id, event_doc) in &claimed {
+            if let Some(d) = event_doc {
+                if !events.contains_key(event_id) {
+                    events.insert(event_id.clone(), parse::<OutboxEvent>(d)?);
+                }
+            }
+        }
+        let missing: std::collections::BTreeSet<&String> = claimed
+            .iter()
+            .filter(|(_, e, d)| d.is_none() && !events.contains_key(e))
+            .map(|(_, e, _)| e)
             .collect();
+        if !missing.is_empty() {
+            // One query for every claimed delivery's event.
+            let sql = format!(
+                "SELECT doc FROM trk_events WHERE id IN ({})",
+                in_list(1, missing.len())
+            );
+            let args: Vec<Arg> = missing.into_iter().map(|i| Arg::S(i.clone())).collect();
+            for e in self.parsed::<OutboxEvent>(&sql, &args).await? {
+                events.insert(e.id.to_string(), e);
+            }
+        }
         let mut out = Vec::with_capacity(claimed.len());
-        for (delivery, event_id) in claimed {
+        for (delivery, event_id, _) in claimed {
             if let Some(event) = events.get(&event_id) {
                 out.push(ClaimedDelivery {
                     delivery,
@@ -884,6 +907,94 @@ impl TrackingStore for SqlStore {
             )
             .await?;
         Ok(n > 0)
+    }
+
+    async fn finish_deliveries(
+        &self,
+        items: &[(ClaimedDelivery, AttemptOutcome)],
+    ) -> Result<Vec<bool>, StoreError> {
+        if items.is_empty() {
+            return Ok(vec![]);
+        }
+        // The claim returned each delivery's stored document, and nobody else
+        // writes a leased delivery, so the new document is built from it
+        // without reading the row again; the lease check in the `WHERE`
+        // refuses rows whose lease was lost meanwhile.
+        let rows: Vec<(String, String, String, i64, String)> = items
+            .iter()
+            .map(|(c, o)| {
+                let mut d = c.delivery.clone();
+                d.state = o.state;
+                d.next_attempt_at = o.next_attempt_at;
+                d.log.push(o.attempt.clone());
+                if d.log.len() > 20 {
+                    d.log.remove(0);
+                }
+                (
+                    d.id.to_string(),
+                    c.lease.clone(),
+                    d.state.as_str().to_owned(),
+                    us(d.next_attempt_at),
+                    doc(&d),
+                )
+            })
+            .collect();
+        let done: std::collections::HashSet<String> = match &self.db {
+            Database::Postgres(pool) => {
+                let mut ids = Vec::with_capacity(rows.len());
+                let mut leases = Vec::with_capacity(rows.len());
+                let mut states = Vec::with_capacity(rows.len());
+                let mut nexts = Vec::with_capacity(rows.len());
+                let mut docs = Vec::with_capacity(rows.len());
+                for (id, lease, state, next, d) in &rows {
+                    ids.push(id.as_str());
+                    leases.push(lease.as_str());
+                    states.push(state.as_str());
+                    nexts.push(*next);
+                    docs.push(d.as_str());
+                }
+                sqlx::query_scalar::<_, String>(
+                    "UPDATE trk_deliveries AS d SET state = v.state, next_attempt_us = v.next_us, \
+                     lease_token = NULL, lease_until_us = NULL, doc = v.doc \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[]) \
+                       AS v(id, lease, state, next_us, doc) \
+                     WHERE d.id = v.id AND d.lease_token = v.lease RETURNING d.id",
+                )
+                .bind(ids)
+                .bind(leases)
+                .bind(states)
+                .bind(nexts)
+                .bind(docs)
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .collect()
+            }
+            Database::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                let mut done = std::collections::HashSet::new();
+                for (id, lease, state, next, d) in &rows {
+                    let n = sqlx::query(
+                        "UPDATE trk_deliveries SET state = $1, next_attempt_us = $2, lease_token = NULL, \
+                         lease_until_us = NULL, doc = $3 WHERE id = $4 AND lease_token = $5",
+                    )
+                    .bind(state.as_str())
+                    .bind(*next)
+                    .bind(d.as_str())
+                    .bind(id.as_str())
+                    .bind(lease.as_str())
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                    if n > 0 {
+                        done.insert(id.clone());
+                    }
+                }
+                tx.commit().await?;
+                done
+            }
+        };
+        Ok(rows.iter().map(|r| done.contains(&r.0)).collect())
     }
 
     async fn oldest_due(&self) -> Result<Option<DateTime<Utc>>, StoreError> {
