@@ -325,27 +325,47 @@ async fn list_load(db: &Database, n: usize) {
             start.elapsed(),
         );
     }
-    for (label, sql) in [
+    // The position after the first page of (project 0, "todo"), for the
+    // page-2 plan.
+    let (after_key, after_id): (i64, String) = sqlx::query_as(
+        "SELECT created_us, id FROM trk_tasks WHERE project_id = $1 AND status = 'todo' \
+         ORDER BY created_us, id OFFSET 50 LIMIT 1",
+    )
+    .bind(projects[0].to_string())
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    for (label, sql, arg) in [
         (
             "project+status",
-            "EXPLAIN SELECT t.doc FROM trk_tasks t WHERE 1 = 1 AND t.project_id = $1 AND t.status = $2 ORDER BY t.created_us, t.id LIMIT $3",
+            "SELECT t.doc FROM trk_tasks t WHERE 1 = 1 AND t.project_id = $1 AND t.status = $2 ORDER BY t.created_us, t.id LIMIT $3",
+            "todo",
+        ),
+        (
+            "project+status, page 2",
+            "SELECT t.doc FROM trk_tasks t WHERE 1 = 1 AND t.project_id = $1 AND t.status = $2 AND (t.created_us, t.id) > ($4::bigint, $5) ORDER BY t.created_us, t.id LIMIT $3",
+            "todo",
+        ),
+        (
+            "project+category+priority",
+            "SELECT t.doc FROM trk_tasks t WHERE 1 = 1 AND t.project_id = $1 AND t.category = $2 AND t.prio_key = -3 ORDER BY t.created_us, t.id LIMIT $3",
+            "started",
         ),
         (
             "all projects, assignee",
-            "EXPLAIN SELECT t.doc FROM trk_tasks t WHERE 1 = 1 AND EXISTS (SELECT 1 FROM trk_task_tags g WHERE g.kind = 'a' AND g.value = $2 AND g.task_id = t.id) AND t.project_id <> $1 ORDER BY t.created_us, t.id LIMIT $3",
+            "SELECT t.doc FROM trk_tasks t WHERE 1 = 1 AND EXISTS (SELECT 1 FROM trk_task_tags g WHERE g.kind = 'a' AND g.value = $2 AND g.task_id = t.id) AND t.project_id <> $1 ORDER BY t.created_us, t.id LIMIT $3",
+            "user7",
         ),
     ] {
-        let rows: Vec<(String,)> = sqlx::query_as(sql)
+        let text = format!("EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}");
+        let mut q = sqlx::query_as::<_, (String,)>(&text)
             .bind(projects[0].to_string())
-            .bind(if label.contains("assignee") {
-                "user7"
-            } else {
-                "todo"
-            })
-            .bind(51i64)
-            .fetch_all(pool)
-            .await
-            .unwrap();
+            .bind(arg)
+            .bind(51i64);
+        if sql.contains("$4") {
+            q = q.bind(after_key.to_string()).bind(after_id.clone());
+        }
+        let rows = q.fetch_all(pool).await.unwrap();
         println!("plan ({label}):");
         for (line,) in rows {
             println!("    {line}");

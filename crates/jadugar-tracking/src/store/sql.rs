@@ -492,9 +492,10 @@ impl TrackingStore for SqlStore {
             let kn = args.len();
             args.push(Arg::S(id.to_string()));
             let idn = args.len();
-            sql.push_str(&format!(
-                " AND ({key} > ${kn} OR ({key} = ${kn} AND t.id > ${idn}))"
-            ));
+            // A row-value comparison, which both backends turn into an index
+            // range over (…, sort key, id); the equivalent `OR` form is only a
+            // filter, so later pages would re-read every earlier row.
+            sql.push_str(&format!(" AND ({key}, t.id) > (${kn}, ${idn})"));
         }
         args.push(Arg::I(i64::from(q.limit)));
         sql.push_str(&format!(" ORDER BY {key}, t.id LIMIT ${}", args.len()));
