@@ -50,6 +50,10 @@ pub const ENV_PREFIX: &str = "JADUGAR_";
 /// The variable naming the configuration file (read by the CLI).
 pub const CONFIG_FILE_VAR: &str = "JADUGAR_CONFIG";
 
+/// The variable `jadugar user create` reads the new user's password from
+/// (not a configuration key).
+pub const NEW_USER_PASSWORD_VAR: &str = "JADUGAR_NEW_USER_PASSWORD";
+
 /// Shown instead of a secret.
 pub const REDACTED: &str = "<redacted>";
 
@@ -666,6 +670,7 @@ fn overlay_env(
             let upper = name.to_ascii_uppercase();
             upper.starts_with(ENV_PREFIX)
                 && upper != CONFIG_FILE_VAR
+                && upper != NEW_USER_PASSWORD_VAR
                 && !upper.starts_with("JADUGAR_TEST_")
         })
         .collect();

@@ -78,6 +78,10 @@ pub enum HostError {
     /// A backup could not be made.
     #[error("backup: {0}")]
     Backup(String),
+    /// A user or API key command was refused (invalid input, unknown
+    /// owner, duplicate, ...); the message names the field.
+    #[error("{0}")]
+    Auth(String),
     /// Something else failed with an I/O error.
     #[error("{context}: {source}")]
     Io {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use jadugar_host::config::{CONFIG_FILE_VAR, Config, LogFormat};
+use jadugar_host::config::{CONFIG_FILE_VAR, Config, LogFormat, NEW_USER_PASSWORD_VAR};
 use jadugar_host::{HostError, commands, telemetry};
 
 /// Jadugar: authentication, service registry, progress tracking and API
@@ -42,10 +42,62 @@ enum Command {
         /// The file to create.
         path: PathBuf,
     },
+    /// Manage users.
+    User {
+        #[command(subcommand)]
+        command: UserCommand,
+    },
+    /// Manage API keys.
+    Apikey {
+        #[command(subcommand)]
+        command: ApikeyCommand,
+    },
     /// Inspect the configuration.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UserCommand {
+    /// Create a user and print its id. The password comes from stdin
+    /// (--password-stdin) or JADUGAR_NEW_USER_PASSWORD; without either one
+    /// is generated, printed once, and must be changed at first login.
+    Create {
+        /// Email (login name).
+        #[arg(long)]
+        email: String,
+        /// Display name (default: the email).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// A role to grant (repeatable); it must exist.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// Read the password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ApikeyCommand {
+    /// Create an API key for a user; prints only the secret on stdout
+    /// (once: it cannot be shown again), details on stderr.
+    Create {
+        /// The owner's email.
+        #[arg(long, value_name = "EMAIL")]
+        owner: String,
+        /// A label for the key.
+        #[arg(long)]
+        name: String,
+        /// A permission the key is limited to (repeatable; default: all of
+        /// the owner's).
+        #[arg(long = "scope", value_name = "PERMISSION")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds (default: never expires).
+        #[arg(long, value_name = "N")]
+        expires_in_secs: Option<u64>,
     },
 }
 
@@ -122,6 +174,42 @@ async fn main_async(cli: Cli) -> ExitCode {
         Command::Backup { path } => commands::backup(&config, &path).await.map(|bytes| {
             println!("backup written to {} ({bytes} bytes)", path.display());
         }),
+        Command::User {
+            command:
+                UserCommand::Create {
+                    email,
+                    name,
+                    roles,
+                    password_stdin,
+                },
+        } => create_user(&config, email, name, roles, password_stdin).await,
+        Command::Apikey {
+            command:
+                ApikeyCommand::Create {
+                    owner,
+                    name,
+                    scopes,
+                    expires_in_secs,
+                },
+        } => commands::create_api_key(
+            &config,
+            commands::ApiKeySpec {
+                owner,
+                name,
+                scopes,
+                expires_in_secs,
+            },
+        )
+        .await
+        .map(|key| {
+            eprintln!(
+                "created API key {} for user {} with scopes [{}]; the secret below is shown only once",
+                key.id,
+                key.owner,
+                key.scopes.join(", ")
+            );
+            println!("{}", key.secret);
+        }),
         Command::Config {
             command: ConfigCommand::Print,
         } => {
@@ -142,6 +230,62 @@ async fn main_async(cli: Cli) -> ExitCode {
             }
         }
     }
+}
+
+async fn create_user(
+    config: &Config,
+    email: String,
+    name: String,
+    roles: Vec<String>,
+    password_stdin: bool,
+) -> Result<(), HostError> {
+    let password = if password_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .read_line(&mut line)
+            .map_err(|source| HostError::Io {
+                context: "read the password from stdin".into(),
+                source,
+            })?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        if password.is_empty() {
+            return Err(HostError::Auth(
+                "password: --password-stdin read an empty line".into(),
+            ));
+        }
+        Some(password)
+    } else {
+        std::env::var(NEW_USER_PASSWORD_VAR)
+            .ok()
+            .filter(|p| !p.is_empty())
+    };
+    let user = commands::create_user(
+        config,
+        commands::UserSpec {
+            email,
+            display_name: name,
+            roles,
+            password,
+        },
+    )
+    .await?;
+    if let Some((admin, password)) = &user.bootstrapped_admin {
+        match password {
+            Some(password) => eprintln!(
+                "the store was empty: created the first admin, {admin}, with the one-time password {password} (it must be changed at first login)"
+            ),
+            None => eprintln!("the store was empty: created the first admin, {admin}"),
+        }
+    }
+    match &user.generated_password {
+        Some(password) => eprintln!(
+            "created user {} with the one-time password {password} (shown only once; it must be changed at first login)",
+            user.email
+        ),
+        None => eprintln!("created user {}", user.email),
+    }
+    println!("{}", user.id);
+    Ok(())
 }
 
 async fn serve(config: Config) -> Result<(), HostError> {

@@ -302,3 +302,289 @@ fn serve_with_zero_configuration_then_sigterm() {
         0o600
     );
 }
+
+/// Runs the binary with `stdin` piped in.
+fn run_with_stdin(dir: &Path, args: &[&str], env: &[(&str, &str)], stdin: &str) -> Output {
+    use std::io::Write;
+    let mut child = jadugar(dir, args, env)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn stdout_line(output: &Output) -> String {
+    let stdout = String::from_utf8(output.stdout.clone()).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one stdout line expected: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    lines[0].to_owned()
+}
+
+/// `user create` then `apikey create`, then the key authenticates against
+/// the served API; the one-time passwords are printed once.
+#[test]
+fn user_and_api_key_from_the_cli_authenticate_against_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = run_with_stdin(
+        dir.path(),
+        &[
+            "user",
+            "create",
+            "--email",
+            "Ada@Example.com",
+            "--name",
+            "Ada",
+            "--role",
+            "admin",
+            "--password-stdin",
+        ],
+        &[],
+        "correct horse battery staple\n",
+    );
+    assert!(output.status.success(), "{output:?}");
+    let user_id = stdout_line(&output);
+    assert_eq!(user_id.len(), 36, "{user_id}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // The store was empty: the first admin exists too, as `serve` would do.
+    assert!(
+        stderr.contains("created the first admin, admin@localhost"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("created user ada@example.com"), "{stderr}");
+    assert!(!stderr.contains("correct horse"), "{stderr}");
+
+    // A generated password is printed once, on stderr.
+    let output = run(
+        dir.path(),
+        &["user", "create", "--email", "bob@example.com"],
+        &[],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let bob_id = stdout_line(&output);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("one-time password "), "{stderr}");
+    assert!(!stderr.contains("first admin"), "{stderr}");
+    assert_ne!(bob_id, user_id);
+
+    // The environment variable is the other way to pass a password.
+    let output = run(
+        dir.path(),
+        &["user", "create", "--email", "cy@example.com"],
+        &[("JADUGAR_NEW_USER_PASSWORD", "another long passphrase")],
+    );
+    assert!(output.status.success(), "{output:?}");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("one-time"));
+
+    let output = run(
+        dir.path(),
+        &[
+            "apikey",
+            "create",
+            "--owner",
+            "ada@example.com",
+            "--name",
+            "ci",
+            "--scope",
+            "tracking:read",
+            "--expires-in-secs",
+            "3600",
+        ],
+        &[],
+    );
+    assert!(output.status.success(), "{output:?}");
+    let secret = stdout_line(&output);
+    assert!(secret.starts_with("jdg_"), "{secret}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains(&user_id), "{stderr}");
+    assert!(!stderr.contains(&secret), "{stderr}");
+
+    // Serve the same data directory and call an authenticated endpoint.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let child = jadugar(dir.path(), &["serve"], &[("JADUGAR_LISTEN", &listen)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (me, anonymous) = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if reqwest::get(format!("http://{listen}/readyz"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = reqwest::Client::new();
+        let me = client
+            .get(format!("http://{listen}/v1/auth/me"))
+            .header("x-api-key", &secret)
+            .send()
+            .await;
+        let me = match me {
+            Ok(r) => Some((
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.ok(),
+            )),
+            Err(_) => None,
+        };
+        let anonymous = client
+            .get(format!("http://{listen}/v1/auth/me"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .ok();
+        (me, anonymous)
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let (status, body) = me.unwrap_or_else(|| panic!("no answer: {stderr}"));
+    assert_eq!(status, 200, "{body:?} {stderr}");
+    let body = body.unwrap();
+    assert_eq!(body["principal"]["kind"], "api_key", "{body}");
+    assert_eq!(body["principal"]["owner"], user_id.as_str(), "{body}");
+    assert_eq!(
+        body["principal"]["permissions"],
+        serde_json::json!(["tracking:read"]),
+        "{body}"
+    );
+    assert_eq!(anonymous, Some(401));
+    // Users existed: serve did not create another admin.
+    assert!(!stderr.contains("Created the first admin"), "{stderr}");
+}
+
+/// Every refusal is one `error:` line and exit 1, never a panic.
+#[test]
+fn user_and_api_key_errors_are_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = [("JADUGAR_NEW_USER_PASSWORD", "a long enough password")];
+    let output = run(
+        dir.path(),
+        &["user", "create", "--email", "dora@example.com"],
+        &pw,
+    );
+    assert!(output.status.success(), "{output:?}");
+
+    /// Arguments, environment, expected start of the error line.
+    type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            vec!["user", "create", "--email", "not-an-email"],
+            pw.to_vec(),
+            "error: email: ",
+        ),
+        (
+            vec!["user", "create", "--email", "eve@example.com"],
+            vec![("JADUGAR_NEW_USER_PASSWORD", "short")],
+            "error: password: must be at least 12 characters",
+        ),
+        (
+            vec!["user", "create", "--email", "DORA@example.com"],
+            pw.to_vec(),
+            "error: email: a user with this email already exists",
+        ),
+        (
+            vec![
+                "user",
+                "create",
+                "--email",
+                "fay@example.com",
+                "--role",
+                "wizard",
+            ],
+            pw.to_vec(),
+            "error: roles: no role \"wizard\"",
+        ),
+        (
+            vec![
+                "apikey",
+                "create",
+                "--owner",
+                "nobody@example.com",
+                "--name",
+                "k",
+            ],
+            vec![],
+            "error: owner: no user with email nobody@example.com",
+        ),
+        (
+            vec![
+                "apikey",
+                "create",
+                "--owner",
+                "dora@example.com",
+                "--name",
+                "k",
+                "--scope",
+                "tracking:read",
+            ],
+            vec![],
+            "error: scopes: tracking:read is not held by the owner",
+        ),
+        (
+            vec![
+                "apikey",
+                "create",
+                "--owner",
+                "dora@example.com",
+                "--name",
+                "k",
+                "--scope",
+                "not a permission",
+            ],
+            vec![],
+            "error: scopes: ",
+        ),
+    ];
+    for (args, env, expected) in cases {
+        let output = run(dir.path(), &args, &env);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{args:?}: {stderr}");
+        assert!(errors[0].starts_with(expected), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(output.stdout.is_empty(), "{args:?}: nothing on stdout");
+    }
+
+    // --password-stdin with an empty line is refused too.
+    let output = run_with_stdin(
+        dir.path(),
+        &[
+            "user",
+            "create",
+            "--email",
+            "gus@example.com",
+            "--password-stdin",
+        ],
+        &[],
+        "\n",
+    );
+    assert_eq!(output.status.code(), Some(1));
+    let line = one_clear_line(&output);
+    assert!(line.starts_with("error: password:"), "{line}");
+}
