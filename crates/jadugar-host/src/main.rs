@@ -69,8 +69,8 @@ enum UserCommand {
         #[arg(long)]
         email: String,
         /// Display name (default: the email).
-        #[arg(long, default_value = "")]
-        name: String,
+        #[arg(long)]
+        name: Option<String>,
         /// A role to grant (repeatable); it must exist.
         #[arg(long = "role", value_name = "ROLE")]
         roles: Vec<String>,
@@ -182,7 +182,7 @@ async fn main_async(cli: Cli) -> ExitCode {
                     roles,
                     password_stdin,
                 },
-        } => create_user(&config, email, name, roles, password_stdin).await,
+        } => create_user(&config, email, name.unwrap_or_default(), roles, password_stdin).await,
         Command::Apikey {
             command:
                 ApikeyCommand::Create {
