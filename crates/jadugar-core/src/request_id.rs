@@ -49,8 +49,20 @@ pub struct RequestId(String);
 
 impl RequestId {
     /// A fresh UUIDv7 id.
+    ///
+    /// The random part comes from the thread-local CSPRNG rather than
+    /// `Uuid::now_v7`'s per-call `getrandom` system call: this runs on every
+    /// proxied request.
     pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().to_string())
+        use rand::RngCore;
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let mut random = [0u8; 10];
+        rand::thread_rng().fill_bytes(&mut random);
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
+        let mut text = uuid::Uuid::encode_buffer();
+        Self(id.hyphenated().encode_lower(&mut text).to_owned())
     }
 
     /// Keeps `value` if it is a valid id: 1 to [`MAX_LEN`] bytes of visible
@@ -142,5 +154,28 @@ where
             }
             Ok(res)
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_are_v7_and_ordered() {
+        let a = RequestId::generate();
+        let b = RequestId::generate();
+        let parsed = uuid::Uuid::parse_str(a.as_str()).unwrap();
+        assert_eq!(parsed.get_version_num(), 7);
+        assert_ne!(a, b);
+        assert!(RequestId::parse(a.as_str()).is_some());
+    }
+
+    #[test]
+    fn parse_refuses_bad_ids() {
+        assert!(RequestId::parse("").is_none());
+        assert!(RequestId::parse("has space").is_none());
+        assert!(RequestId::parse(&"x".repeat(MAX_LEN + 1)).is_none());
+        assert!(RequestId::parse("ok-123").is_some());
     }
 }

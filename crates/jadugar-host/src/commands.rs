@@ -353,15 +353,8 @@ fn auth_error(error: jadugar_auth::Error) -> HostError {
     }
 }
 
-/// 128 random bits from the operating system, as 32 hex characters.
+/// 128 random bits from the operating system's CSPRNG, as 32 hex characters.
 fn generate_password() -> Result<String, HostError> {
-    use std::io::Read;
-    let mut bytes = [0u8; 16];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(|source| HostError::Io {
-            context: "read /dev/urandom".into(),
-            source,
-        })?;
+    let bytes: [u8; 16] = rand::random();
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -15,9 +15,9 @@ use std::net::SocketAddr;
 use axum::Router;
 use axum::routing::{get, post};
 use jadugar_auth::layer::{AuthLayer, require};
+use jadugar_auth::service::CancellationToken;
 use jadugar_auth::service::{NewApiKey, NewUser};
 use jadugar_auth::{AuthService, Config};
-use jadugar_auth::service::CancellationToken;
 use jadugar_core::Principal;
 
 async fn hello(principal: Option<Principal>) -> String {
@@ -51,7 +51,10 @@ async fn main() -> anyhow::Result<()> {
         .await?
         .ok_or_else(|| anyhow::anyhow!("the memory store starts empty"))?;
     if let Some(password) = &admin.generated_password {
-        println!("admin: {} / one-time password {password} (change it at first login)", admin.email);
+        println!(
+            "admin: {} / one-time password {password} (change it at first login)",
+            admin.email
+        );
     }
     auth.put_role(
         &Principal::new("example", jadugar_core::PrincipalKind::Service).with_permissions(["*"]),
@@ -63,20 +66,26 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let analyst = auth
-        .create_user(None, NewUser {
-            email: "analyst@example.com".into(),
-            display_name: "Analyst".into(),
-            password: None,
-            roles: vec!["analyst".into()],
-        })
+        .create_user(
+            None,
+            NewUser {
+                email: "analyst@example.com".into(),
+                display_name: "Analyst".into(),
+                password: None,
+                roles: vec!["analyst".into()],
+            },
+        )
         .await?;
     let key = auth
-        .create_api_key(None, NewApiKey {
-            name: "example".into(),
-            scopes: vec![],
-            expires_in_secs: None,
-            owner: Some(analyst.id),
-        })
+        .create_api_key(
+            None,
+            NewApiKey {
+                name: "example".into(),
+                scopes: vec![],
+                expires_in_secs: None,
+                owner: Some(analyst.id),
+            },
+        )
         .await?;
     println!("analyst API key (shown once): {}", key.secret);
 
@@ -84,8 +93,14 @@ async fn main() -> anyhow::Result<()> {
     let tasks = auth.spawn_background(cancel.clone());
 
     let app = Router::new()
-        .route("/reports", get(reports).route_layer(require("reports:read")))
-        .route("/reports/publish", post(publish).route_layer(require("reports:write")))
+        .route(
+            "/reports",
+            get(reports).route_layer(require("reports:read")),
+        )
+        .route(
+            "/reports/publish",
+            post(publish).route_layer(require("reports:write")),
+        )
         .route("/hello", get(hello))
         .merge(jadugar_auth::http::router(auth.clone()))
         .layer(AuthLayer::new(auth));
@@ -96,12 +111,15 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     println!("listening on http://{}", listener.local_addr()?);
     let shutdown = cancel.clone();
-    axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            shutdown.cancel();
-        })
-        .await?;
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        shutdown.cancel();
+    })
+    .await?;
     cancel.cancel();
     for task in tasks {
         let _ = task.await;

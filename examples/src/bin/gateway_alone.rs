@@ -42,7 +42,12 @@ async fn main() -> anyhow::Result<()> {
     let a = start_upstream("upstream-a").await?;
     let b = start_upstream("upstream-b").await?;
 
-    let mut route = RouteSpec::new("api", "/api", [format!("http://{a}"), format!("http://{b}")]).prefix();
+    let mut route = RouteSpec::new(
+        "api",
+        "/api",
+        [format!("http://{a}"), format!("http://{b}")],
+    )
+    .prefix();
     route.transform.strip_prefix = Some("/api".into());
     route.transform.request_headers.set.push(NameValue {
         name: "x-gateway".into(),
@@ -81,7 +86,10 @@ async fn main() -> anyhow::Result<()> {
 
     let client = reqwest::Client::new();
     for i in 1..=7 {
-        let res = client.get(format!("http://{addr}/api/items/{i}")).send().await?;
+        let res = client
+            .get(format!("http://{addr}/api/items/{i}"))
+            .send()
+            .await?;
         let status = res.status();
         let limit = res
             .headers()
