@@ -27,6 +27,10 @@ pub fn is_upgrade(headers: &HeaderMap) -> bool {
 /// Removes hop-by-hop headers (and those named in `Connection`); keeps
 /// `Connection: upgrade` and `Upgrade` when `keep_upgrade`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Fast path: one pass over the names; most requests carry none of them.
+    if !headers.contains_key(header::CONNECTION) && !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     if let Some(connection) = headers.get(header::CONNECTION) {
         let named: Vec<HeaderName> = connection
             .to_str()
@@ -77,6 +81,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Whether `name` is a fixed hop-by-hop header (those that
+/// [`remove_hop_by_hop`] drops even without `Connection` naming them).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::PROXY_AUTHORIZATION
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,5 +118,30 @@ mod tests {
         remove_hop_by_hop(&mut ws, true);
         assert_eq!(ws[header::UPGRADE], "websocket");
         assert_eq!(ws[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn hop_by_hop_without_connection_header() {
+        for name in [
+            "keep-alive",
+            "proxy-connection",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "proxy-authorization",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-kept", "1".parse().unwrap());
+            h.insert(HeaderName::from_static(name), "x".parse().unwrap());
+            remove_hop_by_hop(&mut h, false);
+            assert!(h.get(name).is_none(), "{name} kept");
+            assert_eq!(h["x-kept"], "1");
+        }
+        let mut plain = HeaderMap::new();
+        plain.insert(header::HOST, "example.com".parse().unwrap());
+        plain.insert(header::ACCEPT, "*/*".parse().unwrap());
+        remove_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 2);
     }
 }

@@ -77,7 +77,7 @@ impl Peer {
     pub(crate) fn new(ip: IpAddr) -> Self {
         Self {
             ip,
-            forwarded_for: HeaderValue::from_str(&ip.to_string()).ok(),
+            forwarded_for: ip_header_value(ip).ok(),
         }
     }
 }
@@ -373,10 +373,44 @@ fn set_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr, trust: bool) {
         .and_then(|v| v.to_str().ok())
     {
         Some(prior) if trust => HeaderValue::from_str(&format!("{prior}, {ip}")),
-        _ => HeaderValue::from_str(&ip.to_string()),
+        _ => ip_header_value(ip),
     };
     if let Ok(v) = value {
         headers.insert(headers::X_FORWARDED_FOR, v);
+    }
+}
+
+/// `ip` as a header value, formatted on the stack (no `String`).
+pub(crate) fn ip_header_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    use std::fmt::Write as _;
+    let mut buf = IpBuf {
+        bytes: [0; IpBuf::CAPACITY],
+        len: 0,
+    };
+    if write!(buf, "{ip}").is_err() {
+        return HeaderValue::from_str(&ip.to_string());
+    }
+    HeaderValue::from_bytes(&buf.bytes[..buf.len])
+}
+
+/// A fixed buffer long enough for any formatted IP address (an IPv6
+/// address with an embedded IPv4 takes at most 45 bytes).
+struct IpBuf {
+    bytes: [u8; IpBuf::CAPACITY],
+    len: usize,
+}
+
+impl IpBuf {
+    const CAPACITY: usize = 64;
+}
+
+impl std::fmt::Write for IpBuf {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let end = self.len + s.len();
+        let dst = self.bytes.get_mut(self.len..end).ok_or(std::fmt::Error)?;
+        dst.copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
     }
 }
 
@@ -643,4 +677,30 @@ pub(crate) fn splice(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade
         let mut upstream = TokioIo::new(upstream);
         let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ip_header_values() {
+        for ip in [
+            "127.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:255.255.255.255",
+            "1111:2222:3333:4444:5555:6666:255.255.255.255",
+        ] {
+            let parsed: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_header_value(parsed).unwrap(), parsed.to_string());
+        }
+        let mut h = http::HeaderMap::new();
+        h.insert(headers::X_FORWARDED_FOR, "10.0.0.1".parse().unwrap());
+        set_forwarded_for(&mut h, "10.0.0.2".parse().unwrap(), true);
+        assert_eq!(h[headers::X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
+        set_forwarded_for(&mut h, "10.0.0.3".parse().unwrap(), false);
+        assert_eq!(h[headers::X_FORWARDED_FOR], "10.0.0.3");
+    }
 }
