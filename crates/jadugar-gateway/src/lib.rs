@@ -364,7 +364,12 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let fut = self.handle(req);
-        Box::pin(async move { Ok(fut.await) })
+        // Only the Arc and the request are captured: the large proxy future
+        // is built inside the box on first poll rather than on the stack
+        // and then moved into it.
+        let shared = self.shared.clone();
+        Box::pin(
+            async move { Ok(proxy::handle(shared, req.map(RequestBody::from_body), None).await) },
+        )
     }
 }

@@ -220,7 +220,9 @@ impl Template {
         if let Some(v) = &self.literal {
             return Ok(v.clone());
         }
-        HeaderValue::from_str(&self.render(ctx)?).map_err(|_| UnsafeValue)
+        // The rendered String becomes the value's storage (no second copy).
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(self.render(ctx)?))
+            .map_err(|_| UnsafeValue)
     }
 }
 
