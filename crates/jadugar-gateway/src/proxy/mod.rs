@@ -202,7 +202,9 @@ async fn route_and_proxy(
         let key = extract_key(key, principal.as_ref(), req.headers(), client_ip);
         let d = match limiter.as_local() {
             Some(local) => local.check(&key),
-            None => match limiter.check(&key).await {
+            // Boxed: shared (Redis) limits are rare, keep their state
+            // out of every request's future.
+            None => match Box::pin(limiter.check(&key)).await {
                 Ok(d) => d,
                 Err(e) => {
                     return (
@@ -259,7 +261,8 @@ async fn route_and_proxy(
         if route.transform.maps_request_body() && crate::transform::is_json(req.headers()) {
             let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
             let max = route.transform.max_body();
-            let bytes = match Limited::new(body, max).collect().await {
+            // Boxed: only body-mapping routes pay for the collect state.
+            let bytes = match Box::pin(Limited::new(body, max).collect()).await {
                 Ok(c) => c.to_bytes(),
                 Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                     return (
@@ -638,7 +641,8 @@ async fn finish_response(
     };
     if route.transform.maps_response_body() && crate::transform::is_json(&parts.headers) {
         let max = route.transform.max_body();
-        let bytes: Bytes = match Limited::new(body, max).collect().await {
+        // Boxed: only body-mapping routes pay for the collect state.
+        let bytes: Bytes = match Box::pin(Limited::new(body, max).collect()).await {
             Ok(c) => c.to_bytes(),
             Err(_) => {
                 return problem(&bad_gateway(
