@@ -235,16 +235,13 @@ async fn route_and_proxy(
     let mut new_pq: Option<PathAndQuery> = None;
     if !route.transform.is_noop() {
         let empty = http::HeaderMap::new();
-        let rid = req
-            .headers()
-            .get(&request_id::HEADER)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        // A cheap (reference-counted) copy, not a String.
+        let rid = req.headers().get(&request_id::HEADER).cloned();
         let ctx = TemplateContext {
             principal: principal.as_ref(),
             params: Some(&found.params),
             headers: &empty,
-            request_id: rid.as_deref(),
+            request_id: rid.as_ref().and_then(|v| v.to_str().ok()),
             client_ip,
             route_id: &route.id,
         };

@@ -269,15 +269,16 @@ impl Transform {
         for name in &self.identity {
             headers.remove(name);
         }
-        // Templates read request headers; render against the headers as
-        // received (after identity stripping), then apply.
+        // Templates that read request headers render against the headers
+        // as received (after identity stripping), then apply; the copy is
+        // only made when one of them does.
         let snapshot;
         let ctx = if self
             .request
             .set
             .iter()
             .chain(&self.request.add)
-            .any(|(_, t)| !t.is_literal())
+            .any(|(_, t)| t.reads_headers())
         {
             snapshot = headers.clone();
             TemplateContext {
@@ -503,6 +504,25 @@ mod tests {
         t.apply_request_headers(&mut headers, &ctx).unwrap();
         assert_eq!(headers.get_all("x-user-id").iter().count(), 1);
         assert_eq!(headers["x-user-id"], "bob");
+    }
+
+    #[test]
+    fn header_templates_read_headers_as_received() {
+        let mut spec = TransformSpec::default();
+        for (name, value) in [("x-copy", "was {header.x-b}"), ("x-b", "new")] {
+            spec.request_headers.set.push(NameValue {
+                name: name.into(),
+                value: value.into(),
+            });
+        }
+        let t = Transform::compile(&spec, "/x").unwrap();
+        let empty = HeaderMap::new();
+        let mut headers = HeaderMap::new();
+        headers.insert("x-b", "old".parse().unwrap());
+        t.apply_request_headers(&mut headers, &TemplateContext::new(&empty, "r"))
+            .unwrap();
+        assert_eq!(headers["x-copy"], "was old");
+        assert_eq!(headers["x-b"], "new");
     }
 
     #[test]

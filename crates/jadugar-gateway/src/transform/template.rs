@@ -154,6 +154,11 @@ impl Template {
             .any(|p| matches!(p, Part::Subject | Part::Kind | Part::Owner))
     }
 
+    /// Whether the value reads request headers (`{header.*}`).
+    pub fn reads_headers(&self) -> bool {
+        self.parts.iter().any(|p| matches!(p, Part::Header(_)))
+    }
+
     /// Whether the template is plain text.
     pub fn is_literal(&self) -> bool {
         self.literal.is_some()
