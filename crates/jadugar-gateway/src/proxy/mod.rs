@@ -368,12 +368,17 @@ async fn route_and_proxy(
 }
 
 fn set_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr, trust: bool) {
-    let value = match headers
-        .get(headers::X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prior) if trust => HeaderValue::from_str(&format!("{prior}, {ip}")),
-        _ => ip_header_value(ip),
+    // Without trust the client's value is replaced: no lookup needed.
+    let prior = if trust {
+        headers
+            .get(headers::X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+    } else {
+        None
+    };
+    let value = match prior {
+        Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
+        None => ip_header_value(ip),
     };
     if let Ok(v) = value {
         headers.insert(headers::X_FORWARDED_FOR, v);
