@@ -388,6 +388,29 @@ fn set_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr, trust: bool) {
 /// `ip` as a header value, formatted on the stack (no `String`).
 pub(crate) fn ip_header_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
     use std::fmt::Write as _;
+    if let IpAddr::V4(v4) = ip {
+        // Dotted decimal by hand: `fmt` costs more than the rest of the
+        // header handling.
+        let mut out = [0u8; 15];
+        let mut len = 0;
+        for (i, octet) in v4.octets().into_iter().enumerate() {
+            if i > 0 {
+                out[len] = b'.';
+                len += 1;
+            }
+            if octet >= 100 {
+                out[len] = b'0' + octet / 100;
+                len += 1;
+            }
+            if octet >= 10 {
+                out[len] = b'0' + octet / 10 % 10;
+                len += 1;
+            }
+            out[len] = b'0' + octet % 10;
+            len += 1;
+        }
+        return HeaderValue::from_bytes(&out[..len]);
+    }
     let mut buf = IpBuf {
         bytes: [0; IpBuf::CAPACITY],
         len: 0,
@@ -694,6 +717,9 @@ mod tests {
         for ip in [
             "127.0.0.1",
             "255.255.255.255",
+            "0.0.0.0",
+            "10.9.100.199",
+            "1.20.109.250",
             "::1",
             "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
             "::ffff:255.255.255.255",
