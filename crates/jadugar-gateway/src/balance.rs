@@ -11,6 +11,11 @@
 //! - consistent hashing of a header or cookie onto a ring (100 points per
 //!   unit of weight), so a key keeps its instance while the set is stable.
 //!
+//! Instances are `http` or `https` (an [`Endpoint`]'s scheme, so a registry
+//! instance registered as `https` is reached over TLS); `https` instances
+//! are verified with the pool's [`UpstreamTls`] (the webpki roots unless
+//! [`UpstreamPool::with_tls`] says otherwise).
+//!
 //! Ejected instances are skipped. Instance state (in-flight count,
 //! latency, ejection) survives refreshes for instances that stay.
 //!
@@ -29,15 +34,17 @@
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::ArcSwap;
 use http::HeaderValue;
 use http::uri::{Authority, Scheme};
 use jadugar_core::Endpoint;
+use rustls_pki_types::ServerName;
 
 use crate::model::{Balance, UpstreamSpec};
+use crate::proxy::client::UpstreamTls;
 use crate::resilience::{Limits, Outlier, now_ms};
 
 /// Latency assumed for an instance not yet measured (nanoseconds).
@@ -64,16 +71,46 @@ pub struct Backend {
     pub outlier: Outlier,
     pub(crate) socket_addr: Option<std::net::SocketAddr>,
     pub(crate) idle: crate::proxy::pool::Idle,
+    /// How connections are secured: `None` for `http`.
+    pub(crate) tls: Option<BackendTls>,
+}
+
+/// The TLS side of an `https` instance.
+pub(crate) struct BackendTls {
+    pub(crate) connector: tokio_rustls::TlsConnector,
+    /// SNI and the name the certificate must carry: the endpoint's host.
+    pub(crate) server_name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for BackendTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BackendTls")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Backend {
-    fn new(endpoint: &Endpoint) -> Option<Self> {
+    fn new(endpoint: &Endpoint, tls: &dyn Fn() -> UpstreamTls) -> Option<Self> {
         let authority = Authority::try_from(endpoint.authority()).ok()?;
-        let scheme = match endpoint.scheme.as_str() {
-            "http" => Scheme::HTTP,
+        let (scheme, tls) = match endpoint.scheme.as_str() {
+            "http" => (Scheme::HTTP, None),
+            "https" => {
+                let host = endpoint.host.trim_matches(|c| c == '[' || c == ']');
+                let server_name = ServerName::try_from(host.to_owned()).ok()?;
+                let connector = tokio_rustls::TlsConnector::from(Arc::clone(tls().http1()));
+                (
+                    Scheme::HTTPS,
+                    Some(BackendTls {
+                        connector,
+                        server_name,
+                    }),
+                )
+            }
             _ => return None,
         };
         Some(Self {
+            tls,
             host_header: HeaderValue::from_str(authority.as_str()).ok()?,
             label: Arc::from(format!("{}@{}", endpoint.id, authority)),
             endpoint: endpoint.clone(),
@@ -156,6 +193,13 @@ pub struct UpstreamPool {
     next: AtomicUsize,
     pub(crate) limits: Option<Limits>,
     ejections: metrics::Counter,
+    tls: Option<UpstreamTls>,
+}
+
+/// The TLS settings of pools built without [`UpstreamPool::with_tls`].
+fn default_tls() -> UpstreamTls {
+    static DEFAULT: OnceLock<UpstreamTls> = OnceLock::new();
+    DEFAULT.get_or_init(UpstreamTls::webpki).clone()
 }
 
 fn hash64<T: Hash + ?Sized>(value: &T) -> u64 {
@@ -181,7 +225,15 @@ impl UpstreamPool {
             spec,
             set: ArcSwap::from_pointee(BackendSet::default()),
             next: AtomicUsize::new(0),
+            tls: None,
         }
+    }
+
+    /// Verifies `https` instances with `tls` (instead of the webpki roots
+    /// alone); call before the first [`refresh`](Self::refresh).
+    pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
+        self.tls = Some(tls);
+        self
     }
 
     /// The upstream's name.
@@ -200,7 +252,7 @@ impl UpstreamPool {
     }
 
     /// Replaces the instances, keeping the state of those that stay.
-    /// Endpoints that are not `http` are skipped.
+    /// Endpoints that are neither `http` nor `https` are skipped.
     pub fn refresh(&self, endpoints: &[Endpoint]) {
         let old = self.set.load();
         let mut by_key: HashMap<(&str, String), &Arc<Backend>> = HashMap::new();
@@ -220,10 +272,10 @@ impl UpstreamPool {
         for e in endpoints {
             match by_key.get(&(e.id.as_str(), e.authority())) {
                 Some(b) if b.endpoint == *e => backends.push(Arc::clone(b)),
-                _ => match Backend::new(e) {
+                _ => match Backend::new(e, &|| self.tls.clone().unwrap_or_else(default_tls)) {
                     Some(b) => backends.push(Arc::new(b)),
                     None => {
-                        tracing::warn!(upstream = %self.name, endpoint = %e.id, "skipping endpoint that is not http")
+                        tracing::warn!(upstream = %self.name, endpoint = %e.id, "skipping endpoint that is not http or https")
                     }
                 },
             }

@@ -115,6 +115,10 @@ pub struct Config {
     pub docs_cache_secs: u64,
     /// Most routes.
     pub max_routes: usize,
+    /// A PEM file of CA certificates trusted for `https` upstreams in
+    /// addition to the built-in webpki (Mozilla) roots, e.g. a private CA.
+    /// Upstream certificates are always verified.
+    pub upstream_ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -143,6 +147,7 @@ impl Default for Config {
             docs_timeout_ms: 3_000,
             docs_cache_secs: 60,
             max_routes: 100_000,
+            upstream_ca_file: None,
         }
     }
 }
@@ -250,11 +255,19 @@ impl GatewayBuilder {
                 "must be http or https",
             )])
         })?;
+        let tls =
+            proxy::client::UpstreamTls::new(config.upstream_ca_file.as_deref()).map_err(|e| {
+                Error::Invalid(vec![jadugar_core::FieldError::new(
+                    "upstream_ca_file",
+                    format!("{}: {}", e.path, e.reason),
+                )])
+            })?;
         let shared = Arc::new(Shared {
             clients: ClientCache::new(
                 policy.clone(),
                 Duration::from_secs(config.pool_idle_timeout_secs),
                 config.pool_max_idle_per_host,
+                tls,
             ),
             docs: docs::DocsCache::new(policy, &config),
             config,

@@ -6,6 +6,11 @@
 //! fast ([`RateLimitSpec`]), what it changes on the way ([`TransformSpec`]) and
 //! how it copes with failure ([`ResilienceSpec`]).
 //!
+//! Upstream targets are `http://` or `https://` base URLs; `https` ones are
+//! verified (webpki roots plus the gateway's `upstream_ca_file`, see
+//! [`UpstreamTls`](crate::proxy::client::UpstreamTls)) with the URL's host
+//! as server name.
+//!
 //! ```
 //! use jadugar_gateway::model::RouteSpec;
 //!
@@ -116,7 +121,10 @@ pub struct UpstreamSpec {
     /// route id.
     #[serde(default)]
     pub name: Option<String>,
-    /// Fixed upstream base URLs (`http://host:port`), optionally weighted.
+    /// Fixed upstream base URLs (`http://host:port` or `https://host:port`),
+    /// optionally weighted. `https` upstreams are verified against the
+    /// webpki roots plus the gateway's `upstream_ca_file`, with the URL's
+    /// host as the TLS server name (SNI).
     #[serde(default)]
     pub targets: Vec<Target>,
     /// A registry service name, resolved through `Discovery` (instead of
@@ -129,7 +137,8 @@ pub struct UpstreamSpec {
     /// How an instance is chosen.
     #[serde(default)]
     pub balance: Balance,
-    /// Speak HTTP/2 (prior knowledge) to the upstream instead of HTTP/1.1.
+    /// Speak HTTP/2 to the upstream instead of HTTP/1.1: with prior
+    /// knowledge over `http`, negotiated by ALPN (`h2` only) over `https`.
     #[serde(default)]
     pub http2: bool,
     /// Most requests in flight to this upstream; beyond it requests wait
@@ -153,7 +162,7 @@ pub enum Target {
     Url(String),
     /// A base URL with a weight.
     Weighted {
-        /// `http://host:port`.
+        /// `http://host:port` or `https://host:port`.
         url: String,
         /// Relative weight (at least 1).
         weight: u32,
@@ -565,18 +574,16 @@ fn validate_upstream(u: &UpstreamSpec, bad: &mut impl FnMut(String, &str)) {
     for (i, t) in u.targets.iter().enumerate() {
         match url::Url::parse(t.url()) {
             Ok(url)
-                if url.scheme() == "http"
+                if (url.scheme() == "http" || url.scheme() == "https")
                     && url.host_str().is_some()
                     && (url.path() == "/" || url.path().is_empty())
                     && url.query().is_none()
-                    && url.username().is_empty() => {}
-            Ok(url) if url.scheme() == "https" => bad(
-                format!("upstream.targets[{i}]"),
-                "https upstreams are not supported yet; use http",
-            ),
+                    && url.fragment().is_none()
+                    && url.username().is_empty()
+                    && url.password().is_none() => {}
             _ => bad(
                 format!("upstream.targets[{i}]"),
-                "must be a base URL like http://host:port",
+                "must be a base URL like http://host:port or https://host:port",
             ),
         }
         if t.weight() == 0 || t.weight() > 10_000 {

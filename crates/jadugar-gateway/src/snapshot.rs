@@ -130,7 +130,10 @@ pub(crate) fn build(
         {
             Some(p) => Arc::clone(p),
             None => {
-                let p = Arc::new(UpstreamPool::new(&name, spec.upstream.clone()));
+                let p = Arc::new(
+                    UpstreamPool::new(&name, spec.upstream.clone())
+                        .with_tls(ctx.clients.tls().clone()),
+                );
                 refresh_pool(&p, ctx);
                 p
             }

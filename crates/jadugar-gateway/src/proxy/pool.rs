@@ -1,5 +1,10 @@
 //! HTTP/1.1 upstream connections kept per instance.
 //!
+//! A connection to an `https` instance is TCP, then TLS (rustls; SNI and
+//! certificate name = the instance's host, ALPN `http/1.1`), then hyper's
+//! HTTP/1.1 handshake; the sender it yields has the same type either way,
+//! so the idle lists and the send path do not know about TLS.
+//!
 //! hyper-util's pooled client returns a connection to its pool through a
 //! task spawned per request; this pool avoids that: the response body
 //! carries the connection's sender and puts it back when the body ends, and
@@ -66,6 +71,7 @@ async fn connect(
     policy: &AddressPolicy,
     timeout: Duration,
 ) -> Result<SendRequest<RequestBody>, PoolError> {
+    let deadline = tokio::time::Instant::now() + timeout;
     let stream = match backend.socket_addr {
         Some(addr) => tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
             .await
@@ -80,7 +86,32 @@ async fn connect(
     }
     .map_err(PoolError::Connect)?;
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    match &backend.tls {
+        None => handshake(stream).await,
+        Some(tls) => {
+            // The TLS handshake shares the connect timeout with the TCP connect.
+            let handshake_ = tls.connector.connect(tls.server_name.clone(), stream);
+            let stream = tokio::time::timeout_at(deadline, handshake_)
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                })
+                .and_then(|r| r)
+                .map_err(|e| {
+                    tracing::warn!(instance = %backend.label, error = %e, "TLS handshake with upstream failed");
+                    PoolError::Connect(e)
+                })?;
+            handshake(stream).await
+        }
+    }
+}
+
+/// hyper's HTTP/1.1 handshake over `io`; the connection is driven by a task.
+async fn handshake<T>(io: T) -> Result<SendRequest<RequestBody>, PoolError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(PoolError::Request)?;
     tokio::spawn(async move {
