@@ -241,6 +241,11 @@ impl UpstreamPool {
         &self.name
     }
 
+    /// The upstream's name, shared.
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        Arc::clone(&self.name)
+    }
+
     /// The spec.
     pub fn spec(&self) -> &UpstreamSpec {
         &self.spec

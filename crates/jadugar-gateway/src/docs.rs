@@ -111,8 +111,15 @@ impl Gateway {
     pub async fn openapi_document(&self, platform: &utoipa::openapi::OpenApi) -> Value {
         let mut merged =
             serde_json::to_value(platform).unwrap_or_else(|_| Value::Object(Map::new()));
-        let specs = self.shared.snapshot.load().specs.clone();
-        for route in specs.iter().filter(|r| r.openapi_url.is_some()) {
+        let specs: Vec<RouteSpec> = self
+            .shared
+            .snapshot
+            .load()
+            .specs()
+            .filter(|r| r.openapi_url.is_some())
+            .cloned()
+            .collect();
+        for route in &specs {
             let Some(url) = &route.openapi_url else {
                 continue;
             };

@@ -158,7 +158,10 @@ impl Default for Config {
 pub struct ClientAddr(pub SocketAddr);
 
 pub(crate) struct Shared {
+    /// `config` without its routes, which are here, shared with every
+    /// snapshot instead of copied into each.
     pub(crate) config: Config,
+    pub(crate) config_routes: Arc<[model::RouteSpec]>,
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) discovery: Arc<dyn Discovery>,
     pub(crate) clients: ClientCache,
@@ -181,7 +184,7 @@ pub struct Gateway {
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("routes", &self.shared.snapshot.load().specs.len())
+            .field("routes", &self.shared.snapshot.load().len())
             .finish_non_exhaustive()
     }
 }
@@ -232,7 +235,8 @@ impl GatewayBuilder {
     /// Compiles the configuration and stored routes; fails with the
     /// reasons if any route is invalid.
     pub async fn build(self) -> Result<Gateway, Error> {
-        let config = self.config;
+        let mut config = self.config;
+        let config_routes: Arc<[model::RouteSpec]> = std::mem::take(&mut config.routes).into();
         let policy = if config.allow_private_upstreams {
             AddressPolicy::permissive()
         } else {
@@ -271,6 +275,7 @@ impl GatewayBuilder {
             ),
             docs: docs::DocsCache::new(policy, &config),
             config,
+            config_routes,
             snapshot: ArcSwap::from_pointee(Snapshot::empty()),
             discovery: self
                 .discovery
@@ -359,7 +364,7 @@ impl Gateway {
 
     /// The number of routes in effect.
     pub fn route_count(&self) -> usize {
-        self.shared.snapshot.load().specs.len()
+        self.shared.snapshot.load().len()
     }
 }
 

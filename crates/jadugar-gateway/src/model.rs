@@ -117,8 +117,8 @@ pub struct ValueMatch {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSpec {
-    /// A name for logs and metrics; defaults to the service name or the
-    /// route id.
+    /// A name for logs, metrics and error responses; defaults to the
+    /// service name, else the target URLs joined by `,`.
     #[serde(default)]
     pub name: Option<String>,
     /// Fixed upstream base URLs (`http://host:port` or `https://host:port`),
@@ -444,13 +444,27 @@ impl RouteSpec {
         self
     }
 
-    /// The upstream's name for logs and metrics.
-    pub fn upstream_name(&self) -> &str {
-        self.upstream
-            .name
-            .as_deref()
-            .or(self.upstream.service.as_deref())
-            .unwrap_or(&self.id)
+    /// The upstream's name for logs, metrics and error responses: its
+    /// `name`, else its service, else its target URLs joined by `,`. It
+    /// does not depend on the route, so routes with the same upstream
+    /// share one pool of instances and connections.
+    ///
+    /// ```
+    /// let r = jadugar_gateway::model::RouteSpec::new("r", "/x", ["http://10.0.0.1:80/", "https://b:8443"]);
+    /// assert_eq!(r.upstream_name(), "http://10.0.0.1:80,https://b:8443");
+    /// ```
+    pub fn upstream_name(&self) -> std::borrow::Cow<'_, str> {
+        match (&self.upstream.name, &self.upstream.service) {
+            (Some(name), _) | (None, Some(name)) => std::borrow::Cow::Borrowed(name),
+            (None, None) => std::borrow::Cow::Owned(
+                self.upstream
+                    .targets
+                    .iter()
+                    .map(|t| t.url().trim_end_matches('/'))
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
+        }
     }
 
     /// Checks everything that can be checked on one route alone; field

@@ -40,6 +40,7 @@
 //! ```
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 
@@ -181,7 +182,8 @@ impl RouteMatcher {
 pub struct ConflictError(pub String);
 
 struct Candidate<T> {
-    matcher: RouteMatcher,
+    /// Shared by the candidates a route adds (one per pattern and host).
+    matcher: Arc<RouteMatcher>,
     order: usize,
     value: T,
 }
@@ -209,7 +211,7 @@ impl<T> Default for HostTable<T> {
 impl<T> HostTable<T> {
     fn insert(
         &mut self,
-        matcher: RouteMatcher,
+        matcher: Arc<RouteMatcher>,
         label: &str,
         order: usize,
         value: T,
@@ -242,8 +244,10 @@ impl<T> HostTable<T> {
         }
         for g in groups {
             let group = &mut self.groups[g];
+            // Most groups hold one route: no spare capacity.
+            group.reserve_exact(1);
             group.push(Candidate {
-                matcher: matcher.clone(),
+                matcher: Arc::clone(&matcher),
                 order,
                 value: value.clone(),
             });
@@ -256,6 +260,14 @@ impl<T> HostTable<T> {
             });
         }
         Ok(())
+    }
+
+    /// Drops what only building needs (the pattern index and the labels
+    /// of conflict messages) and spare capacity.
+    fn finish(&mut self) {
+        self.patterns = HashMap::new();
+        self.labels = Vec::new();
+        self.groups.shrink_to_fit();
     }
 
     fn find<'a, 'p>(
@@ -360,6 +372,7 @@ impl<T: Clone> RouteTableBuilder<T> {
     ) -> Result<(), ConflictError> {
         let order = self.order;
         self.order += 1;
+        let matcher = Arc::new(matcher);
         if matcher.hosts.is_empty() {
             return self.any.insert(matcher, label, order, value);
         }
@@ -378,7 +391,7 @@ impl<T: Clone> RouteTableBuilder<T> {
             } else {
                 self.exact.entry(host).or_default()
             };
-            table.insert(matcher.clone(), label, order, value.clone())?;
+            table.insert(Arc::clone(&matcher), label, order, value.clone())?;
         }
         Ok(())
     }
@@ -386,6 +399,14 @@ impl<T: Clone> RouteTableBuilder<T> {
     /// The finished table.
     pub fn build(mut self) -> RouteTable<T> {
         self.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
+        for table in self
+            .exact
+            .values_mut()
+            .chain(self.wildcard.iter_mut().map(|(_, t)| t))
+            .chain(std::iter::once(&mut self.any))
+        {
+            table.finish();
+        }
         RouteTable {
             exact: self.exact,
             wildcard: self.wildcard,

@@ -49,11 +49,17 @@ impl Shared {
 
     pub(crate) fn compile(
         &self,
-        specs: Vec<RouteSpec>,
+        stored: Vec<RouteSpec>,
         version: i64,
     ) -> Result<Snapshot, Vec<FieldError>> {
         let old = self.snapshot.load();
-        snapshot::build(specs, version, &self.context(), Some(&old))
+        snapshot::build(
+            Arc::clone(&self.config_routes),
+            stored,
+            version,
+            &self.context(),
+            Some(&old),
+        )
     }
 
     pub(crate) async fn reload(&self) -> Result<(), Error> {
@@ -63,8 +69,7 @@ impl Shared {
 
     async fn reload_locked(&self) -> Result<(), Error> {
         let (stored, version) = self.store.list().await?;
-        let mut specs = self.config.routes.clone();
-        specs.extend(stored.into_iter().map(|s| s.route));
+        let specs = stored.into_iter().map(|s| s.route).collect();
         let snapshot = self.compile(specs, version).map_err(Error::Invalid)?;
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
@@ -77,7 +82,7 @@ impl Shared {
     ) -> Result<(), Error> {
         let index = changed.map(|c| {
             specs.push(c.clone());
-            specs.len() - 1
+            self.config_routes.len() + specs.len() - 1
         });
         let prefix = index.map(|i| format!("routes[{i}]."));
         self.compile(specs, 0).map(|_| ()).map_err(|errors| {
@@ -95,10 +100,11 @@ impl Shared {
         })
     }
 
+    /// The stored routes in effect, but `id`.
     fn current_specs_except(&self, id: &str) -> Vec<RouteSpec> {
         self.snapshot
             .load()
-            .specs
+            .stored
             .iter()
             .filter(|s| s.id != id)
             .cloned()
@@ -106,7 +112,7 @@ impl Shared {
     }
 
     fn is_config_route(&self, id: &str) -> bool {
-        self.config.routes.iter().any(|r| r.id == id)
+        self.config_routes.iter().any(|r| r.id == id)
     }
 }
 
@@ -115,8 +121,7 @@ impl Gateway {
     pub async fn list_routes(&self) -> Result<Vec<RouteView>, Error> {
         let mut out: Vec<RouteView> = self
             .shared
-            .config
-            .routes
+            .config_routes
             .iter()
             .map(|r| RouteView {
                 route: r.clone(),
@@ -135,7 +140,7 @@ impl Gateway {
 
     /// One route.
     pub async fn get_route(&self, id: &str) -> Result<RouteView, Error> {
-        if let Some(r) = self.shared.config.routes.iter().find(|r| r.id == id) {
+        if let Some(r) = self.shared.config_routes.iter().find(|r| r.id == id) {
             return Ok(RouteView {
                 route: r.clone(),
                 source: RouteSource::Config,

@@ -31,10 +31,11 @@ pub(crate) struct CompiledRoute {
     pub id: Arc<str>,
     pub auth: AuthPolicy,
     pub rate: Option<(RateLimiter, RateKey)>,
-    pub transform: Transform,
+    /// Shared by every route that changes nothing.
+    pub transform: Arc<Transform>,
     pub pool: Arc<UpstreamPool>,
-    pub client: UpstreamClient,
-    pub upgrade_client: UpstreamClient,
+    pub client: Arc<UpstreamClient>,
+    pub upgrade_client: Arc<UpstreamClient>,
     pub http2: bool,
     pub request_timeout: Duration,
     pub connect_timeout: Duration,
@@ -48,7 +49,10 @@ pub(crate) struct CompiledRoute {
 /// Every route, compiled; swapped atomically as a whole.
 pub(crate) struct Snapshot {
     pub table: RouteTable<Arc<CompiledRoute>>,
-    pub specs: Vec<RouteSpec>,
+    /// The configuration file's routes (shared with the gateway, not
+    /// copied per snapshot), then the stored ones.
+    pub config_routes: Arc<[RouteSpec]>,
+    pub stored: Vec<RouteSpec>,
     pub pools: HashMap<String, Arc<UpstreamPool>>,
     pub limiters: HashMap<String, RateLimiter>,
     pub version: i64,
@@ -58,11 +62,22 @@ impl Snapshot {
     pub(crate) fn empty() -> Self {
         Self {
             table: RouteTable::builder().build(),
-            specs: Vec::new(),
+            config_routes: Arc::from(Vec::new()),
+            stored: Vec::new(),
             pools: HashMap::new(),
             limiters: HashMap::new(),
             version: 0,
         }
+    }
+
+    /// Every route spec: configuration routes first.
+    pub(crate) fn specs(&self) -> impl Iterator<Item = &RouteSpec> {
+        self.config_routes.iter().chain(&self.stored)
+    }
+
+    /// How many routes.
+    pub(crate) fn len(&self) -> usize {
+        self.config_routes.len() + self.stored.len()
     }
 }
 
@@ -74,19 +89,23 @@ pub(crate) struct BuildContext<'a> {
     pub redis: Option<&'a Redis>,
 }
 
-fn pool_key(spec: &UpstreamSpec, name: &str) -> String {
-    format!("{name}|{}", serde_json::to_string(spec).unwrap_or_default())
+/// Routes whose upstream specs are equal share one pool (instances,
+/// balancer and health state, idle connections); the spec holds the
+/// explicit name when there is one.
+fn pool_key(spec: &UpstreamSpec) -> String {
+    serde_json::to_string(spec).unwrap_or_default()
 }
 
 /// Compiles `specs`; errors name `routes[i].field`.
 pub(crate) fn build(
-    specs: Vec<RouteSpec>,
+    config_routes: Arc<[RouteSpec]>,
+    stored: Vec<RouteSpec>,
     version: i64,
     ctx: &BuildContext<'_>,
     old: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<FieldError>> {
     let mut errors = Vec::new();
-    if specs.len() > ctx.config.max_routes {
+    if config_routes.len() + stored.len() > ctx.config.max_routes {
         errors.push(FieldError::new(
             "routes",
             format!("at most {} routes", ctx.config.max_routes),
@@ -97,7 +116,8 @@ pub(crate) fn build(
     let mut table = RouteTable::builder();
     let mut pools = HashMap::new();
     let mut limiters = HashMap::new();
-    for (i, spec) in specs.iter().enumerate() {
+    let mut noop: Option<Arc<Transform>> = None;
+    for (i, spec) in config_routes.iter().chain(&stored).enumerate() {
         if let Err(errs) = spec.validate() {
             errors.extend(
                 errs.into_iter()
@@ -113,7 +133,9 @@ pub(crate) fn build(
             continue;
         }
         let transform = match Transform::compile(&spec.transform, &spec.path) {
-            Ok(t) => t,
+            // A transform that changes nothing does not depend on the route.
+            Ok(t) if t.is_noop() => Arc::clone(noop.get_or_insert_with(|| Arc::new(t))),
+            Ok(t) => Arc::new(t),
             Err(errs) => {
                 errors.extend(
                     errs.into_iter()
@@ -122,8 +144,7 @@ pub(crate) fn build(
                 continue;
             }
         };
-        let name = spec.upstream_name().to_owned();
-        let key = pool_key(&spec.upstream, &name);
+        let key = pool_key(&spec.upstream);
         let pool = match pools
             .get(&key)
             .or_else(|| old.and_then(|o| o.pools.get(&key)))
@@ -131,14 +152,14 @@ pub(crate) fn build(
             Some(p) => Arc::clone(p),
             None => {
                 let p = Arc::new(
-                    UpstreamPool::new(&name, spec.upstream.clone())
+                    UpstreamPool::new(&spec.upstream_name(), spec.upstream.clone())
                         .with_tls(ctx.clients.tls().clone()),
                 );
                 refresh_pool(&p, ctx);
                 p
             }
         };
-        pools.insert(key, pool.clone());
+        pools.entry(key).or_insert_with(|| pool.clone());
         let rate = match &spec.rate_limit {
             None => None,
             Some(rl) => {
@@ -160,8 +181,9 @@ pub(crate) fn build(
         };
         let r = &spec.resilience;
         let http2 = spec.upstream.http2;
+        let id: Arc<str> = Arc::from(spec.id.as_str());
         let compiled = CompiledRoute {
-            id: Arc::from(spec.id.as_str()),
+            id: Arc::clone(&id),
             auth: spec.auth.clone(),
             rate,
             transform,
@@ -190,7 +212,7 @@ pub(crate) fn build(
                 } => Some(HashSource::Cookie(c.clone())),
                 _ => None,
             },
-            metrics: RouteMetrics::new(&spec.id, &name),
+            metrics: RouteMetrics::with_labels(Arc::clone(&id), pool.name_arc()),
             pool,
         };
         if let Err(e) = table.insert(RouteMatcher::from_spec(spec), &spec.id, Arc::new(compiled)) {
@@ -202,7 +224,8 @@ pub(crate) fn build(
     }
     Ok(Snapshot {
         table: table.build(),
-        specs,
+        config_routes,
+        stored,
         pools,
         limiters,
         version,
@@ -283,4 +306,59 @@ pub(crate) fn refresh_pool(pool: &UpstreamPool, ctx: &BuildContext<'_>) {
         })
         .collect();
     pool.refresh(&allowed);
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn compile(specs: Vec<RouteSpec>) -> Snapshot {
+        let config = Config::default();
+        let discovery = jadugar_core::StaticDiscovery::new();
+        let clients = ClientCache::new(
+            jadugar_core::outbound::AddressPolicy::permissive(),
+            Duration::from_secs(1),
+            1,
+            crate::proxy::client::UpstreamTls::webpki(),
+        );
+        let ctx = BuildContext {
+            config: &config,
+            discovery: &discovery,
+            clients: &clients,
+            redis: None,
+        };
+        build(Arc::from(Vec::new()), specs, 1, &ctx, None).unwrap_or_else(|e| panic!("{e:?}"))
+    }
+
+    #[test]
+    fn routes_with_the_same_upstream_share_pool_clients_and_noop_transform() {
+        let specs: Vec<RouteSpec> = (0..3)
+            .map(|i| RouteSpec::new(format!("r{i}"), format!("/r{i}"), ["http://127.0.0.1:9"]))
+            .chain([RouteSpec::new("other", "/o", ["http://127.0.0.1:10"])])
+            .collect();
+        let snap = compile(specs);
+        assert_eq!(snap.pools.len(), 2);
+        let route = |path: &str| {
+            let found = snap
+                .table
+                .find(
+                    None,
+                    &http::Method::GET,
+                    path,
+                    &http::HeaderMap::new(),
+                    None,
+                )
+                .unwrap_or_else(|| panic!("{path}"));
+            Arc::clone(found.value)
+        };
+        let (a, b, o) = (route("/r0"), route("/r2"), route("/o"));
+        assert!(Arc::ptr_eq(&a.pool, &b.pool));
+        assert!(!Arc::ptr_eq(&a.pool, &o.pool));
+        assert_eq!(a.pool.name(), "http://127.0.0.1:9");
+        assert!(Arc::ptr_eq(&a.client, &o.client));
+        assert!(Arc::ptr_eq(&a.transform, &o.transform));
+        // Metric series appear with a route's first request, not before.
+        assert!(!a.metrics.is_registered());
+        a.metrics.record(200, Duration::from_millis(1), None);
+        assert!(a.metrics.is_registered() && !b.metrics.is_registered());
+    }
 }

@@ -179,7 +179,7 @@ pub struct ClientCache {
     idle_timeout: Duration,
     max_idle: usize,
     tls: UpstreamTls,
-    clients: Mutex<HashMap<(u64, bool), UpstreamClient>>,
+    clients: Mutex<HashMap<(u64, bool), Arc<UpstreamClient>>>,
 }
 
 impl ClientCache {
@@ -211,7 +211,7 @@ impl ClientCache {
     }
 
     /// The client for a connect timeout and protocol.
-    pub fn get(&self, connect_timeout_ms: u64, http2: bool) -> UpstreamClient {
+    pub fn get(&self, connect_timeout_ms: u64, http2: bool) -> Arc<UpstreamClient> {
         let mut clients = self
             .clients
             .lock()
@@ -235,7 +235,7 @@ impl ClientCache {
                     .pool_max_idle_per_host(self.max_idle)
                     .set_host(false)
                     .http2_only(http2);
-                builder.build(connector)
+                Arc::new(builder.build(connector))
             })
             .clone()
     }
