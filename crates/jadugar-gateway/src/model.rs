@@ -302,7 +302,10 @@ pub struct TransformSpec {
     /// A leading path prefix removed before proxying.
     pub strip_prefix: Option<String>,
     /// The upstream path, as a template using the route's `{param}`s,
-    /// e.g. `/v2/accounts/{param.id}`.
+    /// e.g. `/v2/accounts/{param.id}` (on prefix routes `{param.__rest}` is
+    /// the part below the route's path). The merged OpenAPI document maps
+    /// upstream paths back through it when it can be inverted (see
+    /// [`docs`](crate::docs)).
     pub rewrite_path: Option<String>,
     /// Query parameter changes.
     pub query: QueryOps,
