@@ -83,7 +83,9 @@ pub struct Config {
     /// Routes defined in the file (`[[gateway.routes]]`); read-only
     /// through the admin API.
     pub routes: Vec<model::RouteSpec>,
-    /// How often to poll the route store for changes from other hosts (ms).
+    /// How often to poll the route store for changes from other hosts (ms):
+    /// the fallback, since Postgres `NOTIFY` and Redis pub/sub (when
+    /// configured) bring changes within milliseconds.
     pub sync_interval_ms: u64,
     /// Write an access log line per request (target `jadugar_gateway::access`).
     pub access_log: bool,

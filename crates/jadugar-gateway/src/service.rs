@@ -166,6 +166,7 @@ impl Gateway {
         shared.check_candidate(shared.current_specs_except(&route.id), Some(&route))?;
         let stored = shared.store.create(&route, shared.clock.now()).await?;
         shared.reload_locked().await?;
+        shared.announce_change().await;
         Ok(view(stored))
     }
 
@@ -188,6 +189,7 @@ impl Gateway {
             .update(&route, expected, shared.clock.now())
             .await?;
         shared.reload_locked().await?;
+        shared.announce_change().await;
         Ok(view(stored))
     }
 
@@ -200,6 +202,7 @@ impl Gateway {
         }
         shared.store.delete(id, expected).await?;
         shared.reload_locked().await?;
+        shared.announce_change().await;
         Ok(())
     }
 
@@ -209,10 +212,29 @@ impl Gateway {
         self.shared.reload().await
     }
 
-    /// Starts the background work: polling the route store for changes made
-    /// on other hosts, and following `Discovery` changes. Both stop
-    /// promptly when `cancel` is cancelled.
+    /// Starts the background work: applying route changes made on other
+    /// hosts, and following `Discovery` changes. Other hosts' changes
+    /// arrive as notifications where the backends push them (Postgres
+    /// `LISTEN/NOTIFY`, Redis pub/sub when Redis is configured), applied
+    /// within milliseconds; polling the store version every
+    /// `sync_interval_ms` stays as the fallback. Every task stops promptly
+    /// when `cancel` is cancelled.
     pub fn spawn_background(&self, cancel: CancellationToken) -> Vec<JoinHandle<()>> {
+        let wake = Arc::new(tokio::sync::Notify::new());
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(listen_store(
+            self.shared.clone(),
+            wake.clone(),
+            cancel.clone(),
+        )));
+        #[cfg(feature = "redis")]
+        if let Some(redis) = self.shared.redis.clone() {
+            tasks.push(tokio::spawn(listen_redis(
+                redis,
+                wake.clone(),
+                cancel.clone(),
+            )));
+        }
         let sync = {
             let shared = self.shared.clone();
             let cancel = cancel.clone();
@@ -225,6 +247,7 @@ impl Gateway {
                     tokio::select! {
                         () = cancel.cancelled() => return,
                         _ = tick.tick() => {}
+                        () = wake.notified() => {}
                     }
                     match shared.store.version().await {
                         Ok(v) if v != shared.snapshot.load().version => {
@@ -251,7 +274,115 @@ impl Gateway {
                 }
             })
         };
-        vec![sync, discovery]
+        tasks.push(sync);
+        tasks.push(discovery);
+        tasks
+    }
+}
+
+/// Wakes the sync task on every change notification from the store.
+async fn listen_store(
+    shared: Arc<Shared>,
+    wake: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    use futures_util::StreamExt as _;
+    loop {
+        let changes = tokio::select! {
+            () = cancel.cancelled() => return,
+            c = shared.store.changes() => c,
+        };
+        match changes {
+            // The backend pushes nothing: polling it is.
+            Ok(None) => return,
+            Ok(Some(mut changes)) => {
+                // Changes made before listening started are not notified.
+                wake.notify_one();
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        hint = changes.next() => match hint {
+                            Some(()) => wake.notify_one(),
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot listen for route changes; polling"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// The Redis channel (under the key prefix) announcing route changes.
+#[cfg(feature = "redis")]
+const REDIS_CHANNEL: &str = "gateway:routes";
+
+/// Wakes the sync task on every route change announced through Redis.
+#[cfg(feature = "redis")]
+async fn listen_redis(
+    redis: jadugar_core::storage::Redis,
+    wake: Arc<tokio::sync::Notify>,
+    cancel: CancellationToken,
+) {
+    use futures_util::StreamExt as _;
+    while !cancel.is_cancelled() {
+        let subscribed = async {
+            let mut pubsub = redis.client().get_async_pubsub().await?;
+            pubsub.subscribe(redis.key(REDIS_CHANNEL)).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            () = cancel.cancelled() => return,
+            r = subscribed => r,
+        };
+        match pubsub {
+            Ok(pubsub) => {
+                // Announcements made while unsubscribed are lost.
+                wake.notify_one();
+                let mut messages = pubsub.into_on_message();
+                loop {
+                    tokio::select! {
+                        () = cancel.cancelled() => return,
+                        msg = messages.next() => match msg {
+                            Some(_) => wake.notify_one(),
+                            None => break,
+                        },
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot subscribe to route changes on Redis"),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+impl Shared {
+    /// Announces a route change to the other hosts through Redis (when
+    /// configured); a failure only delays them until their next poll.
+    async fn announce_change(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.redis {
+            let mut conn = redis.connection();
+            let version = self.snapshot.load().version;
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(redis.key(REDIS_CHANNEL)).arg(version);
+            let publish = cmd.query_async::<i64>(&mut conn);
+            let timeout = Duration::from_millis(self.config.redis_timeout_ms.max(100));
+            match tokio::time::timeout(timeout, publish).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "announcing a route change on Redis failed")
+                }
+                Err(_) => tracing::warn!("announcing a route change on Redis timed out"),
+            }
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! [`RouteStore`] is object safe; [`MemoryRouteStore`] is always there,
 //! [`SqlRouteStore`] keeps routes in SQLite or Postgres (features `sqlite`,
 //! `postgres`). Every change bumps a store-wide version in the same
-//! transaction, which is what other hosts poll to pick changes up.
+//! transaction, which is what other hosts poll to pick changes up. On
+//! Postgres a change also sends a `NOTIFY` on commit, which
+//! [`RouteStore::changes`] turns into a stream, so other hosts apply it at
+//! once instead of at their next poll.
 //! [`conformance`] is the one suite every backend passes.
 //!
 //! ```
@@ -68,6 +71,9 @@ pub enum StoreError {
     Database(#[from] sqlx::Error),
 }
 
+/// Hints that the stored routes changed; see [`RouteStore::changes`].
+pub type ChangeStream = futures_util::stream::BoxStream<'static, ()>;
+
 /// Route storage; see the [module docs](self).
 #[async_trait::async_trait]
 pub trait RouteStore: std::fmt::Debug + Send + Sync + 'static {
@@ -99,6 +105,16 @@ pub trait RouteStore: std::fmt::Debug + Send + Sync + 'static {
 
     /// The store version: it grows with every change.
     async fn version(&self) -> Result<i64, StoreError>;
+
+    /// Change notifications from every writer of this store, for backends
+    /// that push them (Postgres `LISTEN/NOTIFY`); `None` (the default): only
+    /// polling [`version`](Self::version) sees other hosts' changes. Each
+    /// item is a hint (also sent after a lost connection, when
+    /// notifications may have been missed): the receiver compares
+    /// versions.
+    async fn changes(&self) -> Result<Option<ChangeStream>, StoreError> {
+        Ok(None)
+    }
 }
 
 /// The conformance suite every [`RouteStore`] passes; `store` must be empty.

@@ -5,6 +5,10 @@ use sqlx::Row;
 use super::{RouteStore, StoreError, StoredRoute};
 use crate::model::RouteSpec;
 
+/// The Postgres notification channel of route changes; the payload is the
+/// schema whose routes changed (hosts of other schemas ignore it).
+pub(crate) const CHANNEL: &str = "jadugar_gateway_routes";
+
 static SQLITE: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -124,6 +128,13 @@ impl RouteStore for SqlRouteStore {
             sqlx::query("UPDATE gateway_meta SET version = version + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await?;
+            if !q {
+                // Delivered on commit, to every listening host.
+                sqlx::query("SELECT pg_notify($1, current_schema())")
+                    .bind(CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(StoredRoute {
                 route: route.clone(),
@@ -175,6 +186,13 @@ impl RouteStore for SqlRouteStore {
             sqlx::query("UPDATE gateway_meta SET version = version + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await?;
+            if !q {
+                // Delivered on commit, to every listening host.
+                sqlx::query("SELECT pg_notify($1, current_schema())")
+                    .bind(CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(StoredRoute {
                 route: route.clone(),
@@ -217,6 +235,13 @@ impl RouteStore for SqlRouteStore {
             sqlx::query("UPDATE gateway_meta SET version = version + 1 WHERE id = 1")
                 .execute(&mut *tx)
                 .await?;
+            if !q {
+                // Delivered on commit, to every listening host.
+                sqlx::query("SELECT pg_notify($1, current_schema())")
+                    .bind(CHANNEL)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             tx.commit().await?;
             Ok(())
         })
@@ -229,5 +254,41 @@ impl RouteStore for SqlRouteStore {
                 .await?
                 .try_get(0)?)
         })
+    }
+
+    async fn changes(&self) -> Result<Option<super::ChangeStream>, StoreError> {
+        match &self.db {
+            #[cfg(feature = "postgres")]
+            Database::Postgres(pool) => {
+                use futures_util::StreamExt as _;
+                let schema: String = sqlx::query("SELECT current_schema()")
+                    .fetch_one(pool)
+                    .await?
+                    .try_get(0)?;
+                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                listener.listen(CHANNEL).await?;
+                let stream = futures_util::stream::unfold(listener, move |mut listener| {
+                    let schema = schema.clone();
+                    async move {
+                        loop {
+                            match listener.recv().await {
+                                Ok(n) if n.payload() == schema => return Some(((), listener)),
+                                Ok(_) => {}
+                                Err(e) => {
+                                    // The listener reconnects on the next
+                                    // recv; changes may have been missed
+                                    // meanwhile, so this is a hint too.
+                                    tracing::warn!(error = %e, "route change listener lost its connection");
+                                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                                    return Some(((), listener));
+                                }
+                            }
+                        }
+                    }
+                });
+                Ok(Some(stream.boxed()))
+            }
+            _ => Ok(None),
+        }
     }
 }
