@@ -110,6 +110,24 @@ fn benches(c: &mut Criterion) {
     });
 
     let token = auth.sign_claims_for_tests(&claims(u64::MAX)).unwrap();
+
+    // Peer: the same token through jsonwebtoken 9 (ring), header decoded
+    // first as a caller must to pick the key by kid — what validation cost
+    // before our keys were verified with pre-parsed dalek/p256 keys.
+    let x = auth.jwks()["keys"][0]["x"].as_str().unwrap().to_owned();
+    let decoding = jsonwebtoken::DecodingKey::from_ed_components(&x).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::EdDSA);
+    validation.set_issuer(&[&auth.config().issuer]);
+    validation.set_audience(&[&auth.config().audience]);
+    validation.set_required_spec_claims(&["exp", "sub", "iss", "aud"]);
+    c.bench_function("peer_jsonwebtoken9_decode_eddsa", |b| {
+        b.iter(|| {
+            let header = jsonwebtoken::decode_header(black_box(&token)).unwrap();
+            assert!(header.kid.is_some());
+            jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation).unwrap()
+        })
+    });
+
     rt.block_on(auth.validate_token(&token)).unwrap();
     c.bench_function("jwt_validate_repeat_cached", |b| {
         b.iter(|| {

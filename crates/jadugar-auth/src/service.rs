@@ -1432,10 +1432,9 @@ impl AuthService {
     /// Reloads signing keys from the store (other hosts may have rotated).
     pub async fn reload_keys(&self) -> Result<(), Error> {
         let records = self.inner.store.list_signing_keys().await?;
-        let c = &self.inner.config;
         let mut keys = Vec::new();
         for r in &records {
-            match jwt::load_key(r, &self.inner.sealer, &c.issuer, &c.audience) {
+            match jwt::load_key(r, &self.inner.sealer) {
                 Ok(k) => keys.push(Arc::new(k)),
                 Err(e) => tracing::error!(kid = %r.kid, error = %e, "cannot load signing key"),
             }
@@ -1487,9 +1486,7 @@ impl AuthService {
         let key = keys
             .current()
             .ok_or_else(|| Error::Key("no signing key".into()))?;
-        let mut header = jsonwebtoken::Header::new(key.alg);
-        header.kid = Some(key.kid.clone());
-        jsonwebtoken::encode(&header, claims, &key.encoding).map_err(|e| Error::Key(e.to_string()))
+        jwt::sign(key, claims)
     }
 
     /// The JWKS document.
@@ -1546,25 +1543,29 @@ impl AuthService {
         if let Some(hit) = self.cached_token(&digest, token) {
             return hit;
         }
-        let header = jsonwebtoken::decode_header(token)
-            .map_err(|_| Error::Unauthenticated("malformed token"))?;
+        let jws = jwt::Compact::parse(token)?;
+        let header = jws.header()?;
         let kid = header
             .kid
+            .as_deref()
             .ok_or(Error::Unauthenticated("token without kid"))?;
         let now = self.now();
         let leeway = i64::try_from(self.inner.config.jwt_leeway_secs).unwrap_or(30);
         let keys = self.key_set();
-        if let Some(key) = keys.find(&kid, now, self.overlap()) {
-            let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation)
-                .map_err(|_| Error::Unauthenticated("invalid token"))?;
-            let times: TimeClaims = TimeClaims {
-                exp: data.claims.exp,
-                nbf: Some(data.claims.nbf),
-                iat: Some(data.claims.iat),
+        if let Some(key) = keys.find(kid, now, self.overlap()) {
+            let c = key.verify(
+                &jws,
+                &header,
+                &self.inner.config.issuer,
+                &self.inner.config.audience,
+            )?;
+            let times = TimeClaims {
+                exp: c.exp,
+                nbf: Some(c.nbf),
+                iat: Some(c.iat),
                 sub: String::new(),
             };
             jwt::check_times(&times, now.timestamp(), leeway)?;
-            let c = data.claims;
             let session = c.sid.as_deref().and_then(|s| s.parse::<SessionId>().ok());
             if session.is_some_and(|s| self.inner.revoked_sessions.contains(&s)) {
                 return Err(Error::Unauthenticated("session revoked"));
@@ -1579,7 +1580,7 @@ impl AuthService {
                 digest,
                 Arc::new(CachedToken {
                     token: token.into(),
-                    exp: c.exp + leeway,
+                    exp: c.exp.saturating_add(leeway),
                     principal: principal.clone(),
                     session,
                 }),
@@ -1591,7 +1592,7 @@ impl AuthService {
             // Ours, with a key we do not know: maybe rotated on another host.
             // Reload (at most every 5 s) and try once more.
             if self.reload_keys_if_idle().await?
-                && self.key_set().find(&kid, now, self.overlap()).is_some()
+                && self.key_set().find(kid, now, self.overlap()).is_some()
             {
                 return Box::pin(self.validate_token(token)).await;
             }
@@ -1602,9 +1603,7 @@ impl AuthService {
         else {
             return Err(Error::Unauthenticated("unknown signing key"));
         };
-        let (sub, exp) = external
-            .verify(token, &kid, now.timestamp(), leeway)
-            .await?;
+        let (sub, exp) = external.verify(token, kid, now.timestamp(), leeway).await?;
         let principal = Principal::new(
             format!("{}|{sub}", external.config.issuer),
             PrincipalKind::User,
@@ -1615,7 +1614,7 @@ impl AuthService {
             digest,
             Arc::new(CachedToken {
                 token: token.into(),
-                exp: exp + leeway,
+                exp: exp.saturating_add(leeway),
                 principal: principal.clone(),
                 session: None,
             }),

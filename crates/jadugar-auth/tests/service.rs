@@ -124,6 +124,26 @@ async fn hostile_tokens_are_rejected() {
     parts[0] = URL_SAFE_NO_PAD.encode(json!({"alg": "EdDSA", "kid": kid}).to_string());
     unauthenticated(auth.validate_token(&parts.join(".")).await);
 
+    // Our kid under another algorithm, trailing garbage, bad base64, a
+    // modified payload under the original signature.
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    let (_, payload) = signed.split_once('.').unwrap();
+    let es = URL_SAFE_NO_PAD.encode(json!({"alg": "ES256", "kid": kid}).to_string());
+    let mut more = good.clone();
+    more["perms"] = json!(["*", "extra"]);
+    let modified = URL_SAFE_NO_PAD.encode(more.to_string());
+    let header = signed.split_once('.').unwrap().0;
+    for bad in [
+        format!("{es}.{payload}.{signature}"),
+        format!("{token}x"),
+        format!("{token}.x"),
+        format!("{token}=="),
+        format!("{header}.{payload}*.{signature}"),
+        format!("{header}.{modified}.{signature}"),
+    ] {
+        unauthenticated(auth.validate_token(&bad).await);
+    }
+
     // Garbage.
     for junk in ["", ".", "a.b.c", "e30.e30.e30", &"A".repeat(10_000)] {
         unauthenticated(auth.validate_token(junk).await);
