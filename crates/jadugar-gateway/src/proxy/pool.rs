@@ -133,7 +133,13 @@ pub(crate) async fn send(
     loop {
         let (mut sender, reused) = match backend.idle.pop() {
             Some(s) => (s, true),
-            None => (connect(backend, policy, connect_timeout).await?, false),
+            // Boxed: connecting (TCP, maybe TLS, the HTTP/1.1 handshake) is
+            // rare and its state is large; unboxed it would sit in, and be
+            // copied with, every request's future.
+            None => (
+                Box::pin(connect(backend, policy, connect_timeout)).await?,
+                false,
+            ),
         };
         if let Err(e) = sender.ready().await {
             if reused {
