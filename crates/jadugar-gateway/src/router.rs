@@ -194,6 +194,8 @@ struct HostTable<T> {
     patterns: HashMap<String, usize>,
     groups: Vec<Vec<Candidate<T>>>,
     labels: Vec<String>,
+    /// Which groups are in `prefixes` (while building).
+    in_prefixes: Vec<bool>,
 }
 
 impl<T> Default for HostTable<T> {
@@ -204,6 +206,7 @@ impl<T> Default for HostTable<T> {
             patterns: HashMap::new(),
             groups: Vec::new(),
             labels: Vec::new(),
+            in_prefixes: Vec::new(),
         }
     }
 }
@@ -229,17 +232,21 @@ impl<T> HostTable<T> {
                     self.paths.insert(pattern.clone(), g).map_err(|e| {
                         ConflictError(conflict_message(&e, &self.patterns, &self.labels))
                     })?;
-                    if matcher.prefix {
-                        self.prefixes
-                            .insert(pattern.clone(), g)
-                            .map_err(|e| ConflictError(e.to_string()))?;
-                    }
                     self.patterns.insert(pattern.clone(), g);
                     self.groups.push(Vec::new());
                     self.labels.push(label.to_owned());
+                    self.in_prefixes.push(false);
                     g
                 }
             };
+            // Also when an exact route brought the pattern first: the
+            // fallback must find this prefix route there.
+            if matcher.prefix && !self.in_prefixes[group] {
+                self.prefixes
+                    .insert(pattern.clone(), group)
+                    .map_err(|e| ConflictError(e.to_string()))?;
+                self.in_prefixes[group] = true;
+            }
             groups.push(group);
         }
         for g in groups {
@@ -267,6 +274,7 @@ impl<T> HostTable<T> {
     fn finish(&mut self) {
         self.patterns = HashMap::new();
         self.labels = Vec::new();
+        self.in_prefixes = Vec::new();
         self.groups.shrink_to_fit();
     }
 
@@ -292,11 +300,13 @@ impl<T> HostTable<T> {
         }
         let mut p = path;
         loop {
+            // Only prefix routes: an exact route sharing the pattern must
+            // not take a longer path.
             if let Ok(m) = self.prefixes.at(p)
                 && *m.value != tried
                 && let Some(c) = self.groups[*m.value]
                     .iter()
-                    .find(|c| c.matcher.holds(method, headers, query))
+                    .find(|c| c.matcher.prefix && c.matcher.holds(method, headers, query))
             {
                 return Some(Matched {
                     value: &c.value,

@@ -79,6 +79,30 @@ proptest! {
     }
 
     #[test]
+    fn exact_routes_sharing_a_prefix_pattern_never_take_longer_paths(seg in segment(), rest in path(), prefix_first in any::<bool>()) {
+        let mut b = RouteTable::builder();
+        let prefix = RouteMatcher::prefix(format!("/{seg}")).methods(["GET"]);
+        let exact = RouteMatcher::exact(format!("/{seg}")).methods(["POST"]);
+        if prefix_first {
+            b.insert(prefix, "p", "prefix").unwrap();
+            b.insert(exact, "e", "exact").unwrap();
+        } else {
+            b.insert(exact, "e", "exact").unwrap();
+            b.insert(prefix, "p", "prefix").unwrap();
+        }
+        let t = b.build();
+        let h = HeaderMap::new();
+        let at = |m: Method, p: &str| t.find(None, &m, p, &h, None).map(|m| *m.value);
+        prop_assert_eq!(at(Method::POST, &format!("/{seg}")), Some("exact"));
+        prop_assert_eq!(at(Method::GET, &format!("/{seg}")), Some("prefix"));
+        if rest != "/" {
+            let below = format!("/{seg}{rest}");
+            prop_assert_eq!(at(Method::GET, &below), Some("prefix"));
+            prop_assert_eq!(at(Method::POST, &below), None);
+        }
+    }
+
+    #[test]
     fn paths_that_pass_the_check_have_no_dot_segments(raw in "[a-z./%0-9A-F]{0,24}") {
         let p = format!("/{raw}");
         if check_path(&p).is_ok() {
