@@ -28,23 +28,23 @@ fn rss_bytes() -> u64 {
         * 1024
 }
 
-fn routes() -> Vec<RouteSpec> {
+fn routes(prefix: bool) -> Vec<RouteSpec> {
     (0..ROUTES)
         .map(|i| {
-            RouteSpec::new(
+            let r = RouteSpec::new(
                 format!("route-{i}"),
                 format!("/svc/{i}/items"),
                 ["http://127.0.0.1:9"],
-            )
-            .prefix()
+            );
+            if prefix { r.prefix() } else { r }
         })
         .collect()
 }
 
 /// RSS growth building a gateway of [`ROUTES`] routes (their specs made
 /// before the first reading), in total and per route.
-async fn per_route() -> (u64, u64) {
-    let specs = routes();
+async fn per_route(prefix: bool) -> (u64, u64) {
+    let specs = routes(prefix);
     let before = rss_bytes();
     let gw = Gateway::builder(Config {
         routes: specs,
@@ -60,28 +60,46 @@ async fn per_route() -> (u64, u64) {
     (grown, grown / ROUTES as u64)
 }
 
-#[tokio::test]
-async fn ten_thousand_routes_cost_little_memory() {
+/// Installs the recorder and warms allocator arenas and lazy statics with
+/// a small gateway; each test runs in its own process under nextest, so
+/// the readings are not mixed with another test's frees.
+async fn prepare() -> Gateway {
     let _ = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[0.001, 0.01, 0.1, 1.0, 10.0])
         .unwrap()
         .install_recorder();
-    // Warm up allocator arenas and lazy statics with a small gateway.
-    let _warm = Gateway::builder(Config {
-        routes: routes().into_iter().take(10).collect(),
+    Gateway::builder(Config {
+        routes: routes(true).into_iter().take(10).collect(),
         access_log: false,
         ..Config::default()
     })
     .build()
     .await
-    .unwrap();
-    let (grown, per) = per_route().await;
+    .unwrap()
+}
+
+// About 4 KiB per prefix route today (13.5 KiB when every route had its
+// own pool and registered ten metric series up front); most of what is
+// left is matchit's nodes: a prefix route is two patterns (`/p` and
+// `/p/{*rest}`) in two trees.
+#[tokio::test]
+async fn ten_thousand_prefix_routes_cost_little_memory() {
+    let _warm = prepare().await;
+    let (grown, per) = per_route(true).await;
     eprintln!(
-        "{ROUTES} routes (one unnamed upstream): RSS +{} KiB, {per} bytes/route",
+        "{ROUTES} prefix routes (one unnamed upstream): RSS +{} KiB, {per} bytes/route",
         grown / 1024
     );
-    // About 4 KiB today (13.5 KiB when every route had its own pool and
-    // registered ten metric series up front); most of what is left is
-    // matchit's nodes (two trees for prefix routes).
     assert!(per < 6 * 1024, "{per} bytes per route");
+}
+
+#[tokio::test]
+async fn ten_thousand_exact_routes_cost_little_memory() {
+    let _warm = prepare().await;
+    let (grown, per) = per_route(false).await;
+    eprintln!(
+        "{ROUTES} exact routes (one unnamed upstream): RSS +{} KiB, {per} bytes/route",
+        grown / 1024
+    );
+    assert!(per < 3 * 1024, "{per} bytes per route");
 }
