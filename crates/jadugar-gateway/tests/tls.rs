@@ -37,7 +37,7 @@ fn fixture(name: &str) -> PathBuf {
 /// answers with the protocol version, the byte count of the request body
 /// and the SNI it was reached with. Returns its address and the number of
 /// TLS connections it accepted.
-async fn tls_upstream(cert: &str) -> (SocketAddr, Arc<AtomicUsize>) {
+fn acceptor(cert: &str) -> tokio_rustls::TlsAcceptor {
     let certs = CertificateDer::pem_file_iter(fixture(&format!("{cert}.crt")))
         .unwrap()
         .collect::<Result<Vec<_>, _>>()
@@ -51,7 +51,11 @@ async fn tls_upstream(cert: &str) -> (SocketAddr, Arc<AtomicUsize>) {
         .with_single_cert(certs, key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn tls_upstream(cert: &str) -> (SocketAddr, Arc<AtomicUsize>) {
+    let acceptor = acceptor(cert);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
@@ -281,4 +285,38 @@ async fn https_targets_validate() {
         let errs = r.validate().unwrap_err();
         assert_eq!(errs[0].field, "upstream.targets[0]", "{bad}");
     }
+}
+
+#[tokio::test]
+async fn websocket_upgrade_to_a_tls_upstream() {
+    use futures_util::{SinkExt, StreamExt};
+    let acceptor = acceptor("upstream");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let tls = acceptor.accept(stream).await.unwrap();
+                let mut ws = tokio_tungstenite::accept_async(tls).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    let r = RouteSpec::new("ws", "/ws", [format!("https://localhost:{}", up.port())]);
+    let gw = serve(tls_gateway(vec![r]).await).await;
+    let (mut ws, res) = tokio_tungstenite::connect_async(format!("ws://{gw}/ws"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 101);
+    ws.send(tokio_tungstenite::tungstenite::Message::text("over tls"))
+        .await
+        .unwrap();
+    let echoed = ws.next().await.unwrap().unwrap();
+    assert_eq!(echoed.into_text().unwrap().as_str(), "over tls");
+    ws.close(None).await.unwrap();
 }
