@@ -194,8 +194,12 @@ struct HostTable<T> {
     patterns: HashMap<String, usize>,
     groups: Vec<Vec<Candidate<T>>>,
     labels: Vec<String>,
-    /// Which groups are in `prefixes` (while building).
+    /// Which groups are bound for `prefixes` (while building).
     in_prefixes: Vec<bool>,
+    /// The patterns `prefixes` gets if it is needed (while building).
+    prefix_patterns: Vec<(String, usize)>,
+    /// Whether any route has method, header or query conditions.
+    conditional: bool,
 }
 
 impl<T> Default for HostTable<T> {
@@ -207,12 +211,34 @@ impl<T> Default for HostTable<T> {
             groups: Vec::new(),
             labels: Vec::new(),
             in_prefixes: Vec::new(),
+            prefix_patterns: Vec::new(),
+            conditional: false,
         }
     }
 }
 
 impl<T> HostTable<T> {
     fn insert(
+        &mut self,
+        matcher: Arc<RouteMatcher>,
+        label: &str,
+        order: usize,
+        value: T,
+    ) -> Result<(), ConflictError>
+    where
+        T: Clone,
+    {
+        self.conditional |= matcher.specificity() > 0;
+        let result = self.insert_patterns(matcher, label, order, value);
+        if result.is_err() {
+            // A pattern may be in `paths` without its route: keep the
+            // fallback tree, so such a table matches as it always did.
+            self.conditional = true;
+        }
+        result
+    }
+
+    fn insert_patterns(
         &mut self,
         matcher: Arc<RouteMatcher>,
         label: &str,
@@ -242,9 +268,7 @@ impl<T> HostTable<T> {
             // Also when an exact route brought the pattern first: the
             // fallback must find this prefix route there.
             if matcher.prefix && !self.in_prefixes[group] {
-                self.prefixes
-                    .insert(pattern.clone(), group)
-                    .map_err(|e| ConflictError(e.to_string()))?;
+                self.prefix_patterns.push((pattern.clone(), group));
                 self.in_prefixes[group] = true;
             }
             groups.push(group);
@@ -271,7 +295,22 @@ impl<T> HostTable<T> {
 
     /// Drops what only building needs (the pattern index and the labels
     /// of conflict messages) and spare capacity.
+    ///
+    /// The fallback tree is built only when some route has conditions:
+    /// without any, the first match always holds, and a path `paths` does
+    /// not match (matchit backtracks through every wildcard) no prefix
+    /// pattern matches either, since `paths` has them all. Half of a
+    /// prefix route's tree nodes are saved.
     fn finish(&mut self) {
+        let pending = std::mem::take(&mut self.prefix_patterns);
+        if self.conditional {
+            for (pattern, group) in pending {
+                // A subset of `paths`, which took them: cannot conflict.
+                if let Err(e) = self.prefixes.insert(pattern, group) {
+                    tracing::error!(error = %e, "route pattern left out of the fallback tree");
+                }
+            }
+        }
         self.patterns = HashMap::new();
         self.labels = Vec::new();
         self.in_prefixes = Vec::new();

@@ -16,6 +16,12 @@ fn segment() -> impl Strategy<Value = String> {
     prop::sample::select(vec!["a", "b", "c", "ab", "api", "v1", "x.y"]).prop_map(String::from)
 }
 
+/// Literal segments, parameters and (last only, by construction of the
+/// test) catch-alls.
+fn param_segment() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["a", "b", "ab", "{p}", "{q}", "{*rest}"]).prop_map(String::from)
+}
+
 fn path() -> impl Strategy<Value = String> {
     prop::collection::vec(segment(), 0..4).prop_map(|s| format!("/{}", s.join("/")))
 }
@@ -99,6 +105,37 @@ proptest! {
             let below = format!("/{seg}{rest}");
             prop_assert_eq!(at(Method::GET, &below), Some("prefix"));
             prop_assert_eq!(at(Method::POST, &below), None);
+        }
+    }
+
+    /// Without conditions the fallback tree is not built: the results must
+    /// not change (a route with a condition, on a path no request takes,
+    /// forces the tree into the other table).
+    #[test]
+    fn tables_without_conditions_match_as_with_the_fallback_tree(
+        patterns in prop::collection::vec((prop::collection::vec(param_segment(), 1..4), any::<bool>()), 1..10),
+        requests in prop::collection::vec(path(), 1..20),
+    ) {
+        let mut plain = RouteTable::builder();
+        let mut forced = RouteTable::builder();
+        let mut seen = std::collections::HashSet::new();
+        for (i, (segments, prefix)) in patterns.iter().enumerate() {
+            let base = format!("/{}", segments.join("/"));
+            let key = base.replace(|c: char| c.is_ascii_lowercase(), "");
+            if !seen.insert((key, base.contains("{*"), *prefix)) {
+                continue;
+            }
+            let m = if *prefix && !base.contains("{*") { RouteMatcher::prefix(base.clone()) } else { RouteMatcher::exact(base.clone()) };
+            let (a, b) = (plain.insert(m.clone(), &i.to_string(), i), forced.insert(m, &i.to_string(), i));
+            prop_assert_eq!(a.is_ok(), b.is_ok());
+        }
+        forced.insert(RouteMatcher::exact("/zz-never").methods(["PATCH"]), "z", usize::MAX).unwrap();
+        let (plain, forced) = (plain.build(), forced.build());
+        let headers = HeaderMap::new();
+        for p in requests {
+            let a = plain.find(None, &Method::GET, &p, &headers, None).map(|m| *m.value);
+            let b = forced.find(None, &Method::GET, &p, &headers, None).map(|m| *m.value);
+            prop_assert_eq!(a, b, "path {}", p);
         }
     }
 
