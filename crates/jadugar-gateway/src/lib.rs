@@ -163,7 +163,7 @@ pub(crate) struct Shared {
     /// `config` without its routes, which are here, shared with every
     /// snapshot instead of copied into each.
     pub(crate) config: Config,
-    pub(crate) config_routes: Arc<[model::RouteSpec]>,
+    pub(crate) config_routes: Arc<Vec<model::RouteSpec>>,
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) discovery: Arc<dyn Discovery>,
     pub(crate) clients: ClientCache,
@@ -238,7 +238,8 @@ impl GatewayBuilder {
     /// reasons if any route is invalid.
     pub async fn build(self) -> Result<Gateway, Error> {
         let mut config = self.config;
-        let config_routes: Arc<[model::RouteSpec]> = std::mem::take(&mut config.routes).into();
+        // An Arc of the Vec itself: no copy of the routes.
+        let config_routes = Arc::new(std::mem::take(&mut config.routes));
         let policy = if config.allow_private_upstreams {
             AddressPolicy::permissive()
         } else {

@@ -51,7 +51,7 @@ pub(crate) struct Snapshot {
     pub table: RouteTable<Arc<CompiledRoute>>,
     /// The configuration file's routes (shared with the gateway, not
     /// copied per snapshot), then the stored ones.
-    pub config_routes: Arc<[RouteSpec]>,
+    pub config_routes: Arc<Vec<RouteSpec>>,
     pub stored: Vec<RouteSpec>,
     pub pools: HashMap<String, Arc<UpstreamPool>>,
     pub limiters: HashMap<String, RateLimiter>,
@@ -62,7 +62,7 @@ impl Snapshot {
     pub(crate) fn empty() -> Self {
         Self {
             table: RouteTable::builder().build(),
-            config_routes: Arc::from(Vec::new()),
+            config_routes: Arc::new(Vec::new()),
             stored: Vec::new(),
             pools: HashMap::new(),
             limiters: HashMap::new(),
@@ -98,7 +98,7 @@ fn pool_key(spec: &UpstreamSpec) -> String {
 
 /// Compiles `specs`; errors name `routes[i].field`.
 pub(crate) fn build(
-    config_routes: Arc<[RouteSpec]>,
+    config_routes: Arc<Vec<RouteSpec>>,
     stored: Vec<RouteSpec>,
     version: i64,
     ctx: &BuildContext<'_>,
@@ -326,7 +326,7 @@ mod tests {
             clients: &clients,
             redis: None,
         };
-        build(Arc::from(Vec::new()), specs, 1, &ctx, None).unwrap_or_else(|e| panic!("{e:?}"))
+        build(Arc::new(Vec::new()), specs, 1, &ctx, None).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
     #[test]
