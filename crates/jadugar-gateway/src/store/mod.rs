@@ -205,5 +205,27 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(super::RouteStore::version(&other).await.unwrap(), 7);
+
+        // A write through one pool is notified to a listener on another.
+        use futures_util::StreamExt as _;
+        let mut changes = super::RouteStore::changes(&store).await.unwrap().unwrap();
+        let now = chrono::Utc::now();
+        super::RouteStore::create(
+            &other,
+            &crate::model::RouteSpec::new("n", "/n", ["http://127.0.0.1:9"]),
+            now,
+        )
+        .await
+        .unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), changes.next())
+            .await
+            .expect("no notification within 5 s")
+            .unwrap();
+        assert!(
+            super::RouteStore::changes(&super::MemoryRouteStore::default())
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 }
