@@ -54,7 +54,7 @@ use crate::config::Config;
 use crate::jwt::{self, Claims, ExternalVerifier, KeySet, TimeClaims};
 use crate::model::*;
 use crate::password::PasswordHasher;
-use crate::store::{AuthStore, MemoryStore, SessionStore, StoreError};
+use crate::store::{AuthStore, GuardedChange, MemoryStore, SessionStore, StoreError};
 use crate::throttle::Throttle;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -427,6 +427,18 @@ fn store_err(e: StoreError) -> Error {
     }
 }
 
+/// Maps the outcome of a change guarded by the admin role.
+fn guarded(
+    outcome: Result<GuardedChange, StoreError>,
+    last_admin: &'static str,
+) -> Result<(), Error> {
+    match outcome.map_err(store_err)? {
+        GuardedChange::Done => Ok(()),
+        GuardedChange::NotFound => Err(Error::NotFound("user")),
+        GuardedChange::LastHolder => Err(Error::NotAllowed(last_admin)),
+    }
+}
+
 impl AuthService {
     /// Starts building a service over `store` and `sessions`.
     pub fn builder(
@@ -632,14 +644,6 @@ impl AuthService {
         }
     }
 
-    async fn is_last_admin(&self, user: &User) -> Result<bool, Error> {
-        if user.disabled || !user.roles.iter().any(|r| r == ADMIN_ROLE) {
-            return Ok(false);
-        }
-        let admins = self.inner.store.users_with_role(ADMIN_ROLE).await?;
-        Ok(admins.iter().all(|id| *id == user.id))
-    }
-
     // ------------------------------------------------------------------ users
 
     fn check_password(&self, field: &str, password: &str) -> Result<(), Error> {
@@ -797,14 +801,20 @@ impl AuthService {
             record.user.display_name = name;
         }
         let disabling = update.disabled == Some(true) && !record.user.disabled;
-        if disabling && self.is_last_admin(&record.user).await? {
-            return Err(Error::NotAllowed("the last admin cannot be disabled"));
-        }
         if let Some(d) = update.disabled {
             record.user.disabled = d;
         }
         record.user.updated_at = self.now();
-        if !self
+        if disabling {
+            // The last-admin check and the write are one store step.
+            guarded(
+                self.inner
+                    .store
+                    .update_user_keeping_role(&record, ADMIN_ROLE)
+                    .await,
+                "the last admin cannot be disabled",
+            )?;
+        } else if !self
             .inner
             .store
             .update_user(&record)
@@ -833,11 +843,13 @@ impl AuthService {
     /// the last admin cannot be deleted.
     pub async fn delete_user(&self, actor: &Principal, id: UserId) -> Result<(), Error> {
         need(actor, PERM_USERS_WRITE)?;
-        let record = self.load_user(id).await?;
-        if self.is_last_admin(&record.user).await? {
-            return Err(Error::NotAllowed("the last admin cannot be deleted"));
-        }
-        self.inner.store.delete_user(id).await?;
+        guarded(
+            self.inner
+                .store
+                .delete_user_keeping_role(id, ADMIN_ROLE)
+                .await,
+            "the last admin cannot be deleted",
+        )?;
         self.revoke_user_sessions_internal(id).await?;
         self.user_changed().await;
         self.audit(
@@ -898,19 +910,24 @@ impl AuthService {
         self.check_can_grant_roles(actor, &[role.to_owned()])
             .await?;
         let mut record = self.load_user(id).await?;
-        if role == ADMIN_ROLE && self.is_last_admin(&record.user).await? {
-            return Err(Error::NotAllowed(
-                "the last admin cannot lose the admin role",
-            ));
-        }
         if record.user.roles.iter().any(|r| r == role) {
             record.user.roles.retain(|r| r != role);
             record.user.updated_at = self.now();
-            self.inner
-                .store
-                .update_user(&record)
-                .await
-                .map_err(store_err)?;
+            if role == ADMIN_ROLE {
+                guarded(
+                    self.inner
+                        .store
+                        .update_user_keeping_role(&record, ADMIN_ROLE)
+                        .await,
+                    "the last admin cannot lose the admin role",
+                )?;
+            } else {
+                self.inner
+                    .store
+                    .update_user(&record)
+                    .await
+                    .map_err(store_err)?;
+            }
             self.user_changed().await;
         }
         self.audit(

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use jadugar_auth::store::{MemoryStore, RedisSessionStore, SqlStore, conformance};
 use jadugar_core::test_support::{TestPostgres, TestRedis, TestSqlite};
 
-#[tokio::test]
+// Multi-threaded: the conformance suite races guarded changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_auth_store() {
     conformance::auth_store(Arc::new(MemoryStore::default())).await;
 }
@@ -17,7 +18,7 @@ async fn memory_session_store() {
     conformance::session_store(Arc::new(MemoryStore::default())).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_auth_store() {
     let db = TestSqlite::new().await;
     let store = SqlStore::new(db.database().clone()).await.unwrap();
@@ -31,7 +32,7 @@ async fn sqlite_session_store() {
     conformance::session_store(Arc::new(store)).await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_auth_store() {
     let Some(db) = TestPostgres::new().await else {
         return;

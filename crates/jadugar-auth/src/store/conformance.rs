@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 
-use super::{AuthStore, SessionStore, StoreError};
+use super::{AuthStore, GuardedChange, SessionStore, StoreError};
 use crate::model::{
     ApiKey, ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role, Session,
     SessionId, SigningKeyRecord, TokenKind, User, UserId, UserRecord,
@@ -47,6 +47,9 @@ fn user(email: &str, roles: &[&str]) -> UserRecord {
 }
 
 /// Runs the [`AuthStore`] contract against `store` (which must start empty).
+///
+/// Races guarded changes on spawned tasks: call it inside a Tokio runtime,
+/// a multi-threaded one for the races to run in parallel.
 pub async fn auth_store(store: Arc<dyn AuthStore>) {
     users(&*store).await;
     roles(&*store).await;
@@ -54,6 +57,8 @@ pub async fn auth_store(store: Arc<dyn AuthStore>) {
     tokens(&*store).await;
     audit(&*store).await;
     signing_keys(&*store).await;
+    role_guard(&*store).await;
+    role_guard_races(store).await;
 }
 
 async fn users(store: &dyn AuthStore) {
@@ -128,6 +133,195 @@ async fn users(store: &dyn AuthStore) {
     assert_eq!(store.count_users().await.unwrap(), 2);
     for u in [ada.user.id, carol.user.id] {
         store.delete_user(u).await.unwrap();
+    }
+}
+
+/// The last enabled holder of a role cannot lose it (demote, disable, delete).
+async fn role_guard(store: &dyn AuthStore) {
+    use GuardedChange::{Done, LastHolder, NotFound};
+    let role = "keeper";
+    let k1 = user("k1@guard.example", &[role, "dev"]);
+    let k2 = user("k2@guard.example", &[role]);
+    let plain = user("plain@guard.example", &["dev"]);
+    let mut off = user("off@guard.example", &[role]);
+    off.user.disabled = true;
+    for u in [&k1, &k2, &plain, &off] {
+        store.create_user(u).await.unwrap();
+    }
+    let without = |u: &UserRecord| {
+        let mut u = u.clone();
+        u.user.roles.retain(|r| r != role);
+        u
+    };
+    let disabled = |u: &UserRecord| {
+        let mut u = u.clone();
+        u.user.disabled = true;
+        u
+    };
+
+    // Another enabled holder remains: allowed.
+    assert_eq!(
+        store
+            .update_user_keeping_role(&without(&k1), role)
+            .await
+            .unwrap(),
+        Done
+    );
+    assert_eq!(
+        store.get_user(k1.user.id).await.unwrap().unwrap(),
+        without(&k1)
+    );
+    // k2 is the last one; a disabled holder does not count.
+    assert_eq!(
+        store
+            .update_user_keeping_role(&without(&k2), role)
+            .await
+            .unwrap(),
+        LastHolder
+    );
+    assert_eq!(
+        store
+            .update_user_keeping_role(&disabled(&k2), role)
+            .await
+            .unwrap(),
+        LastHolder
+    );
+    assert_eq!(
+        store
+            .delete_user_keeping_role(k2.user.id, role)
+            .await
+            .unwrap(),
+        LastHolder
+    );
+    assert_eq!(
+        store.get_user(k2.user.id).await.unwrap().unwrap(),
+        k2,
+        "nothing written"
+    );
+    // Changes that keep the role, and changes to non-holders, are made.
+    let mut renamed = k2.clone();
+    renamed.user.display_name = "K2".into();
+    assert_eq!(
+        store
+            .update_user_keeping_role(&renamed, role)
+            .await
+            .unwrap(),
+        Done
+    );
+    assert_eq!(
+        store
+            .update_user_keeping_role(&without(&off), role)
+            .await
+            .unwrap(),
+        Done
+    );
+    assert_eq!(
+        store
+            .update_user_keeping_role(&disabled(&plain), role)
+            .await
+            .unwrap(),
+        Done
+    );
+    assert_eq!(
+        store
+            .delete_user_keeping_role(plain.user.id, role)
+            .await
+            .unwrap(),
+        Done
+    );
+    // Absent users.
+    let ghost = user("ghost@guard.example", &[role]);
+    assert_eq!(
+        store
+            .update_user_keeping_role(&without(&ghost), role)
+            .await
+            .unwrap(),
+        NotFound
+    );
+    assert_eq!(
+        store
+            .delete_user_keeping_role(ghost.user.id, role)
+            .await
+            .unwrap(),
+        NotFound
+    );
+    // With a second holder back, the first may go.
+    store.update_user(&k1).await.unwrap();
+    assert_eq!(
+        store
+            .delete_user_keeping_role(k2.user.id, role)
+            .await
+            .unwrap(),
+        Done
+    );
+    assert_eq!(store.users_with_role(role).await.unwrap(), vec![k1.user.id]);
+    for u in [k1.user.id, off.user.id] {
+        store.delete_user(u).await.unwrap();
+    }
+}
+
+/// Two concurrent guarded changes, each taking the role from one of its
+/// last two holders: exactly one is made, one holder always remains.
+async fn role_guard_races(store: Arc<dyn AuthStore>) {
+    #[derive(Clone, Copy, Debug)]
+    enum Op {
+        Demote,
+        Disable,
+        Delete,
+    }
+    async fn run(store: &dyn AuthStore, op: Op, u: &UserRecord, role: &str) -> GuardedChange {
+        let mut changed = u.clone();
+        match op {
+            Op::Demote => changed.user.roles.clear(),
+            Op::Disable => changed.user.disabled = true,
+            Op::Delete => {
+                return store
+                    .delete_user_keeping_role(u.user.id, role)
+                    .await
+                    .unwrap();
+            }
+        }
+        store
+            .update_user_keeping_role(&changed, role)
+            .await
+            .unwrap()
+    }
+    let pairs = [
+        (Op::Demote, Op::Demote),
+        (Op::Disable, Op::Disable),
+        (Op::Delete, Op::Delete),
+        (Op::Demote, Op::Delete),
+        (Op::Disable, Op::Demote),
+        (Op::Delete, Op::Disable),
+    ];
+    for round in 0..60 {
+        let role = format!("race{round}");
+        let a = user(&format!("a{round}@race.example"), &[&role]);
+        let b = user(&format!("b{round}@race.example"), &[&role]);
+        store.create_user(&a).await.unwrap();
+        store.create_user(&b).await.unwrap();
+        let (op_a, op_b) = pairs[round % pairs.len()];
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let task = |op, u: UserRecord| {
+            let (store, start, role) = (store.clone(), start.clone(), role.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                run(&*store, op, &u, &role).await
+            })
+        };
+        let (ta, tb) = (task(op_a, a.clone()), task(op_b, b.clone()));
+        let mut outcomes = [ta.await.unwrap(), tb.await.unwrap()];
+        outcomes.sort_by_key(|o| *o != GuardedChange::Done);
+        assert_eq!(
+            outcomes,
+            [GuardedChange::Done, GuardedChange::LastHolder],
+            "round {round}: {op_a:?} || {op_b:?}"
+        );
+        let left = store.users_with_role(&role).await.unwrap();
+        assert_eq!(left.len(), 1, "round {round}: {op_a:?} || {op_b:?}");
+        for u in [a.user.id, b.user.id] {
+            store.delete_user(u).await.unwrap();
+        }
     }
 }
 

@@ -6,7 +6,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{AuthStore, SessionStore, StoreError};
+use super::{AuthStore, GuardedChange, SessionStore, StoreError};
 use crate::model::{
     ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role, Session,
     SessionId, SigningKeyRecord, TokenKind, UserId, UserRecord,
@@ -42,6 +42,43 @@ impl MemoryStore {
     }
 }
 
+fn holds(user: &UserRecord, role: &str) -> bool {
+    !user.user.disabled && user.user.roles.iter().any(|r| r == role)
+}
+
+impl State {
+    /// Whether `id` is an enabled holder of `role` and nobody else is.
+    fn last_holder(&self, id: UserId, role: &str) -> bool {
+        self.users.get(&id).is_some_and(|u| holds(u, role))
+            && !self
+                .users
+                .values()
+                .any(|u| u.user.id != id && holds(u, role))
+    }
+
+    fn update_user(&mut self, record: &UserRecord) -> Result<bool, StoreError> {
+        if self
+            .users
+            .values()
+            .any(|u| u.user.email == record.user.email && u.user.id != record.user.id)
+        {
+            return Err(StoreError::Conflict("email"));
+        }
+        match self.users.get_mut(&record.user.id) {
+            Some(slot) => {
+                *slot = record.clone();
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    fn delete_user(&mut self, id: UserId) -> bool {
+        self.keys.retain(|_, k| k.key.owner != id);
+        self.users.remove(&id).is_some()
+    }
+}
+
 #[async_trait]
 impl AuthStore for MemoryStore {
     async fn create_user(&self, record: &UserRecord) -> Result<(), StoreError> {
@@ -69,26 +106,44 @@ impl AuthStore for MemoryStore {
     }
 
     async fn update_user(&self, record: &UserRecord) -> Result<bool, StoreError> {
+        self.lock().update_user(record)
+    }
+
+    async fn update_user_keeping_role(
+        &self,
+        record: &UserRecord,
+        role: &str,
+    ) -> Result<GuardedChange, StoreError> {
+        // One lock for the check and the write.
         let mut s = self.lock();
-        if s.users
-            .values()
-            .any(|u| u.user.email == record.user.email && u.user.id != record.user.id)
-        {
-            return Err(StoreError::Conflict("email"));
+        if !holds(record, role) && s.last_holder(record.user.id, role) {
+            return Ok(GuardedChange::LastHolder);
         }
-        match s.users.get_mut(&record.user.id) {
-            Some(slot) => {
-                *slot = record.clone();
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        Ok(if s.update_user(record)? {
+            GuardedChange::Done
+        } else {
+            GuardedChange::NotFound
+        })
     }
 
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        Ok(self.lock().delete_user(id))
+    }
+
+    async fn delete_user_keeping_role(
+        &self,
+        id: UserId,
+        role: &str,
+    ) -> Result<GuardedChange, StoreError> {
         let mut s = self.lock();
-        s.keys.retain(|_, k| k.key.owner != id);
-        Ok(s.users.remove(&id).is_some())
+        if s.last_holder(id, role) {
+            return Ok(GuardedChange::LastHolder);
+        }
+        Ok(if s.delete_user(id) {
+            GuardedChange::Done
+        } else {
+            GuardedChange::NotFound
+        })
     }
 
     async fn list_users(

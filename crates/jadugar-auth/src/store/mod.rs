@@ -60,6 +60,19 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// What a change guarded by a role ([`AuthStore::update_user_keeping_role`],
+/// [`AuthStore::delete_user_keeping_role`]) did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuardedChange {
+    /// The change was made.
+    Done,
+    /// No user with that id.
+    NotFound,
+    /// Refused, nothing written: the user is the last enabled holder of
+    /// the role and the change would end that.
+    LastHolder,
+}
+
 /// Durable auth records. Object safe; every method is atomic on its own.
 ///
 /// "Not found" is `Ok(None)` / `Ok(false)`, never an error.
@@ -74,8 +87,30 @@ pub trait AuthStore: Debug + Send + Sync + 'static {
     /// Replaces the stored user with `record` (same id). `false` if absent;
     /// [`StoreError::Conflict`] if the email belongs to another user.
     async fn update_user(&self, record: &UserRecord) -> Result<bool, StoreError>;
+    /// [`update_user`](Self::update_user), unless the stored user is an
+    /// enabled holder of `role`, `record` would not be one (disabled or
+    /// without the role), and no other enabled user holds `role`: then
+    /// nothing is written and the answer is [`GuardedChange::LastHolder`].
+    ///
+    /// The check and the write are one atomic step, serialised with every
+    /// other guarded change: of two concurrent calls that each take `role`
+    /// from one of its last two holders, exactly one is made.
+    async fn update_user_keeping_role(
+        &self,
+        record: &UserRecord,
+        role: &str,
+    ) -> Result<GuardedChange, StoreError>;
     /// Deletes a user and their API keys. `false` if absent.
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError>;
+    /// [`delete_user`](Self::delete_user), unless the user is the last
+    /// enabled holder of `role` ([`GuardedChange::LastHolder`], nothing
+    /// deleted). Atomic like
+    /// [`update_user_keeping_role`](Self::update_user_keeping_role).
+    async fn delete_user_keeping_role(
+        &self,
+        id: UserId,
+        role: &str,
+    ) -> Result<GuardedChange, StoreError>;
     /// Users ordered by id, starting after `after`, at most `limit`.
     async fn list_users(
         &self,

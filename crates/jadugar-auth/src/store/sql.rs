@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use jadugar_core::storage::Database;
 use sqlx::Row;
 
-use super::{AuthStore, SessionStore, StoreError, backend};
+use super::{AuthStore, GuardedChange, SessionStore, StoreError, backend};
 use crate::model::{
     ApiKey, ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role, Session,
     SessionId, SigningKeyRecord, TokenKind, User, UserId, UserRecord,
@@ -88,6 +88,11 @@ fn user_roles_pattern(role: &str) -> String {
     // Roles are stored as a JSON list of validated names (no quotes inside).
     format!("%\"{role}\"%")
 }
+
+/// The Postgres advisory lock every guarded change (last holder of a role)
+/// takes for its transaction ("jadugar" and 1).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+const ROLE_GUARD_LOCK: i64 = 0x6a61_6475_6761_7201;
 
 macro_rules! get {
     ($row:expr, $col:literal) => {
@@ -199,11 +204,86 @@ macro_rules! row_fns {
 }
 
 macro_rules! sql_impl {
-    ($module:ident, $variant:ident, $db:ty, $row:ty) => {
+    ($module:ident, $variant:ident, $db:ty, $row:ty, $begin:literal, $lock:expr) => {
         mod $module {
             use super::*;
 
             row_fns!($db, $row);
+
+            fn update_query(r: &UserRecord) -> sqlx::query::Query<'_, $db, <$db as sqlx::Database>::Arguments<'_>> {
+                let u = &r.user;
+                sqlx::query(
+                    "UPDATE auth_users SET email = $2, display_name = $3, roles = $4, disabled = $5, email_verified = $6, \
+                     must_change_password = $7, updated_at = $8, password_hash = $9 WHERE id = $1",
+                )
+                .bind(u.id.to_string())
+                .bind(&u.email)
+                .bind(&u.display_name)
+                .bind(json_list(&u.roles))
+                .bind(u.disabled)
+                .bind(u.email_verified)
+                .bind(u.must_change_password)
+                .bind(ms(u.updated_at))
+                .bind(&r.password_hash)
+            }
+
+            /// Opens the transaction of a guarded change. It holds SQLite's
+            /// write lock (`BEGIN IMMEDIATE`) or the Postgres advisory lock
+            /// [`ROLE_GUARD_LOCK`] until it ends, so guarded changes run one
+            /// at a time and each one's check sees every earlier one's write.
+            async fn begin_guarded(pool: &sqlx::Pool<$db>) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
+                let mut tx = pool.begin_with($begin).await.map_err(backend)?;
+                let lock: Option<&str> = $lock;
+                if let Some(lock) = lock {
+                    sqlx::query(lock).bind(ROLE_GUARD_LOCK).execute(&mut *tx).await.map_err(backend)?;
+                }
+                Ok(tx)
+            }
+
+            /// Inside a guarded transaction: whether `id` is an enabled holder
+            /// of `role` and no other enabled user is (`None`: no such user).
+            async fn last_holder(tx: &mut sqlx::Transaction<'static, $db>, id: UserId, role: &str) -> Result<Option<bool>, StoreError> {
+                let Some(row) = sqlx::query("SELECT disabled, roles FROM auth_users WHERE id = $1")
+                    .bind(id.to_string()).fetch_optional(&mut **tx).await.map_err(backend)? else {
+                    return Ok(None);
+                };
+                let disabled: bool = get!(row, "disabled");
+                let roles: String = get!(row, "roles");
+                if disabled || !parse_list(&roles)?.iter().any(|r| r == role) {
+                    return Ok(Some(false));
+                }
+                let others: i64 = sqlx::query("SELECT COUNT(*) AS n FROM auth_users WHERE id <> $1 AND disabled = $2 AND roles LIKE $3")
+                    .bind(id.to_string()).bind(false).bind(user_roles_pattern(role))
+                    .fetch_one(&mut **tx).await.map_err(backend)?
+                    .try_get("n").map_err(backend)?;
+                Ok(Some(others == 0))
+            }
+
+            pub(super) async fn update_user_keeping_role(pool: &sqlx::Pool<$db>, r: &UserRecord, role: &str) -> Result<GuardedChange, StoreError> {
+                let mut tx = begin_guarded(pool).await?;
+                let keeps = !r.user.disabled && r.user.roles.iter().any(|x| x == role);
+                match last_holder(&mut tx, r.user.id, role).await? {
+                    None => return Ok(GuardedChange::NotFound),
+                    Some(true) if !keeps => return Ok(GuardedChange::LastHolder),
+                    Some(_) => {}
+                }
+                let done = update_query(r).execute(&mut *tx).await.map_err(|e| map_err(e, "email"))?;
+                tx.commit().await.map_err(backend)?;
+                Ok(if done.rows_affected() > 0 { GuardedChange::Done } else { GuardedChange::NotFound })
+            }
+
+            pub(super) async fn delete_user_keeping_role(pool: &sqlx::Pool<$db>, id: UserId, role: &str) -> Result<GuardedChange, StoreError> {
+                let mut tx = begin_guarded(pool).await?;
+                match last_holder(&mut tx, id, role).await? {
+                    None => return Ok(GuardedChange::NotFound),
+                    Some(true) => return Ok(GuardedChange::LastHolder),
+                    Some(false) => {}
+                }
+                sqlx::query("DELETE FROM auth_api_keys WHERE owner_id = $1").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
+                let done = sqlx::query("DELETE FROM auth_users WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
+                tx.commit().await.map_err(backend)?;
+                Ok(if done.rows_affected() > 0 { GuardedChange::Done } else { GuardedChange::NotFound })
+            }
 
             pub(super) async fn create_user(pool: &sqlx::Pool<$db>, r: &UserRecord) -> Result<(), StoreError> {
                 let u = &r.user;
@@ -234,23 +314,7 @@ macro_rules! sql_impl {
             }
 
             pub(super) async fn update_user(pool: &sqlx::Pool<$db>, r: &UserRecord) -> Result<bool, StoreError> {
-                let u = &r.user;
-                let done = sqlx::query(
-                    "UPDATE auth_users SET email = $2, display_name = $3, roles = $4, disabled = $5, email_verified = $6, \
-                     must_change_password = $7, updated_at = $8, password_hash = $9 WHERE id = $1",
-                )
-                .bind(u.id.to_string())
-                .bind(&u.email)
-                .bind(&u.display_name)
-                .bind(json_list(&u.roles))
-                .bind(u.disabled)
-                .bind(u.email_verified)
-                .bind(u.must_change_password)
-                .bind(ms(u.updated_at))
-                .bind(&r.password_hash)
-                .execute(pool)
-                .await
-                .map_err(|e| map_err(e, "email"))?;
+                let done = update_query(r).execute(pool).await.map_err(|e| map_err(e, "email"))?;
                 Ok(done.rows_affected() > 0)
             }
 
@@ -455,9 +519,23 @@ macro_rules! sql_impl {
 }
 
 #[cfg(feature = "sqlite")]
-sql_impl!(lite, Sqlite, sqlx::Sqlite, sqlx::sqlite::SqliteRow);
+sql_impl!(
+    lite,
+    Sqlite,
+    sqlx::Sqlite,
+    sqlx::sqlite::SqliteRow,
+    "BEGIN IMMEDIATE",
+    None
+);
 #[cfg(feature = "postgres")]
-sql_impl!(pg, Postgres, sqlx::Postgres, sqlx::postgres::PgRow);
+sql_impl!(
+    pg,
+    Postgres,
+    sqlx::Postgres,
+    sqlx::postgres::PgRow,
+    "BEGIN",
+    Some("SELECT pg_advisory_xact_lock($1)")
+);
 
 /// Dispatches a call to the backend module of the pool.
 macro_rules! on {
@@ -489,6 +567,20 @@ impl AuthStore for SqlStore {
     }
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
         on!(self, delete_user(id))
+    }
+    async fn update_user_keeping_role(
+        &self,
+        record: &UserRecord,
+        role: &str,
+    ) -> Result<GuardedChange, StoreError> {
+        on!(self, update_user_keeping_role(record, role))
+    }
+    async fn delete_user_keeping_role(
+        &self,
+        id: UserId,
+        role: &str,
+    ) -> Result<GuardedChange, StoreError> {
+        on!(self, delete_user_keeping_role(id, role))
     }
     async fn list_users(
         &self,
