@@ -2,6 +2,7 @@
 
 use std::future::Future;
 
+use futures_util::FutureExt as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -48,9 +49,11 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let gw = gateway.clone();
         let client = crate::proxy::Peer::new(peer.ip());
+        // `map`, not an `async` block: the block would move the whole
+        // request future once more on its first poll.
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let fut = gw.handle_from(req, &client);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            gw.handle_from(req, &client)
+                .map(Ok::<_, std::convert::Infallible>)
         });
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
         let conn = graceful.watch(conn.into_owned());
