@@ -224,9 +224,11 @@ async fn route_and_proxy(
         decision = Some(d);
     }
 
-    // Identity headers only the gateway may set.
-    for name in &shared.identity_headers {
-        if req.headers().contains_key(name) {
+    // Identity headers only the gateway may set; the same pass notes
+    // hop-by-hop headers for later.
+    let scanned = headers::scan(req.headers(), &shared.identity_headers);
+    if scanned.identity {
+        for name in &shared.identity_headers {
             req.headers_mut().remove(name);
         }
     }
@@ -297,13 +299,21 @@ async fn route_and_proxy(
         .hash
         .as_ref()
         .and_then(|source| hash_of(source, req.headers()));
-    let upgrade = req.version() == Version::HTTP_11 && headers::is_upgrade(req.headers());
+    // A header transform may have added headers since the scan.
+    let transformed = !route.transform.is_noop();
+    let upgrade = req.version() == Version::HTTP_11
+        && (scanned.upgrade || transformed)
+        && headers::is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     // Forwarding headers.
     {
         let headers = req.headers_mut();
-        headers::remove_hop_by_hop(headers, upgrade);
+        if transformed {
+            headers::remove_hop_by_hop(headers, upgrade);
+        } else if scanned.hop_by_hop {
+            headers::remove_hop_by_hop_present(headers, upgrade);
+        }
         match (&peer, shared.config.trust_forwarded) {
             (
                 Some(Peer {
