@@ -168,3 +168,84 @@ async fn without_redis_a_revocation_is_bounded_by_the_cache_ttl() {
         "bounded by the 1 s TTL, took {took:?}"
     );
 }
+
+/// Two hosts each take admin from one of the last two admins at the same
+/// moment (unassign, disable, delete): exactly one wins, an admin remains.
+async fn last_admin_race(a: &AuthService, b: &AuthService) {
+    let root = Principal::new("root", PrincipalKind::User).with_permissions(["*"]);
+    let admin = |host: &AuthService, email: String| {
+        let host = host.clone();
+        async move {
+            host.create_user(
+                None,
+                NewUser {
+                    email,
+                    display_name: String::new(),
+                    password: None,
+                    roles: vec!["admin".into()],
+                },
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut survivor = None;
+    for round in 0..30 {
+        let x = admin(a, format!("x{round}@race.example")).await;
+        let y = admin(b, format!("y{round}@race.example")).await;
+        if let Some(previous) = survivor.take() {
+            a.delete_user(&root, previous).await.unwrap();
+        }
+        let start = std::sync::Arc::new(tokio::sync::Barrier::new(2));
+        let on_a = {
+            let (a, root, start) = (a.clone(), root.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                a.unassign_role(&root, x.id, "admin").await.map(|_| ())
+            })
+        };
+        let on_b = {
+            let (b, root, start) = (b.clone(), root.clone(), start.clone());
+            tokio::spawn(async move {
+                start.wait().await;
+                if round % 2 == 0 {
+                    let disable = jadugar_auth::service::UserUpdate {
+                        disabled: Some(true),
+                        ..Default::default()
+                    };
+                    b.update_user(&root, y.id, disable).await.map(|_| ())
+                } else {
+                    b.delete_user(&root, y.id).await
+                }
+            })
+        };
+        let (ra, rb) = (on_a.await.unwrap(), on_b.await.unwrap());
+        match (&ra, &rb) {
+            (Ok(()), Err(Error::NotAllowed(_))) => survivor = Some(y.id),
+            (Err(Error::NotAllowed(_)), Ok(())) => survivor = Some(x.id),
+            _ => panic!("round {round}: exactly one must win, got {ra:?} and {rb:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_cannot_remove_the_last_two_admins_at_once_sqlite() {
+    let db = TestSqlite::new().await;
+    let sealer = Sealer::new(MasterKey::generate("test"), []);
+    let a = host(db.database(), None, &sealer).await;
+    let other = db.connect_another().await;
+    let b = host(&other, None, &sealer).await;
+    last_admin_race(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_cannot_remove_the_last_two_admins_at_once_postgres() {
+    let Some(pg) = TestPostgres::new().await else {
+        return;
+    };
+    let sealer = Sealer::new(MasterKey::generate("test"), []);
+    let a = host(pg.database(), None, &sealer).await;
+    let other = pg.connect_another().await;
+    let b = host(&other, None, &sealer).await;
+    last_admin_race(&a, &b).await;
+}
