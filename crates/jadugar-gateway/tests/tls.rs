@@ -320,3 +320,17 @@ async fn websocket_upgrade_to_a_tls_upstream() {
     assert_eq!(echoed.into_text().unwrap().as_str(), "over tls");
     ws.close(None).await.unwrap();
 }
+
+#[tokio::test]
+async fn ip_literal_https_target_is_verified_against_the_ip() {
+    let (up, accepted) = tls_upstream("upstream").await;
+    let r = RouteSpec::new("ip", "/ip", [format!("https://127.0.0.1:{}", up.port())]);
+    let gw = tls_gateway(vec![r]).await;
+    for _ in 0..2 {
+        let (status, _, body) = call(&gw, get("/ip")).await;
+        assert_eq!(status, 200, "{body:?}");
+        // No SNI for an IP address; the certificate's IP SAN is checked.
+        assert_eq!(json(&body)["sni"], "-");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
+}
