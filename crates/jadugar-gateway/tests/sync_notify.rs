@@ -29,13 +29,12 @@ async fn host(db: Database, redis: Option<jadugar_core::storage::Redis>) -> Gate
     builder.build().await.unwrap()
 }
 
-/// How long until `check` holds; panics after 3 s.
-async fn until<F, Fut>(what: &str, check: F) -> Duration
+/// How long since `start` until `check` holds; panics after 3 s.
+async fn until<F, Fut>(what: &str, start: Instant, check: F) -> Duration
 where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
     while !check().await {
         assert!(
             start.elapsed() < Duration::from_secs(3),
@@ -54,13 +53,23 @@ async fn changes_follow(a: &Gateway, b: &Gateway) -> Vec<Duration> {
     // check each listener makes when it starts, but not timed fairly).
     tokio::time::sleep(Duration::from_millis(300)).await;
 
+    // Timed from before each call on `a`: the change, its commit and
+    // `a`'s own reload included.
+    let start = Instant::now();
     a.create_route(route("r", "/r", &[up])).await.unwrap();
-    timings.push(until("create", || async { b.route_count() == 1 }).await);
+    timings.push(until("create", start, || async { b.route_count() == 1 }).await);
     let changed: RouteSpec = route("r", "/moved", &[up]);
+    let start = Instant::now();
     a.update_route(changed, None).await.unwrap();
-    timings.push(until("update", || async { call(b, get("/moved")).await.0 == 200 }).await);
+    timings.push(
+        until("update", start, || async {
+            call(b, get("/moved")).await.0 == 200
+        })
+        .await,
+    );
+    let start = Instant::now();
     a.delete_route("r", None).await.unwrap();
-    timings.push(until("delete", || async { b.route_count() == 0 }).await);
+    timings.push(until("delete", start, || async { b.route_count() == 0 }).await);
     timings
 }
 
