@@ -63,8 +63,10 @@ use ::http::{HeaderName, HeaderValue, Request, Response};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use jadugar_core::outbound::AddressPolicy;
-use jadugar_core::storage::{Database, Redis};
-use jadugar_core::{CursorCodec, Discovery, Sealer, SharedClock, StaticDiscovery, SystemClock};
+use jadugar_core::storage::Redis;
+use jadugar_core::{CursorCodec, Discovery, SharedClock, StaticDiscovery, SystemClock};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use jadugar_core::{Sealer, storage::Database};
 use serde::Deserialize;
 
 pub use error::Error;

@@ -86,6 +86,8 @@ pub(crate) struct BuildContext<'a> {
     pub config: &'a Config,
     pub discovery: &'a dyn Discovery,
     pub clients: &'a ClientCache,
+    // Read by shared rate limits only, which need the `redis` feature.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub redis: Option<&'a Redis>,
 }
 

@@ -10,7 +10,9 @@ use bytes::Bytes;
 use common::*;
 use http_body_util::{BodyExt, Full};
 use jadugar_core::{Endpoint, Principal, PrincipalKind, StaticDiscovery};
-use jadugar_gateway::model::{NameValue, RateKey, RateLimitSpec};
+use jadugar_gateway::model::NameValue;
+#[cfg(feature = "redis")]
+use jadugar_gateway::model::{RateKey, RateLimitSpec};
 use jadugar_gateway::{Config, Gateway};
 use tower::ServiceExt;
 

@@ -1,6 +1,7 @@
 //! A route change made on one host applies on the others at once, through
 //! Postgres `LISTEN/NOTIFY` or Redis pub/sub, not at their next poll (the
 //! poll interval here is ten minutes).
+#![cfg(any(feature = "postgres", all(feature = "sqlite", feature = "redis")))]
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod common;
