@@ -513,8 +513,63 @@ async fn send(
         let Some(backend) = route.pool.pick(hash) else {
             return (Err(Failure::NoInstance), None, None);
         };
-        let (result, latency) =
-            send_once(route, &backend, policy, &mut parts, body, &pq, upgrade).await;
+        // One attempt, awaited here rather than in a nested async fn so
+        // that its state is not one more layer every request's future
+        // carries and moves.
+        // Boxed: concurrency limits are rare, keep their wait out of the
+        // common future.
+        let permit = match &route.pool.limits {
+            Some(limits) => match Box::pin(limits.acquire(route.request_timeout)).await {
+                Ok(p) => Some(p),
+                Err(_) => return (Err(Failure::Shed), Some(backend.label.clone()), None),
+            },
+            None => None,
+        };
+        let h2 = route.http2 && !upgrade;
+        let pooled = !h2 && !upgrade;
+        let out = match outbound(route, &backend, &mut parts, body, &pq, h2, pooled) {
+            Ok(out) => out,
+            Err(failure) => return (Err(failure), Some(backend.label.clone()), None),
+        };
+        let in_flight = backend.start();
+        route.metrics.in_flight.increment(1.0);
+        let sent_at = Instant::now();
+        let result: Result<Upstream, Failure> = if pooled {
+            let sent = pool::send(&backend, policy, route.connect_timeout, out);
+            match tokio::time::timeout(route.request_timeout, sent).await {
+                Ok(Ok((res, sender))) => Ok((res, Some((sender, backend.clone())))),
+                Ok(Err(pool::PoolError::Connect(e))) => {
+                    tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream connect failed");
+                    Err(Failure::Connect)
+                }
+                Ok(Err(pool::PoolError::Request(e))) => {
+                    tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
+                    Err(Failure::Upstream)
+                }
+                Err(_) => Err(Failure::Timeout),
+            }
+        } else {
+            let client = if upgrade {
+                &route.upgrade_client
+            } else {
+                &route.client
+            };
+            match tokio::time::timeout(route.request_timeout, client.request(out)).await {
+                Ok(Ok(res)) => Ok((res, None)),
+                Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+                Ok(Err(e)) => {
+                    tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
+                    Err(Failure::Upstream)
+                }
+                Err(_) => Err(Failure::Timeout),
+            }
+        };
+        route.metrics.in_flight.decrement(1.0);
+        drop(in_flight);
+        drop(permit);
+        let elapsed = sent_at.elapsed();
+        observe(route, &backend, &result, elapsed);
+        let latency = Some(elapsed);
         let retry_worthy = match &result {
             Err(Failure::Connect | Failure::Timeout) => true,
             Ok((res, _)) => matches!(res.status().as_u16(), 502..=504),
@@ -533,34 +588,27 @@ async fn send(
     }
 }
 
-async fn send_once(
+/// The request for one attempt on `backend`: the URI it wants (origin
+/// form on the own pool, absolute for hyper-util's client), the headers
+/// taken from `parts`, the `Host` the instance expects.
+fn outbound(
     route: &CompiledRoute,
-    backend: &Arc<Backend>,
-    policy: &jadugar_core::outbound::AddressPolicy,
+    backend: &Backend,
     parts: &mut http::request::Parts,
     body: RequestBody,
     pq: &PathAndQuery,
-    upgrade: bool,
-) -> (Result<Upstream, Failure>, Option<Duration>) {
-    let _permit = match &route.pool.limits {
-        Some(limits) => match limits.acquire(route.request_timeout).await {
-            Ok(p) => Some(p),
-            Err(_) => return (Err(Failure::Shed), None),
-        },
-        None => None,
-    };
+    h2: bool,
+    pooled: bool,
+) -> Result<Request<RequestBody>, Failure> {
     let mut uri_parts = http::uri::Parts::default();
-    uri_parts.scheme = Some(backend.scheme.clone());
-    uri_parts.authority = Some(backend.authority.clone());
-    let h2 = route.http2 && !upgrade;
-    let pooled = !h2 && !upgrade;
     // hyper's own connections take origin-form URIs; the pooled client wants absolute ones.
-    if pooled {
-        uri_parts = http::uri::Parts::default();
+    if !pooled {
+        uri_parts.scheme = Some(backend.scheme.clone());
+        uri_parts.authority = Some(backend.authority.clone());
     }
     uri_parts.path_and_query = Some(pq.clone());
     let Ok(uri) = Uri::from_parts(uri_parts) else {
-        return (Err(Failure::Upstream), None);
+        return Err(Failure::Upstream);
     };
     let mut out = Request::new(body);
     *out.method_mut() = parts.method.clone();
@@ -578,49 +626,24 @@ async fn send_once(
         out.headers_mut()
             .insert(header::HOST, backend.host_header.clone());
     }
-    let in_flight = backend.start();
-    route.metrics.in_flight.increment(1.0);
-    let sent_at = Instant::now();
-    let result: Result<Upstream, Failure> = if pooled {
-        let sent = pool::send(backend, policy, route.connect_timeout, out);
-        match tokio::time::timeout(route.request_timeout, sent).await {
-            Ok(Ok((res, sender))) => Ok((res, Some((sender, backend.clone())))),
-            Ok(Err(pool::PoolError::Connect(e))) => {
-                tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream connect failed");
-                Err(Failure::Connect)
-            }
-            Ok(Err(pool::PoolError::Request(e))) => {
-                tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
-                Err(Failure::Upstream)
-            }
-            Err(_) => Err(Failure::Timeout),
-        }
-    } else {
-        let client = if upgrade {
-            &route.upgrade_client
-        } else {
-            &route.client
-        };
-        match tokio::time::timeout(route.request_timeout, client.request(out)).await {
-            Ok(Ok(res)) => Ok((res, None)),
-            Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-            Ok(Err(e)) => {
-                tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
-                Err(Failure::Upstream)
-            }
-            Err(_) => Err(Failure::Timeout),
-        }
-    };
-    route.metrics.in_flight.decrement(1.0);
-    drop(in_flight);
-    let latency = sent_at.elapsed();
+    Ok(out)
+}
+
+/// Feeds one attempt's outcome to outlier detection and the latency
+/// estimate.
+fn observe(
+    route: &CompiledRoute,
+    backend: &Arc<Backend>,
+    result: &Result<Upstream, Failure>,
+    latency: Duration,
+) {
     let spec = &route.pool.spec().outlier;
     let failed = |backend: &Arc<Backend>| {
         if backend.outlier.on_failure(spec, now_ms()) {
             route.pool.ejected(backend);
         }
     };
-    match &result {
+    match result {
         Ok((res, _)) if matches!(res.status().as_u16(), 502..=504) => failed(backend),
         Ok(_) => {
             backend.outlier.on_success();
@@ -628,7 +651,6 @@ async fn send_once(
         }
         Err(_) => failed(backend),
     }
-    (result, Some(latency))
 }
 
 async fn finish_response(
