@@ -36,6 +36,12 @@ pub enum Error {
     /// A conflicting record exists.
     #[error("{0} already exists")]
     Conflict(&'static str),
+    /// `If-Match` named a version the record no longer has (or never had).
+    #[error("the {0} changed since the version in If-Match")]
+    PreconditionFailed(&'static str),
+    /// Concurrent writes to the record kept winning over this one; retry.
+    #[error("the {0} is being changed concurrently; retry")]
+    Contended(&'static str),
     /// Too many attempts; retry after the given seconds.
     #[error("too many attempts")]
     Throttled(u64),
@@ -77,12 +83,21 @@ impl From<Error> for Problem {
             Error::Validation(errors) => Problem::validation(errors),
             Error::NotFound(what) => Problem::not_found(format!("{what} not found")),
             Error::Conflict(what) => Problem::conflict(format!("{what} already exists")),
+            Error::PreconditionFailed(what) => Problem::precondition_failed(format!(
+                "the {what} changed since the version in If-Match; read it again"
+            )),
+            Error::Contended(what) => {
+                Problem::conflict(format!("the {what} is being changed concurrently; retry"))
+            }
             Error::Throttled(secs) => Problem::too_many_requests(secs.max(1)),
             Error::Csrf => Problem::forbidden(
                 "CSRF check failed: send the x-csrf-token header from the csrf cookie, from an allowed origin",
             ),
             Error::Store(StoreError::Conflict(what)) => {
                 Problem::conflict(format!("{what} already exists"))
+            }
+            Error::Store(StoreError::Stale) => {
+                Problem::conflict("a concurrent change won; read the record again and retry")
             }
             other => {
                 tracing::error!(error = %other, "auth internal error");

@@ -126,6 +126,47 @@ fn p(e: Error) -> Problem {
     Problem::from(e)
 }
 
+/// The version a request's `If-Match` names (`None`: absent or `*`).
+///
+/// The entity tag of a user is its version, `"<n>"`. A weak tag `W/"<n>"`
+/// names the same version (a compressing proxy may weaken the tag it
+/// passes on; the version is the same). A tag that is no version of ours,
+/// or a list of several, can never match the current version alone: 412.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let mut values = headers.get_all(header::IF_MATCH).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return if headers.contains_key(header::IF_MATCH) {
+            Err(unmatched())
+        } else {
+            Ok(None)
+        };
+    };
+    let text = value.to_str().map_err(|_| unmatched())?.trim();
+    if text == "*" {
+        return Ok(None);
+    }
+    let tag = text.strip_prefix("W/").unwrap_or(text);
+    tag.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(unmatched)
+}
+
+fn unmatched() -> Problem {
+    Problem::precondition_failed("If-Match names no current version of this user")
+}
+
+/// A user as JSON with its version as the strong entity tag.
+fn user_response(user: &User) -> Response {
+    let mut response = axum::Json(user).into_response();
+    if let Ok(tag) = HeaderValue::from_str(&format!("\"{}\"", user.version)) {
+        response.headers_mut().insert(header::ETAG, tag);
+    }
+    response
+}
+
 /// Login input.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginRequest {
@@ -429,36 +470,63 @@ async fn create_user(
 }
 
 #[utoipa::path(get, path = "/v1/auth/users/{id}", tag = "users", params(("id" = UserId, Path, description = "user id")),
-    responses((status = 200, body = User), (status = 404, body = Problem)))]
+    responses(
+        (status = 200, body = User, headers(("ETag" = String, description = "the user's version, `\"<version>\"`; send it back in `If-Match`"))),
+        (status = 404, body = Problem)))]
 async fn get_user(
     State(auth): State<AuthService>,
     principal: Principal,
     Path(id): Path<UserId>,
-) -> ApiResult<axum::Json<User>> {
-    Ok(axum::Json(auth.get_user(&principal, id).await.map_err(p)?))
+) -> ApiResult<Response> {
+    Ok(user_response(
+        &auth.get_user(&principal, id).await.map_err(p)?,
+    ))
 }
 
-#[utoipa::path(patch, path = "/v1/auth/users/{id}", tag = "users", params(("id" = UserId, Path, description = "user id")), request_body = UserUpdate,
-    responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem)))]
+#[utoipa::path(patch, path = "/v1/auth/users/{id}", tag = "users",
+    params(
+        ("id" = UserId, Path, description = "user id"),
+        ("If-Match" = Option<String>, Header, description = "the `ETag` last seen: the change is made only if the user is still at that version (else 412). Without it, the named fields are set on the user as it is, keeping concurrent changes to other fields"),
+    ),
+    request_body = UserUpdate,
+    responses(
+        (status = 200, body = User, headers(("ETag" = String, description = "the user's new version"))),
+        (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 412, body = Problem, description = "the user changed since the version in If-Match"),
+        (status = 422, body = Problem)))]
 async fn update_user(
     State(auth): State<AuthService>,
     principal: Principal,
     Path(id): Path<UserId>,
+    headers: HeaderMap,
     Json(body): Json<UserUpdate>,
-) -> ApiResult<axum::Json<User>> {
-    Ok(axum::Json(
-        auth.update_user(&principal, id, body).await.map_err(p)?,
-    ))
+) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    let user = auth
+        .update_user(&principal, id, body, expected)
+        .await
+        .map_err(p)?;
+    Ok(user_response(&user))
 }
 
-#[utoipa::path(delete, path = "/v1/auth/users/{id}", tag = "users", params(("id" = UserId, Path, description = "user id")),
-    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+#[utoipa::path(delete, path = "/v1/auth/users/{id}", tag = "users",
+    params(
+        ("id" = UserId, Path, description = "user id"),
+        ("If-Match" = Option<String>, Header, description = "the `ETag` last seen: the user is deleted only if still at that version (else 412)"),
+    ),
+    responses(
+        (status = 204), (status = 403, body = Problem), (status = 404, body = Problem),
+        (status = 412, body = Problem, description = "the user changed since the version in If-Match")))]
 async fn delete_user(
     State(auth): State<AuthService>,
     principal: Principal,
     Path(id): Path<UserId>,
+    headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    auth.delete_user(&principal, id).await.map_err(p)?;
+    let expected = if_match(&headers)?;
+    auth.delete_user(&principal, id, expected)
+        .await
+        .map_err(p)?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -478,27 +546,27 @@ async fn set_password(
 
 #[utoipa::path(put, path = "/v1/auth/users/{id}/roles/{role}", tag = "users",
     params(("id" = UserId, Path, description = "user id"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = User, headers(("ETag" = String, description = "the user's version"))), (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn assign_role(
     State(auth): State<AuthService>,
     principal: Principal,
     Path((id, role)): Path<(UserId, String)>,
-) -> ApiResult<axum::Json<User>> {
-    Ok(axum::Json(
-        auth.assign_role(&principal, id, &role).await.map_err(p)?,
+) -> ApiResult<Response> {
+    Ok(user_response(
+        &auth.assign_role(&principal, id, &role).await.map_err(p)?,
     ))
 }
 
 #[utoipa::path(delete, path = "/v1/auth/users/{id}/roles/{role}", tag = "users",
     params(("id" = UserId, Path, description = "user id"), ("role" = String, Path, description = "role name")),
-    responses((status = 200, body = User), (status = 403, body = Problem), (status = 404, body = Problem)))]
+    responses((status = 200, body = User, headers(("ETag" = String, description = "the user's version"))), (status = 403, body = Problem), (status = 404, body = Problem)))]
 async fn unassign_role(
     State(auth): State<AuthService>,
     principal: Principal,
     Path((id, role)): Path<(UserId, String)>,
-) -> ApiResult<axum::Json<User>> {
-    Ok(axum::Json(
-        auth.unassign_role(&principal, id, &role).await.map_err(p)?,
+) -> ApiResult<Response> {
+    Ok(user_response(
+        &auth.unassign_role(&principal, id, &role).await.map_err(p)?,
     ))
 }
 

@@ -68,6 +68,15 @@ pub struct User {
     pub created_at: DateTime<Utc>,
     /// Last change.
     pub updated_at: DateTime<Utc>,
+    /// Revision of the record, 1 at creation and one more on every change;
+    /// every store write is conditional on it (optimistic concurrency). The
+    /// HTTP API shows it as the user's `ETag` and honours it in `If-Match`.
+    #[serde(default = "first_version")]
+    pub version: i64,
+}
+
+fn first_version() -> i64 {
+    1
 }
 
 /// A user as stored: the account plus its password hash.

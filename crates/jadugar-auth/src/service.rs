@@ -439,6 +439,22 @@ fn guarded(
     }
 }
 
+/// How [`AuthService::modify_user`] writes the record its change edited.
+enum UserWrite {
+    /// Nothing to write: the user already is as asked.
+    Unchanged,
+    /// A versioned write.
+    Plain,
+    /// A versioned write that must not take `admin` from its last enabled
+    /// holder; the text is the refusal.
+    KeepingAdmin(&'static str),
+}
+
+/// Attempts of one read-modify-write of a user before it gives up on a
+/// record other writers keep changing (each lost attempt means another
+/// write was made, so this is reached only under a storm of edits).
+const USER_WRITE_ATTEMPTS: usize = 5;
+
 impl AuthService {
     /// Starts building a service over `store` and `sessions`.
     pub fn builder(
@@ -725,6 +741,7 @@ impl AuthService {
             must_change_password: false,
             created_at: now,
             updated_at: now,
+            version: 1,
         };
         self.inner
             .store
@@ -752,6 +769,61 @@ impl AuthService {
             .get_user(id)
             .await?
             .ok_or(Error::NotFound("user"))
+    }
+
+    /// Reads user `id`, lets `change` edit the record, and writes it back
+    /// only if the stored version is still the one read. When another write
+    /// came in between, `change` runs again on the newer record (so the
+    /// other write is kept and, for the fields `change` sets, the last
+    /// writer wins), up to [`USER_WRITE_ATTEMPTS`] times — unless the
+    /// caller named the version it saw (`if_match`, HTTP `If-Match`): then
+    /// the caller's precondition failed. Returns the user as stored and
+    /// whether it was written.
+    async fn modify_user(
+        &self,
+        id: UserId,
+        if_match: Option<i64>,
+        mut change: impl FnMut(&mut UserRecord) -> Result<UserWrite, Error> + Send,
+    ) -> Result<(UserRecord, bool), Error> {
+        for attempt in 1..=USER_WRITE_ATTEMPTS {
+            let mut record = self.load_user(id).await?;
+            if if_match.is_some_and(|v| v != record.user.version) {
+                return Err(Error::PreconditionFailed("user"));
+            }
+            let (outcome, refusal) = match change(&mut record)? {
+                UserWrite::Unchanged => return Ok((record, false)),
+                UserWrite::Plain => {
+                    record.user.updated_at = self.now();
+                    let found = self.inner.store.update_user(&record).await;
+                    (found.map(|f| f.then_some(GuardedChange::Done)), "")
+                }
+                UserWrite::KeepingAdmin(refusal) => {
+                    record.user.updated_at = self.now();
+                    let outcome = self
+                        .inner
+                        .store
+                        .update_user_keeping_role(&record, ADMIN_ROLE)
+                        .await;
+                    (outcome.map(Some), refusal)
+                }
+            };
+            match outcome {
+                Ok(Some(GuardedChange::Done)) => {
+                    record.user.version += 1;
+                    return Ok((record, true));
+                }
+                Ok(None | Some(GuardedChange::NotFound)) => return Err(Error::NotFound("user")),
+                Ok(Some(GuardedChange::LastHolder)) => return Err(Error::NotAllowed(refusal)),
+                Err(StoreError::Stale) if if_match.is_some() => {
+                    return Err(Error::PreconditionFailed("user"));
+                }
+                Err(StoreError::Stale) => {
+                    tracing::debug!(user = %id, attempt, "user changed concurrently; reapplying");
+                }
+                Err(other) => return Err(store_err(other)),
+            }
+        }
+        Err(Error::Contended("user"))
     }
 
     /// A user. The user themself, or `auth:users:read`.
@@ -782,47 +854,51 @@ impl AuthService {
         ))
     }
 
-    /// Edits a user. Needs `auth:users:write`; the last admin cannot be disabled.
+    /// Edits a user. Needs `auth:users:write`; the last admin cannot be
+    /// disabled. With `if_match` (the version the caller last saw) a user
+    /// changed since is [`Error::PreconditionFailed`]; without it, the fields
+    /// `update` names are set on the user as it is at the write, keeping
+    /// every concurrent change to other fields.
     pub async fn update_user(
         &self,
         actor: &Principal,
         id: UserId,
         update: UserUpdate,
+        if_match: Option<i64>,
     ) -> Result<User, Error> {
         need(actor, PERM_USERS_WRITE)?;
-        let mut record = self.load_user(id).await?;
-        if let Some(email) = &update.email {
-            record.user.email = normalize_email(email).map_err(|e| Error::Validation(vec![e]))?;
-        }
-        if let Some(name) = update.display_name {
-            if name.chars().count() > 200 || name.trim().is_empty() {
-                return Err(Error::field("display_name", "must be 1 to 200 characters"));
-            }
-            record.user.display_name = name;
-        }
-        let disabling = update.disabled == Some(true) && !record.user.disabled;
-        if let Some(d) = update.disabled {
-            record.user.disabled = d;
-        }
-        record.user.updated_at = self.now();
-        if disabling {
-            // The last-admin check and the write are one store step.
-            guarded(
-                self.inner
-                    .store
-                    .update_user_keeping_role(&record, ADMIN_ROLE)
-                    .await,
-                "the last admin cannot be disabled",
-            )?;
-        } else if !self
-            .inner
-            .store
-            .update_user(&record)
-            .await
-            .map_err(store_err)?
+        let email = update
+            .email
+            .as_deref()
+            .map(normalize_email)
+            .transpose()
+            .map_err(|e| Error::Validation(vec![e]))?;
+        if let Some(name) = &update.display_name
+            && (name.chars().count() > 200 || name.trim().is_empty())
         {
-            return Err(Error::NotFound("user"));
+            return Err(Error::field("display_name", "must be 1 to 200 characters"));
         }
+        let mut disabling = false;
+        let (record, _) = self
+            .modify_user(id, if_match, |record| {
+                if let Some(email) = &email {
+                    record.user.email.clone_from(email);
+                }
+                if let Some(name) = &update.display_name {
+                    record.user.display_name.clone_from(name);
+                }
+                disabling = update.disabled == Some(true) && !record.user.disabled;
+                if let Some(d) = update.disabled {
+                    record.user.disabled = d;
+                }
+                // Disabling: the last-admin check and the write are one store step.
+                Ok(if disabling {
+                    UserWrite::KeepingAdmin("the last admin cannot be disabled")
+                } else {
+                    UserWrite::Plain
+                })
+            })
+            .await?;
         if disabling {
             self.revoke_user_sessions_internal(id).await?;
         }
@@ -840,16 +916,24 @@ impl AuthService {
     }
 
     /// Deletes a user, their keys and sessions. Needs `auth:users:write`;
-    /// the last admin cannot be deleted.
-    pub async fn delete_user(&self, actor: &Principal, id: UserId) -> Result<(), Error> {
+    /// the last admin cannot be deleted. With `if_match` (the version the
+    /// caller last saw) a user changed since is [`Error::PreconditionFailed`].
+    pub async fn delete_user(
+        &self,
+        actor: &Principal,
+        id: UserId,
+        if_match: Option<i64>,
+    ) -> Result<(), Error> {
         need(actor, PERM_USERS_WRITE)?;
-        guarded(
-            self.inner
-                .store
-                .delete_user_keeping_role(id, ADMIN_ROLE)
-                .await,
-            "the last admin cannot be deleted",
-        )?;
+        let outcome = self
+            .inner
+            .store
+            .delete_user_keeping_role(id, ADMIN_ROLE, if_match)
+            .await;
+        if matches!(outcome, Err(StoreError::Stale)) {
+            return Err(Error::PreconditionFailed("user"));
+        }
+        guarded(outcome, "the last admin cannot be deleted")?;
         self.revoke_user_sessions_internal(id).await?;
         self.user_changed().await;
         self.audit(
@@ -875,15 +959,16 @@ impl AuthService {
         need(actor, PERM_USERS_WRITE)?;
         self.check_can_grant_roles(actor, &[role.to_owned()])
             .await?;
-        let mut record = self.load_user(id).await?;
-        if !record.user.roles.iter().any(|r| r == role) {
-            record.user.roles.push(role.to_owned());
-            record.user.updated_at = self.now();
-            self.inner
-                .store
-                .update_user(&record)
-                .await
-                .map_err(store_err)?;
+        let (record, written) = self
+            .modify_user(id, None, |record| {
+                if record.user.roles.iter().any(|r| r == role) {
+                    return Ok(UserWrite::Unchanged);
+                }
+                record.user.roles.push(role.to_owned());
+                Ok(UserWrite::Plain)
+            })
+            .await?;
+        if written {
             self.user_changed().await;
         }
         self.audit(
@@ -909,25 +994,20 @@ impl AuthService {
         need(actor, PERM_USERS_WRITE)?;
         self.check_can_grant_roles(actor, &[role.to_owned()])
             .await?;
-        let mut record = self.load_user(id).await?;
-        if record.user.roles.iter().any(|r| r == role) {
-            record.user.roles.retain(|r| r != role);
-            record.user.updated_at = self.now();
-            if role == ADMIN_ROLE {
-                guarded(
-                    self.inner
-                        .store
-                        .update_user_keeping_role(&record, ADMIN_ROLE)
-                        .await,
-                    "the last admin cannot lose the admin role",
-                )?;
-            } else {
-                self.inner
-                    .store
-                    .update_user(&record)
-                    .await
-                    .map_err(store_err)?;
-            }
+        let (record, written) = self
+            .modify_user(id, None, |record| {
+                if !record.user.roles.iter().any(|r| r == role) {
+                    return Ok(UserWrite::Unchanged);
+                }
+                record.user.roles.retain(|r| r != role);
+                Ok(if role == ADMIN_ROLE {
+                    UserWrite::KeepingAdmin("the last admin cannot lose the admin role")
+                } else {
+                    UserWrite::Plain
+                })
+            })
+            .await?;
+        if written {
             self.user_changed().await;
         }
         self.audit(
@@ -951,7 +1031,7 @@ impl AuthService {
     ) -> Result<(), Error> {
         need(actor, PERM_USERS_WRITE)?;
         self.check_password("password", &password)?;
-        self.store_password(id, password, false).await?;
+        self.store_password(id, password, None, false).await?;
         self.audit(
             "password.set",
             Some(&actor.subject),
@@ -964,21 +1044,26 @@ impl AuthService {
         Ok(())
     }
 
+    /// Hashes `password` and stores it. With `verified`, the hash the
+    /// caller checked the current password against: if the password changed
+    /// since, the check no longer holds and nothing is written.
     async fn store_password(
         &self,
         id: UserId,
         password: String,
+        verified: Option<&Option<String>>,
         keep_session: bool,
     ) -> Result<(), Error> {
-        let mut record = self.load_user(id).await?;
-        record.password_hash = Some(self.inner.hasher.hash(password).await?);
-        record.user.must_change_password = false;
-        record.user.updated_at = self.now();
-        self.inner
-            .store
-            .update_user(&record)
-            .await
-            .map_err(store_err)?;
+        let hash = self.inner.hasher.hash(password).await?;
+        self.modify_user(id, None, |record| {
+            if verified.is_some_and(|h| *h != record.password_hash) {
+                return Err(Error::field("current_password", "is wrong"));
+            }
+            record.password_hash = Some(hash.clone());
+            record.user.must_change_password = false;
+            Ok(UserWrite::Plain)
+        })
+        .await?;
         if !keep_session {
             self.revoke_user_sessions_internal(id).await?;
         }
@@ -1003,7 +1088,7 @@ impl AuthService {
         if !self
             .inner
             .hasher
-            .verify(current, record.password_hash)
+            .verify(current, record.password_hash.clone())
             .await?
         {
             self.audit(
@@ -1017,7 +1102,8 @@ impl AuthService {
             .await;
             return Err(Error::field("current_password", "is wrong"));
         }
-        self.store_password(id, new, false).await?;
+        self.store_password(id, new, Some(&record.password_hash), false)
+            .await?;
         self.audit(
             "password.change",
             Some(&principal.subject),
@@ -1057,9 +1143,11 @@ impl AuthService {
             )
             .await?;
         if generated {
-            let mut record = self.load_user(user.id).await?;
-            record.user.must_change_password = true;
-            self.inner.store.update_user(&record).await?;
+            self.modify_user(user.id, None, |record| {
+                record.user.must_change_password = true;
+                Ok(UserWrite::Plain)
+            })
+            .await?;
         }
         self.audit(
             "bootstrap.admin",
@@ -2071,7 +2159,7 @@ impl AuthService {
             )
             .await?
             .ok_or(Error::field("token", "is invalid, used or expired"))?;
-        self.store_password(user, password, false).await?;
+        self.store_password(user, password, None, false).await?;
         self.audit(
             "password.reset",
             None,
@@ -2106,14 +2194,11 @@ impl AuthService {
             )
             .await?
             .ok_or(Error::field("token", "is invalid, used or expired"))?;
-        let mut record = self.load_user(id).await?;
-        record.user.email_verified = true;
-        record.user.updated_at = self.now();
-        self.inner
-            .store
-            .update_user(&record)
-            .await
-            .map_err(store_err)?;
+        self.modify_user(id, None, |record| {
+            record.user.email_verified = true;
+            Ok(UserWrite::Plain)
+        })
+        .await?;
         self.audit(
             "email.verified",
             None,

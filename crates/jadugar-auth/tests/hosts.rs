@@ -194,7 +194,7 @@ async fn last_admin_race(a: &AuthService, b: &AuthService) {
         let x = admin(a, format!("x{round}@race.example")).await;
         let y = admin(b, format!("y{round}@race.example")).await;
         if let Some(previous) = survivor.take() {
-            a.delete_user(&root, previous).await.unwrap();
+            a.delete_user(&root, previous, None).await.unwrap();
         }
         let start = std::sync::Arc::new(tokio::sync::Barrier::new(2));
         let on_a = {
@@ -213,9 +213,9 @@ async fn last_admin_race(a: &AuthService, b: &AuthService) {
                         disabled: Some(true),
                         ..Default::default()
                     };
-                    b.update_user(&root, y.id, disable).await.map(|_| ())
+                    b.update_user(&root, y.id, disable, None).await.map(|_| ())
                 } else {
-                    b.delete_user(&root, y.id).await
+                    b.delete_user(&root, y.id, None).await
                 }
             })
         };

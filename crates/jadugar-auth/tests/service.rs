@@ -446,7 +446,7 @@ async fn last_admin_cannot_be_removed() {
             .await
             .map(|_| ()),
     );
-    not_allowed(auth.delete_user(&admin, root.id).await);
+    not_allowed(auth.delete_user(&admin, root.id, None).await);
     not_allowed(
         auth.update_user(
             &admin,
@@ -455,15 +455,16 @@ async fn last_admin_cannot_be_removed() {
                 disabled: Some(true),
                 ..UserUpdate::default()
             },
+            None,
         )
         .await
         .map(|_| ()),
     );
     let second = user(&auth, "second@example.com", &["admin"]).await;
     auth.unassign_role(&admin, root.id, "admin").await.unwrap();
-    not_allowed(auth.delete_user(&admin, second.id).await);
+    not_allowed(auth.delete_user(&admin, second.id, None).await);
     auth.assign_role(&admin, root.id, "admin").await.unwrap();
-    auth.delete_user(&admin, second.id).await.unwrap();
+    auth.delete_user(&admin, second.id, None).await.unwrap();
 }
 
 #[tokio::test]
@@ -578,6 +579,7 @@ async fn api_keys_verify_scope_revoke_and_record_use() {
             disabled: Some(true),
             ..UserUpdate::default()
         },
+        None,
     )
     .await
     .unwrap();

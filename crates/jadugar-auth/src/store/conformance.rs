@@ -41,9 +41,21 @@ fn user(email: &str, roles: &[&str]) -> UserRecord {
             must_change_password: false,
             created_at: t0(),
             updated_at: t0(),
+            version: 1,
         },
         password_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".to_owned()),
     }
+}
+
+/// `record` as stored after a write of it: at the next version.
+fn next(record: &UserRecord) -> UserRecord {
+    let mut r = record.clone();
+    r.user.version += 1;
+    r
+}
+
+async fn fresh(store: &dyn AuthStore, id: UserId) -> UserRecord {
+    store.get_user(id).await.unwrap().unwrap()
 }
 
 /// Runs the [`AuthStore`] contract against `store` (which must start empty).
@@ -58,7 +70,8 @@ pub async fn auth_store(store: Arc<dyn AuthStore>) {
     audit(&*store).await;
     signing_keys(&*store).await;
     role_guard(&*store).await;
-    role_guard_races(store).await;
+    role_guard_races(store.clone()).await;
+    user_versions(store).await;
 }
 
 async fn users(store: &dyn AuthStore) {
@@ -104,10 +117,7 @@ async fn users(store: &dyn AuthStore) {
     changed.user.display_name = "Carol C".into();
     changed.user.updated_at = t0() + Duration::seconds(5);
     assert!(store.update_user(&changed).await.unwrap());
-    assert_eq!(
-        store.get_user(carol.user.id).await.unwrap().unwrap(),
-        changed
-    );
+    assert_eq!(fresh(store, carol.user.id).await, next(&changed));
     assert_eq!(
         store.users_with_role("admin").await.unwrap(),
         vec![ada.user.id],
@@ -167,10 +177,7 @@ async fn role_guard(store: &dyn AuthStore) {
             .unwrap(),
         Done
     );
-    assert_eq!(
-        store.get_user(k1.user.id).await.unwrap().unwrap(),
-        without(&k1)
-    );
+    assert_eq!(fresh(store, k1.user.id).await, next(&without(&k1)));
     // k2 is the last one; a disabled holder does not count.
     assert_eq!(
         store
@@ -186,18 +193,16 @@ async fn role_guard(store: &dyn AuthStore) {
             .unwrap(),
         LastHolder
     );
-    assert_eq!(
-        store
-            .delete_user_keeping_role(k2.user.id, role)
-            .await
-            .unwrap(),
-        LastHolder
-    );
-    assert_eq!(
-        store.get_user(k2.user.id).await.unwrap().unwrap(),
-        k2,
-        "nothing written"
-    );
+    for version in [None, Some(1)] {
+        assert_eq!(
+            store
+                .delete_user_keeping_role(k2.user.id, role, version)
+                .await
+                .unwrap(),
+            LastHolder
+        );
+    }
+    assert_eq!(fresh(store, k2.user.id).await, k2, "nothing written");
     // Changes that keep the role, and changes to non-holders, are made.
     let mut renamed = k2.clone();
     renamed.user.display_name = "K2".into();
@@ -224,7 +229,7 @@ async fn role_guard(store: &dyn AuthStore) {
     );
     assert_eq!(
         store
-            .delete_user_keeping_role(plain.user.id, role)
+            .delete_user_keeping_role(plain.user.id, role, None)
             .await
             .unwrap(),
         Done
@@ -238,18 +243,22 @@ async fn role_guard(store: &dyn AuthStore) {
             .unwrap(),
         NotFound
     );
-    assert_eq!(
-        store
-            .delete_user_keeping_role(ghost.user.id, role)
-            .await
-            .unwrap(),
-        NotFound
-    );
+    for version in [None, Some(1)] {
+        assert_eq!(
+            store
+                .delete_user_keeping_role(ghost.user.id, role, version)
+                .await
+                .unwrap(),
+            NotFound
+        );
+    }
     // With a second holder back, the first may go.
-    store.update_user(&k1).await.unwrap();
+    let mut back = fresh(store, k1.user.id).await;
+    back.user.roles = k1.user.roles.clone();
+    assert!(store.update_user(&back).await.unwrap());
     assert_eq!(
         store
-            .delete_user_keeping_role(k2.user.id, role)
+            .delete_user_keeping_role(k2.user.id, role, Some(2))
             .await
             .unwrap(),
         Done
@@ -276,7 +285,7 @@ async fn role_guard_races(store: Arc<dyn AuthStore>) {
             Op::Disable => changed.user.disabled = true,
             Op::Delete => {
                 return store
-                    .delete_user_keeping_role(u.user.id, role)
+                    .delete_user_keeping_role(u.user.id, role, None)
                     .await
                     .unwrap();
             }
@@ -323,6 +332,93 @@ async fn role_guard_races(store: Arc<dyn AuthStore>) {
             store.delete_user(u).await.unwrap();
         }
     }
+}
+
+/// Every write of a user is conditional on the version it read: a write
+/// from a stale copy is refused with [`StoreError::Stale`] (plain, guarded
+/// and delete alike), and of two writes from one read exactly one is made.
+async fn user_versions(store: Arc<dyn AuthStore>) {
+    let role = "versioned";
+    let a = user("a@version.example", &[role]);
+    let b = user("b@version.example", &[role]);
+    store.create_user(&a).await.unwrap();
+    store.create_user(&b).await.unwrap();
+    assert_eq!(fresh(&*store, a.user.id).await.user.version, 1);
+
+    let mut renamed = a.clone();
+    renamed.user.display_name = "A".into();
+    assert!(store.update_user(&renamed).await.unwrap());
+    let stored = fresh(&*store, a.user.id).await;
+    assert_eq!(stored, next(&renamed));
+    assert_eq!(stored.user.version, 2);
+
+    // `a` is the copy read before the rename: every write from it is stale,
+    // even one the role guard alone would allow (`b` still holds the role).
+    let mut stale = a.clone();
+    stale.user.roles.clear();
+    assert!(matches!(
+        store.update_user(&stale).await,
+        Err(StoreError::Stale)
+    ));
+    assert!(matches!(
+        store.update_user_keeping_role(&stale, role).await,
+        Err(StoreError::Stale)
+    ));
+    assert!(matches!(
+        store
+            .delete_user_keeping_role(a.user.id, role, Some(1))
+            .await,
+        Err(StoreError::Stale)
+    ));
+    assert_eq!(fresh(&*store, a.user.id).await, stored, "nothing written");
+
+    // From the current version, guarded writes are made and move it on.
+    let mut demoted = stored.clone();
+    demoted.user.roles.clear();
+    assert_eq!(
+        store
+            .update_user_keeping_role(&demoted, role)
+            .await
+            .unwrap(),
+        GuardedChange::Done
+    );
+    assert_eq!(fresh(&*store, a.user.id).await, next(&demoted));
+    assert_eq!(
+        store
+            .delete_user_keeping_role(a.user.id, role, Some(3))
+            .await
+            .unwrap(),
+        GuardedChange::Done
+    );
+    assert!(store.get_user(a.user.id).await.unwrap().is_none());
+
+    // Two writers read the same version and write at once: one wins.
+    for round in 0..20 {
+        let base = fresh(&*store, b.user.id).await;
+        let start = Arc::new(tokio::sync::Barrier::new(2));
+        let task = |name: String| {
+            let (store, start, mut edit) = (store.clone(), start.clone(), base.clone());
+            edit.user.display_name = name;
+            tokio::spawn(async move {
+                start.wait().await;
+                store.update_user(&edit).await
+            })
+        };
+        let (t1, t2) = (task(format!("one{round}")), task(format!("two{round}")));
+        let (r1, r2) = (t1.await.unwrap(), t2.await.unwrap());
+        let now = fresh(&*store, b.user.id).await;
+        assert_eq!(now.user.version, base.user.version + 1, "round {round}");
+        match (r1, r2) {
+            (Ok(true), Err(StoreError::Stale)) => {
+                assert_eq!(now.user.display_name, format!("one{round}"))
+            }
+            (Err(StoreError::Stale), Ok(true)) => {
+                assert_eq!(now.user.display_name, format!("two{round}"))
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+    }
+    store.delete_user(b.user.id).await.unwrap();
 }
 
 async fn roles(store: &dyn AuthStore) {

@@ -65,8 +65,10 @@ impl State {
             return Err(StoreError::Conflict("email"));
         }
         match self.users.get_mut(&record.user.id) {
+            Some(slot) if slot.user.version != record.user.version => Err(StoreError::Stale),
             Some(slot) => {
                 *slot = record.clone();
+                slot.user.version += 1;
                 Ok(true)
             }
             None => Ok(false),
@@ -116,6 +118,12 @@ impl AuthStore for MemoryStore {
     ) -> Result<GuardedChange, StoreError> {
         // One lock for the check and the write.
         let mut s = self.lock();
+        if s.users
+            .get(&record.user.id)
+            .is_some_and(|u| u.user.version != record.user.version)
+        {
+            return Err(StoreError::Stale);
+        }
         if !holds(record, role) && s.last_holder(record.user.id, role) {
             return Ok(GuardedChange::LastHolder);
         }
@@ -134,8 +142,14 @@ impl AuthStore for MemoryStore {
         &self,
         id: UserId,
         role: &str,
+        version: Option<i64>,
     ) -> Result<GuardedChange, StoreError> {
         let mut s = self.lock();
+        if let (Some(v), Some(u)) = (version, s.users.get(&id))
+            && u.user.version != v
+        {
+            return Err(StoreError::Stale);
+        }
         if s.last_holder(id, role) {
             return Ok(GuardedChange::LastHolder);
         }

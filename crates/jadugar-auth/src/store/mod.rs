@@ -52,6 +52,10 @@ pub enum StoreError {
     /// A unique constraint failed (duplicate email, role name, key id).
     #[error("conflict: {0}")]
     Conflict(&'static str),
+    /// A versioned write found another version: the record changed since
+    /// the caller read it. Nothing was written; read again and retry.
+    #[error("the record changed since it was read")]
+    Stale,
     /// The backend failed.
     #[error("storage backend error: {0}")]
     Backend(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -76,21 +80,32 @@ pub enum GuardedChange {
 /// Durable auth records. Object safe; every method is atomic on its own.
 ///
 /// "Not found" is `Ok(None)` / `Ok(false)`, never an error.
+///
+/// Users are versioned ([`User::version`](crate::model::User::version)):
+/// a write names the version it read in `record.user.version`, is made only
+/// if the stored user still has it, and stores the next one
+/// (`version + 1`); otherwise it is [`StoreError::Stale`] and nothing is
+/// written. So a read-modify-write never loses a concurrent change.
 #[async_trait]
 pub trait AuthStore: Debug + Send + Sync + 'static {
-    /// Inserts a user. [`StoreError::Conflict`] if the id or email exists.
+    /// Inserts a user (with the version it carries, normally 1).
+    /// [`StoreError::Conflict`] if the id or email exists.
     async fn create_user(&self, record: &UserRecord) -> Result<(), StoreError>;
     /// The user with `id`.
     async fn get_user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError>;
     /// The user whose normalised email is `email`.
     async fn get_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError>;
-    /// Replaces the stored user with `record` (same id). `false` if absent;
-    /// [`StoreError::Conflict`] if the email belongs to another user.
+    /// Replaces the stored user with `record` (same id) at version
+    /// `record.user.version + 1`, if the stored version is
+    /// `record.user.version`. `false` if absent; [`StoreError::Stale`] if
+    /// the stored version differs; [`StoreError::Conflict`] if the email
+    /// belongs to another user.
     async fn update_user(&self, record: &UserRecord) -> Result<bool, StoreError>;
     /// [`update_user`](Self::update_user), unless the stored user is an
     /// enabled holder of `role`, `record` would not be one (disabled or
     /// without the role), and no other enabled user holds `role`: then
     /// nothing is written and the answer is [`GuardedChange::LastHolder`].
+    /// Versioned like `update_user` ([`StoreError::Stale`]).
     ///
     /// The check and the write are one atomic step, serialised with every
     /// other guarded change: of two concurrent calls that each take `role`
@@ -100,16 +115,19 @@ pub trait AuthStore: Debug + Send + Sync + 'static {
         record: &UserRecord,
         role: &str,
     ) -> Result<GuardedChange, StoreError>;
-    /// Deletes a user and their API keys. `false` if absent.
+    /// Deletes a user and their API keys, whatever their version. `false`
+    /// if absent.
     async fn delete_user(&self, id: UserId) -> Result<bool, StoreError>;
     /// [`delete_user`](Self::delete_user), unless the user is the last
     /// enabled holder of `role` ([`GuardedChange::LastHolder`], nothing
-    /// deleted). Atomic like
+    /// deleted), or `version` is given and the stored user has another one
+    /// ([`StoreError::Stale`], nothing deleted). Atomic like
     /// [`update_user_keeping_role`](Self::update_user_keeping_role).
     async fn delete_user_keeping_role(
         &self,
         id: UserId,
         role: &str,
+        version: Option<i64>,
     ) -> Result<GuardedChange, StoreError>;
     /// Users ordered by id, starting after `after`, at most `limit`.
     async fn list_users(

@@ -100,7 +100,7 @@ macro_rules! get {
     };
 }
 
-const USER_COLS: &str = "id, email, display_name, roles, disabled, email_verified, must_change_password, created_at, updated_at, password_hash";
+const USER_COLS: &str = "id, email, display_name, roles, disabled, email_verified, must_change_password, created_at, updated_at, password_hash, version";
 const KEY_COLS: &str = "id, public_id, owner_id, name, scopes, created_at, expires_at, revoked_at, last_used_at, secret_hash";
 const SESSION_COLS: &str = "id, user_id, generation, salt, created_at, refreshed_at, idle_expires_at, absolute_expires_at, revoked_at, ip, user_agent";
 const AUDIT_COLS: &str = "id, at, action, actor, target, ip, user_agent, success, detail";
@@ -121,6 +121,7 @@ macro_rules! row_fns {
                     must_change_password: get!(row, "must_change_password"),
                     created_at: from_ms(get!(row, "created_at"))?,
                     updated_at: from_ms(get!(row, "updated_at"))?,
+                    version: get!(row, "version"),
                 },
                 password_hash: get!(row, "password_hash"),
             })
@@ -204,7 +205,7 @@ macro_rules! row_fns {
 }
 
 macro_rules! sql_impl {
-    ($module:ident, $variant:ident, $db:ty, $row:ty, $begin:literal, $lock:expr) => {
+    ($module:ident, $variant:ident, $db:ty, $row:ty, $begin:literal, $lock:expr, $row_lock:literal) => {
         mod $module {
             use super::*;
 
@@ -214,7 +215,8 @@ macro_rules! sql_impl {
                 let u = &r.user;
                 sqlx::query(
                     "UPDATE auth_users SET email = $2, display_name = $3, roles = $4, disabled = $5, email_verified = $6, \
-                     must_change_password = $7, updated_at = $8, password_hash = $9 WHERE id = $1",
+                     must_change_password = $7, updated_at = $8, password_hash = $9, version = version + 1 \
+                     WHERE id = $1 AND version = $10",
                 )
                 .bind(u.id.to_string())
                 .bind(&u.email)
@@ -225,6 +227,7 @@ macro_rules! sql_impl {
                 .bind(u.must_change_password)
                 .bind(ms(u.updated_at))
                 .bind(&r.password_hash)
+                .bind(u.version)
             }
 
             /// Opens the transaction of a guarded change. It holds SQLite's
@@ -240,23 +243,38 @@ macro_rules! sql_impl {
                 Ok(tx)
             }
 
-            /// Inside a guarded transaction: whether `id` is an enabled holder
-            /// of `role` and no other enabled user is (`None`: no such user).
-            async fn last_holder(tx: &mut sqlx::Transaction<'static, $db>, id: UserId, role: &str) -> Result<Option<bool>, StoreError> {
-                let Some(row) = sqlx::query("SELECT disabled, roles FROM auth_users WHERE id = $1")
+            /// Inside a guarded transaction: the stored version of `id` and
+            /// whether it is an enabled holder of `role` and no other enabled
+            /// user is (`None`: no such user). On Postgres the row stays
+            /// locked until the transaction ends, so the write that follows
+            /// meets the version read here.
+            async fn last_holder(tx: &mut sqlx::Transaction<'static, $db>, id: UserId, role: &str) -> Result<Option<(i64, bool)>, StoreError> {
+                let sql = concat!("SELECT disabled, roles, version FROM auth_users WHERE id = $1", $row_lock);
+                let Some(row) = sqlx::query(sql)
                     .bind(id.to_string()).fetch_optional(&mut **tx).await.map_err(backend)? else {
                     return Ok(None);
                 };
                 let disabled: bool = get!(row, "disabled");
                 let roles: String = get!(row, "roles");
+                let version: i64 = get!(row, "version");
                 if disabled || !parse_list(&roles)?.iter().any(|r| r == role) {
-                    return Ok(Some(false));
+                    return Ok(Some((version, false)));
                 }
                 let others: i64 = sqlx::query("SELECT COUNT(*) AS n FROM auth_users WHERE id <> $1 AND disabled = $2 AND roles LIKE $3")
                     .bind(id.to_string()).bind(false).bind(user_roles_pattern(role))
                     .fetch_one(&mut **tx).await.map_err(backend)?
                     .try_get("n").map_err(backend)?;
-                Ok(Some(others == 0))
+                Ok(Some((version, others == 0)))
+            }
+
+            /// After a versioned write changed no row: stale, or absent.
+            async fn stale_or_absent<'e, E: sqlx::Executor<'e, Database = $db>>(ex: E, id: UserId) -> Result<bool, StoreError> {
+                let row = sqlx::query("SELECT version FROM auth_users WHERE id = $1")
+                    .bind(id.to_string()).fetch_optional(ex).await.map_err(backend)?;
+                match row {
+                    Some(_) => Err(StoreError::Stale),
+                    None => Ok(false),
+                }
             }
 
             pub(super) async fn update_user_keeping_role(pool: &sqlx::Pool<$db>, r: &UserRecord, role: &str) -> Result<GuardedChange, StoreError> {
@@ -264,7 +282,8 @@ macro_rules! sql_impl {
                 let keeps = !r.user.disabled && r.user.roles.iter().any(|x| x == role);
                 match last_holder(&mut tx, r.user.id, role).await? {
                     None => return Ok(GuardedChange::NotFound),
-                    Some(true) if !keeps => return Ok(GuardedChange::LastHolder),
+                    Some((v, _)) if v != r.user.version => return Err(StoreError::Stale),
+                    Some((_, true)) if !keeps => return Ok(GuardedChange::LastHolder),
                     Some(_) => {}
                 }
                 let done = update_query(r).execute(&mut *tx).await.map_err(|e| map_err(e, "email"))?;
@@ -272,12 +291,13 @@ macro_rules! sql_impl {
                 Ok(if done.rows_affected() > 0 { GuardedChange::Done } else { GuardedChange::NotFound })
             }
 
-            pub(super) async fn delete_user_keeping_role(pool: &sqlx::Pool<$db>, id: UserId, role: &str) -> Result<GuardedChange, StoreError> {
+            pub(super) async fn delete_user_keeping_role(pool: &sqlx::Pool<$db>, id: UserId, role: &str, version: Option<i64>) -> Result<GuardedChange, StoreError> {
                 let mut tx = begin_guarded(pool).await?;
                 match last_holder(&mut tx, id, role).await? {
                     None => return Ok(GuardedChange::NotFound),
-                    Some(true) => return Ok(GuardedChange::LastHolder),
-                    Some(false) => {}
+                    Some((v, _)) if version.is_some_and(|want| want != v) => return Err(StoreError::Stale),
+                    Some((_, true)) => return Ok(GuardedChange::LastHolder),
+                    Some(_) => {}
                 }
                 sqlx::query("DELETE FROM auth_api_keys WHERE owner_id = $1").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
                 let done = sqlx::query("DELETE FROM auth_users WHERE id = $1").bind(id.to_string()).execute(&mut *tx).await.map_err(backend)?;
@@ -288,8 +308,8 @@ macro_rules! sql_impl {
             pub(super) async fn create_user(pool: &sqlx::Pool<$db>, r: &UserRecord) -> Result<(), StoreError> {
                 let u = &r.user;
                 sqlx::query(
-                    "INSERT INTO auth_users (id, email, display_name, roles, disabled, email_verified, must_change_password, created_at, updated_at, password_hash) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    "INSERT INTO auth_users (id, email, display_name, roles, disabled, email_verified, must_change_password, created_at, updated_at, password_hash, version) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(u.id.to_string())
                 .bind(&u.email)
@@ -301,6 +321,7 @@ macro_rules! sql_impl {
                 .bind(ms(u.created_at))
                 .bind(ms(u.updated_at))
                 .bind(&r.password_hash)
+                .bind(u.version)
                 .execute(pool)
                 .await
                 .map_err(|e| map_err(e, "email"))?;
@@ -315,7 +336,10 @@ macro_rules! sql_impl {
 
             pub(super) async fn update_user(pool: &sqlx::Pool<$db>, r: &UserRecord) -> Result<bool, StoreError> {
                 let done = update_query(r).execute(pool).await.map_err(|e| map_err(e, "email"))?;
-                Ok(done.rows_affected() > 0)
+                if done.rows_affected() > 0 {
+                    return Ok(true);
+                }
+                stale_or_absent(pool, r.user.id).await
             }
 
             pub(super) async fn delete_user(pool: &sqlx::Pool<$db>, id: UserId) -> Result<bool, StoreError> {
@@ -525,7 +549,8 @@ sql_impl!(
     sqlx::Sqlite,
     sqlx::sqlite::SqliteRow,
     "BEGIN IMMEDIATE",
-    None
+    None,
+    ""
 );
 #[cfg(feature = "postgres")]
 sql_impl!(
@@ -534,7 +559,8 @@ sql_impl!(
     sqlx::Postgres,
     sqlx::postgres::PgRow,
     "BEGIN",
-    Some("SELECT pg_advisory_xact_lock($1)")
+    Some("SELECT pg_advisory_xact_lock($1)"),
+    " FOR UPDATE"
 );
 
 /// Dispatches a call to the backend module of the pool.
@@ -579,8 +605,9 @@ impl AuthStore for SqlStore {
         &self,
         id: UserId,
         role: &str,
+        version: Option<i64>,
     ) -> Result<GuardedChange, StoreError> {
-        on!(self, delete_user_keeping_role(id, role))
+        on!(self, delete_user_keeping_role(id, role, version))
     }
     async fn list_users(
         &self,

@@ -1,0 +1,3 @@
+-- Optimistic concurrency: every write of a user is conditional on the
+-- version it read and increments it.
+ALTER TABLE auth_users ADD COLUMN version INTEGER NOT NULL DEFAULT 1;
