@@ -8,9 +8,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use chrono::{DateTime, Utc};
+use jadugar_auth::model::{
+    ApiKeyId, ApiKeyRecord, AuditEvent, AuditFilter, AuditId, OneTimeToken, Role, SigningKeyRecord,
+    TokenKind, UserId, UserRecord,
+};
 use jadugar_auth::service::{Mailer, NewApiKey, NewUser, RequestMeta, RoleInput, UserUpdate};
-use jadugar_auth::store::MemoryStore;
+use jadugar_auth::store::{AuthStore, GuardedChange, MemoryStore, SqlStore, StoreError};
 use jadugar_auth::{AuthService, Config, Error};
+use jadugar_core::test_support::{TestPostgres, TestSqlite};
 use jadugar_core::{Clock, ManualClock, Principal, PrincipalKind};
 use serde_json::json;
 
@@ -888,4 +894,267 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
     .build()
     .await;
     assert!(matches!(bad, Err(Error::Validation(_))));
+}
+
+/// A store that stops one read of one user until the test lets it go on, so
+/// other writes can land between a read-modify-write's read and its write.
+#[derive(Debug)]
+struct PausingStore {
+    inner: Arc<dyn AuthStore>,
+    pause: Mutex<Option<Pause>>,
+}
+
+#[derive(Debug)]
+struct Pause {
+    user: UserId,
+    reached: tokio::sync::oneshot::Sender<()>,
+    resume: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl PausingStore {
+    /// Arms the pause: the next read of `user` signals the first channel
+    /// and waits for the second.
+    fn pause_next_read(
+        &self,
+        user: UserId,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (reached, reached_rx) = tokio::sync::oneshot::channel();
+        let (resume_tx, resume) = tokio::sync::oneshot::channel();
+        *self.pause.lock().unwrap() = Some(Pause {
+            user,
+            reached,
+            resume,
+        });
+        (reached_rx, resume_tx)
+    }
+}
+
+#[async_trait]
+impl AuthStore for PausingStore {
+    async fn get_user(&self, id: UserId) -> Result<Option<UserRecord>, StoreError> {
+        let read = self.inner.get_user(id).await;
+        let pause = {
+            let mut slot = self.pause.lock().unwrap();
+            match slot.take() {
+                Some(p) if p.user == id => Some(p),
+                other => {
+                    *slot = other;
+                    None
+                }
+            }
+        };
+        if let Some(p) = pause {
+            p.reached.send(()).unwrap();
+            p.resume.await.unwrap();
+        }
+        read
+    }
+    async fn create_user(&self, record: &UserRecord) -> Result<(), StoreError> {
+        self.inner.create_user(record).await
+    }
+    async fn get_user_by_email(&self, email: &str) -> Result<Option<UserRecord>, StoreError> {
+        self.inner.get_user_by_email(email).await
+    }
+    async fn update_user(&self, record: &UserRecord) -> Result<bool, StoreError> {
+        self.inner.update_user(record).await
+    }
+    async fn update_user_keeping_role(
+        &self,
+        record: &UserRecord,
+        role: &str,
+    ) -> Result<GuardedChange, StoreError> {
+        self.inner.update_user_keeping_role(record, role).await
+    }
+    async fn delete_user(&self, id: UserId) -> Result<bool, StoreError> {
+        self.inner.delete_user(id).await
+    }
+    async fn delete_user_keeping_role(
+        &self,
+        id: UserId,
+        role: &str,
+        version: Option<i64>,
+    ) -> Result<GuardedChange, StoreError> {
+        self.inner.delete_user_keeping_role(id, role, version).await
+    }
+    async fn list_users(
+        &self,
+        after: Option<UserId>,
+        limit: u32,
+    ) -> Result<Vec<UserRecord>, StoreError> {
+        self.inner.list_users(after, limit).await
+    }
+    async fn count_users(&self) -> Result<u64, StoreError> {
+        self.inner.count_users().await
+    }
+    async fn users_with_role(&self, role: &str) -> Result<Vec<UserId>, StoreError> {
+        self.inner.users_with_role(role).await
+    }
+    async fn put_role(&self, role: &Role) -> Result<(), StoreError> {
+        self.inner.put_role(role).await
+    }
+    async fn get_role(&self, name: &str) -> Result<Option<Role>, StoreError> {
+        self.inner.get_role(name).await
+    }
+    async fn list_roles(&self) -> Result<Vec<Role>, StoreError> {
+        self.inner.list_roles().await
+    }
+    async fn delete_role(&self, name: &str) -> Result<bool, StoreError> {
+        self.inner.delete_role(name).await
+    }
+    async fn create_api_key(&self, record: &ApiKeyRecord) -> Result<(), StoreError> {
+        self.inner.create_api_key(record).await
+    }
+    async fn get_api_key(&self, id: ApiKeyId) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.get_api_key(id).await
+    }
+    async fn get_api_key_by_public_id(
+        &self,
+        public_id: &str,
+    ) -> Result<Option<ApiKeyRecord>, StoreError> {
+        self.inner.get_api_key_by_public_id(public_id).await
+    }
+    async fn list_api_keys(&self, owner: Option<UserId>) -> Result<Vec<ApiKeyRecord>, StoreError> {
+        self.inner.list_api_keys(owner).await
+    }
+    async fn revoke_api_key(&self, id: ApiKeyId, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.revoke_api_key(id, at).await
+    }
+    async fn record_api_key_use(
+        &self,
+        uses: &[(ApiKeyId, DateTime<Utc>)],
+    ) -> Result<(), StoreError> {
+        self.inner.record_api_key_use(uses).await
+    }
+    async fn create_token(&self, token: &OneTimeToken) -> Result<(), StoreError> {
+        self.inner.create_token(token).await
+    }
+    async fn consume_token(
+        &self,
+        hash: &[u8; 32],
+        kind: TokenKind,
+        now: DateTime<Utc>,
+    ) -> Result<Option<UserId>, StoreError> {
+        self.inner.consume_token(hash, kind, now).await
+    }
+    async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
+        self.inner.append_audit(event).await
+    }
+    async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        before: Option<AuditId>,
+        limit: u32,
+    ) -> Result<Vec<AuditEvent>, StoreError> {
+        self.inner.list_audit(filter, before, limit).await
+    }
+    async fn insert_signing_key(&self, key: &SigningKeyRecord) -> Result<(), StoreError> {
+        self.inner.insert_signing_key(key).await
+    }
+    async fn list_signing_keys(&self) -> Result<Vec<SigningKeyRecord>, StoreError> {
+        self.inner.list_signing_keys().await
+    }
+    async fn retire_signing_key(&self, kid: &str, at: DateTime<Utc>) -> Result<bool, StoreError> {
+        self.inner.retire_signing_key(kid, at).await
+    }
+}
+
+/// B is the only admin. An edit of C's display name reads C; meanwhile
+/// admin is granted to C and taken from B; then the edit writes. It must not
+/// save its stale copy of C (without admin): C keeps admin and gets the new
+/// name, one admin remains. With `If-Match` of the version it read, the same
+/// edit is refused and writes nothing.
+async fn stale_edit_keeps_the_last_admin(inner: Arc<dyn AuthStore>) {
+    let store = Arc::new(PausingStore {
+        inner,
+        pause: Mutex::new(None),
+    });
+    let auth = AuthService::builder(
+        fast_config(),
+        store.clone(),
+        Arc::new(MemoryStore::default()),
+    )
+    .build()
+    .await
+    .unwrap();
+    let root = system();
+    let b = user(&auth, "b@example.com", &["admin"]).await;
+    let c = user(&auth, "c@example.com", &[]).await;
+    let rename = |name: &str| UserUpdate {
+        display_name: Some(name.into()),
+        ..UserUpdate::default()
+    };
+
+    let (reached, resume) = store.pause_next_read(c.id);
+    let edit = tokio::spawn({
+        let (auth, root, update) = (auth.clone(), root.clone(), rename("Cee"));
+        async move { auth.update_user(&root, c.id, update, None).await }
+    });
+    reached.await.unwrap(); // the edit holds C without admin
+    auth.assign_role(&root, c.id, "admin").await.unwrap();
+    auth.unassign_role(&root, b.id, "admin").await.unwrap();
+    resume.send(()).unwrap();
+    let edited = edit.await.unwrap().unwrap();
+
+    assert_eq!(edited.display_name, "Cee");
+    assert_eq!(edited.roles, vec!["admin".to_owned()]);
+    assert_eq!(
+        auth.store().users_with_role("admin").await.unwrap(),
+        vec![c.id],
+        "one admin remains"
+    );
+    let stored = auth.get_user(&root, c.id).await.unwrap();
+    assert_eq!(
+        (&stored.display_name, &stored.roles, stored.version),
+        (&edited.display_name, &edited.roles, edited.version)
+    );
+    assert_eq!(stored.version, c.version + 2, "the grant, then the edit");
+
+    // The same interleaving when the edit names the version it saw.
+    let seen = stored.version;
+    let (reached, resume) = store.pause_next_read(c.id);
+    let edit = tokio::spawn({
+        let (auth, root, update) = (auth.clone(), root.clone(), rename("Stale"));
+        async move { auth.update_user(&root, c.id, update, Some(seen)).await }
+    });
+    reached.await.unwrap();
+    auth.update_user(&root, c.id, rename("Cecilia"), None)
+        .await
+        .unwrap();
+    resume.send(()).unwrap();
+    let r = edit.await.unwrap();
+    assert!(matches!(r, Err(Error::PreconditionFailed(_))), "{r:?}");
+    let now = auth.get_user(&root, c.id).await.unwrap();
+    assert_eq!(now.display_name, "Cecilia");
+    assert_eq!(now.version, seen + 1);
+    // And a delete naming an old version deletes nothing.
+    let r = auth.delete_user(&root, b.id, Some(b.version)).await;
+    assert!(matches!(r, Err(Error::PreconditionFailed(_))), "{r:?}");
+    let b_now = auth.get_user(&root, b.id).await.unwrap();
+    auth.delete_user(&root, b.id, Some(b_now.version))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_edit_keeps_the_last_admin_memory() {
+    stale_edit_keeps_the_last_admin(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_edit_keeps_the_last_admin_sqlite() {
+    let db = TestSqlite::new().await;
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    stale_edit_keeps_the_last_admin(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_edit_keeps_the_last_admin_postgres() {
+    let Some(db) = TestPostgres::new().await else {
+        return;
+    };
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    stale_edit_keeps_the_last_admin(Arc::new(store)).await;
 }
