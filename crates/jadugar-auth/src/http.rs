@@ -4,6 +4,12 @@
 //! The router reads the caller from the [`Principal`] in the request
 //! extensions: mount [`AuthLayer`](crate::layer::AuthLayer) around it.
 //!
+//! A user's responses carry its version as a strong `ETag` (`"<version>"`);
+//! `PATCH` and `DELETE` of a user honour `If-Match` with it (a stale tag is
+//! 412 problem+json and changes nothing). Without `If-Match` a `PATCH` sets
+//! the fields it names on the user as it is at the write, so a concurrent
+//! change to other fields is never lost.
+//!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use jadugar_auth::{AuthService, Config, http, layer::AuthLayer};
@@ -130,8 +136,9 @@ fn p(e: Error) -> Problem {
 ///
 /// The entity tag of a user is its version, `"<n>"`. A weak tag `W/"<n>"`
 /// names the same version (a compressing proxy may weaken the tag it
-/// passes on; the version is the same). A tag that is no version of ours,
-/// or a list of several, can never match the current version alone: 412.
+/// passes on; the version is the same). A tag that is no version of ours
+/// never matches: 412. So is a list of several tags, which we do not take:
+/// a client sends back the one tag it was given.
 fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
     let mut values = headers.get_all(header::IF_MATCH).iter();
     let (Some(value), None) = (values.next(), values.next()) else {
@@ -486,7 +493,7 @@ async fn get_user(
 #[utoipa::path(patch, path = "/v1/auth/users/{id}", tag = "users",
     params(
         ("id" = UserId, Path, description = "user id"),
-        ("If-Match" = Option<String>, Header, description = "the `ETag` last seen: the change is made only if the user is still at that version (else 412). Without it, the named fields are set on the user as it is, keeping concurrent changes to other fields"),
+        ("If-Match" = Option<String>, Header, description = "one `ETag` as last seen (or `*`): the change is made only if the user is still at that version, else 412. Without it, the named fields are set on the user as it is, keeping concurrent changes to other fields"),
     ),
     request_body = UserUpdate,
     responses(
@@ -512,7 +519,7 @@ async fn update_user(
 #[utoipa::path(delete, path = "/v1/auth/users/{id}", tag = "users",
     params(
         ("id" = UserId, Path, description = "user id"),
-        ("If-Match" = Option<String>, Header, description = "the `ETag` last seen: the user is deleted only if still at that version (else 412)"),
+        ("If-Match" = Option<String>, Header, description = "one `ETag` as last seen (or `*`): the user is deleted only if still at that version, else 412"),
     ),
     responses(
         (status = 204), (status = 403, body = Problem), (status = 404, body = Problem),

@@ -439,6 +439,116 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     }
 }
 
+#[tokio::test]
+async fn users_carry_an_etag_and_writes_honour_if_match() {
+    let (_, app) = setup(Config::default()).await;
+    let (_, body) = login(&app, false).await;
+    let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
+    let req = |method: &str, path: &str, if_match: Option<&str>, body: Option<Value>| {
+        let mut r = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", &bearer)
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(tag) = if_match {
+            r = r.header(header::IF_MATCH, tag);
+        }
+        r.body(body.map_or(Body::empty(), |b| Body::from(b.to_string())))
+            .unwrap()
+    };
+    let etag = |h: &http::HeaderMap| h[header::ETAG].to_str().unwrap().to_owned();
+    let rename = |name: &str| Some(json!({ "display_name": name }));
+
+    let (status, _, bob) = send(
+        &app,
+        req(
+            "POST",
+            "/v1/auth/users",
+            None,
+            Some(json!({"email": "bob@example.com"})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{bob}");
+    let path = format!("/v1/auth/users/{}", bob["id"].as_str().unwrap());
+    let (status, headers, got) = send(&app, req("GET", &path, None, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(etag(&headers), "\"1\"");
+    assert_eq!(got["version"], 1);
+
+    // A write naming the current version is made and answers the next one.
+    let (status, headers, got) =
+        send(&app, req("PATCH", &path, Some("\"1\""), rename("Bob"))).await;
+    assert_eq!(status, StatusCode::OK, "{got}");
+    assert_eq!(etag(&headers), "\"2\"");
+    assert_eq!(got["version"], 2);
+
+    // A stale or foreign tag: 412 problem+json, nothing written.
+    for stale in ["\"1\"", "\"abc\"", "1", "\"\""] {
+        let (status, headers, problem) =
+            send(&app, req("PATCH", &path, Some(stale), rename("Stale"))).await;
+        assert_eq!(
+            status,
+            StatusCode::PRECONDITION_FAILED,
+            "{stale}: {problem}"
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert!(
+            problem["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("precondition-failed"),
+            "{problem}"
+        );
+    }
+    let (_, headers, got) = send(&app, req("GET", &path, None, None)).await;
+    assert_eq!(
+        (etag(&headers).as_str(), &got["display_name"]),
+        ("\"2\"", &json!("Bob"))
+    );
+
+    // No If-Match (or `*`): last writer wins on the named fields.
+    let (status, headers, _) = send(&app, req("PATCH", &path, None, rename("Robert"))).await;
+    assert_eq!((status, etag(&headers).as_str()), (StatusCode::OK, "\"3\""));
+    let (status, headers, _) = send(&app, req("PATCH", &path, Some("*"), rename("Rob"))).await;
+    assert_eq!((status, etag(&headers).as_str()), (StatusCode::OK, "\"4\""));
+    // A weakened copy of the tag names the same version.
+    let (status, headers, _) =
+        send(&app, req("PATCH", &path, Some("W/\"4\""), rename("Bobby"))).await;
+    assert_eq!((status, etag(&headers).as_str()), (StatusCode::OK, "\"5\""));
+    // Role changes answer the new tag too.
+    let (status, headers, _) =
+        send(&app, req("PUT", &format!("{path}/roles/admin"), None, None)).await;
+    assert_eq!((status, etag(&headers).as_str()), (StatusCode::OK, "\"6\""));
+
+    // DELETE: a stale tag deletes nothing; the current one deletes.
+    let (status, _, _) = send(&app, req("DELETE", &path, Some("\"5\""), None)).await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    let (status, _, _) = send(&app, req("GET", &path, None, None)).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, _) = send(&app, req("DELETE", &path, Some("\"6\""), None)).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = send(&app, req("GET", &path, None, None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // The OpenAPI description says so.
+    let doc = serde_json::to_value(api::openapi()).unwrap();
+    let user = &doc["paths"]["/v1/auth/users/{id}"];
+    assert!(user["get"]["responses"]["200"]["headers"]["ETag"].is_object());
+    assert!(user["patch"]["responses"]["200"]["headers"]["ETag"].is_object());
+    for method in ["patch", "delete"] {
+        assert!(user[method]["responses"]["412"].is_object(), "{method}");
+        assert!(
+            user[method]["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "If-Match" && p["in"] == "header"),
+            "{method}"
+        );
+    }
+}
+
 #[test]
 fn openapi_describes_the_routes() {
     let doc = api::openapi();
