@@ -453,7 +453,15 @@ enum UserWrite {
 /// Attempts of one read-modify-write of a user before it gives up on a
 /// record other writers keep changing (each lost attempt means another
 /// write was made, so this is reached only under a storm of edits).
-const USER_WRITE_ATTEMPTS: usize = 5;
+const USER_WRITE_ATTEMPTS: u32 = 8;
+
+/// Upper bound of the random pause before the `attempt`-th retry: 2, 4, 8,
+/// 16, 32 ms, then 50. Writers that lost a race to each other spread out
+/// instead of colliding again at once.
+fn retry_pause(attempt: u32) -> Duration {
+    let cap_us = (2_000u64 << attempt.saturating_sub(1).min(5)).min(50_000);
+    Duration::from_micros(rand::Rng::gen_range(&mut rand::thread_rng(), 0..=cap_us))
+}
 
 impl AuthService {
     /// Starts building a service over `store` and `sessions`.
@@ -819,6 +827,10 @@ impl AuthService {
                 }
                 Err(StoreError::Stale) => {
                     tracing::debug!(user = %id, attempt, "user changed concurrently; reapplying");
+                    if attempt < USER_WRITE_ATTEMPTS {
+                        let pause = retry_pause(attempt);
+                        tokio::time::sleep(pause).await;
+                    }
                 }
                 Err(other) => return Err(store_err(other)),
             }

@@ -1158,3 +1158,75 @@ async fn stale_edit_keeps_the_last_admin_postgres() {
     let store = SqlStore::new(db.database().clone()).await.unwrap();
     stale_edit_keeps_the_last_admin(Arc::new(store)).await;
 }
+
+/// Nine concurrent edits of one user, each naming other fields (eight role
+/// grants and a rename), without `If-Match`: every one is made, none lost.
+async fn concurrent_edits_are_all_kept(inner: Arc<dyn AuthStore>) {
+    let auth = AuthService::builder(fast_config(), inner, Arc::new(MemoryStore::default()))
+        .build()
+        .await
+        .unwrap();
+    let root = system();
+    let target = user(&auth, "t@example.com", &[]).await;
+    let roles: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    for name in &roles {
+        auth.put_role(
+            &root,
+            RoleInput {
+                name: name.clone(),
+                description: String::new(),
+                permissions: vec!["tracking:task:read".into()],
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let start = Arc::new(tokio::sync::Barrier::new(roles.len() + 1));
+    let mut tasks = Vec::new();
+    for name in roles.iter().cloned().map(Some).chain([None]) {
+        let (auth, root, start) = (auth.clone(), root.clone(), start.clone());
+        tasks.push(tokio::spawn(async move {
+            start.wait().await;
+            match name {
+                Some(role) => auth.assign_role(&root, target.id, &role).await,
+                None => {
+                    let rename = UserUpdate {
+                        display_name: Some("Tee".into()),
+                        ..UserUpdate::default()
+                    };
+                    auth.update_user(&root, target.id, rename, None).await
+                }
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let now = auth.get_user(&root, target.id).await.unwrap();
+    let mut held = now.roles.clone();
+    held.sort();
+    assert_eq!(held, roles);
+    assert_eq!(now.display_name, "Tee");
+    assert_eq!(now.version, target.version + 9);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_are_all_kept_memory() {
+    concurrent_edits_are_all_kept(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_are_all_kept_sqlite() {
+    let db = TestSqlite::new().await;
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    concurrent_edits_are_all_kept(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_edits_are_all_kept_postgres() {
+    let Some(db) = TestPostgres::new().await else {
+        return;
+    };
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    concurrent_edits_are_all_kept(Arc::new(store)).await;
+}
