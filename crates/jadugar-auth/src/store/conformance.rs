@@ -370,6 +370,15 @@ async fn user_versions(store: Arc<dyn AuthStore>) {
             .await,
         Err(StoreError::Stale)
     ));
+    let mut stale_steal = a.clone();
+    stale_steal.user.email = "b@version.example".into();
+    assert!(
+        matches!(
+            store.update_user(&stale_steal).await,
+            Err(StoreError::Stale)
+        ),
+        "stale before it can conflict"
+    );
     assert_eq!(fresh(&*store, a.user.id).await, stored, "nothing written");
 
     // From the current version, guarded writes are made and move it on.

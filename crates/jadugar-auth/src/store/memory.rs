@@ -57,6 +57,12 @@ impl State {
     }
 
     fn update_user(&mut self, record: &UserRecord) -> Result<bool, StoreError> {
+        // As in SQL: a stale write is stale before it can conflict.
+        match self.users.get(&record.user.id) {
+            None => return Ok(false),
+            Some(u) if u.user.version != record.user.version => return Err(StoreError::Stale),
+            Some(_) => {}
+        }
         if self
             .users
             .values()
@@ -64,15 +70,10 @@ impl State {
         {
             return Err(StoreError::Conflict("email"));
         }
-        match self.users.get_mut(&record.user.id) {
-            Some(slot) if slot.user.version != record.user.version => Err(StoreError::Stale),
-            Some(slot) => {
-                *slot = record.clone();
-                slot.user.version += 1;
-                Ok(true)
-            }
-            None => Ok(false),
-        }
+        let mut stored = record.clone();
+        stored.user.version += 1;
+        self.users.insert(record.user.id, stored);
+        Ok(true)
     }
 
     fn delete_user(&mut self, id: UserId) -> bool {
