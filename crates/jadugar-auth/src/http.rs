@@ -10,6 +10,11 @@
 //! the fields it names on the user as it is at the write, so a concurrent
 //! change to other fields is never lost.
 //!
+//! Password-reset and email-verification tokens are bound to the address
+//! they were mailed to. A `PATCH` that changes a user's email makes it
+//! unverified, so tokens mailed to the old address are then refused (422),
+//! and mails a verification token to the new one.
+//!
 //! ```
 //! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use jadugar_auth::{AuthService, Config, http, layer::AuthLayer};
@@ -491,6 +496,7 @@ async fn get_user(
 }
 
 #[utoipa::path(patch, path = "/v1/auth/users/{id}", tag = "users",
+    description = "Sets the fields the body names. A new `email` is unverified: `email_verified` becomes false, password-reset and verification tokens mailed to the old address stop working, and an enabled user is mailed a verification token at the new address.",
     params(
         ("id" = UserId, Path, description = "user id"),
         ("If-Match" = Option<String>, Header, description = "one `ETag` as last seen (or `*`): the change is made only if the user is still at that version, else 412. Without it, the named fields are set on the user as it is, keeping concurrent changes to other fields"),
@@ -742,6 +748,7 @@ async fn reset_request(
 }
 
 #[utoipa::path(post, path = "/v1/auth/password-reset/confirm", tag = "auth", request_body = ResetConfirm,
+    description = "Sets a new password with a reset token (single use). A token mailed to an address that is no longer the user's email is invalid (422).",
     responses((status = 204), (status = 422, body = Problem)))]
 async fn reset_confirm(
     State(auth): State<AuthService>,
@@ -767,6 +774,7 @@ async fn verify_request(
 }
 
 #[utoipa::path(post, path = "/v1/auth/email-verification/confirm", tag = "auth", request_body = VerifyConfirm,
+    description = "Marks the user's email verified with a token (single use). A token mailed to an address that is no longer the user's email is invalid (422) and verifies nothing.",
     responses((status = 204), (status = 422, body = Problem)))]
 async fn verify_confirm(
     State(auth): State<AuthService>,

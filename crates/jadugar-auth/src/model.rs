@@ -270,6 +270,9 @@ pub struct OneTimeToken {
     pub kind: TokenKind,
     /// The user it acts on.
     pub user_id: UserId,
+    /// SHA-256 of the normalised address it was mailed to: the token is
+    /// good only while that is still the user's email.
+    pub email_hash: [u8; 32],
     /// Expiry.
     pub expires_at: DateTime<Utc>,
 }

@@ -123,7 +123,9 @@ pub struct NewUser {
 #[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserUpdate {
-    /// New email.
+    /// New email. Another address than the current one is unverified until
+    /// confirmed with the token mailed to it; tokens mailed to the old
+    /// address stop working.
     pub email: Option<String>,
     /// New display name.
     pub display_name: Option<String>,
@@ -408,6 +410,18 @@ impl AuthServiceBuilder {
         service.inner.hasher.warm_up().await?;
         Ok(service)
     }
+}
+
+/// The field message of a one-time token that cannot be redeemed; the same
+/// whatever the reason, so it tells a guesser nothing.
+const TOKEN_INVALID: &str = "is invalid, used or expired";
+
+/// Audit detail of a token refused because the user's email changed since it was mailed.
+const MAILED_ELSEWHERE: &str = "token mailed to a former email";
+
+/// What a one-time token stores of the address it was mailed to.
+fn email_hash(normalised_email: &str) -> [u8; 32] {
+    sha256(normalised_email.as_bytes())
 }
 
 fn sha256(data: &[u8]) -> [u8; 32] {
@@ -871,6 +885,15 @@ impl AuthService {
     /// changed since is [`Error::PreconditionFailed`]; without it, the fields
     /// `update` names are set on the user as it is at the write, keeping
     /// every concurrent change to other fields.
+    ///
+    /// A new email (one that normalises to another address) is unverified:
+    /// `email_verified` becomes `false`, password-reset and verification
+    /// tokens mailed to the old address stop working, the change is audited
+    /// as `email.change`, and an enabled user is mailed a verification token
+    /// at the new address (as [`request_email_verification`] would; if the
+    /// mail fails the edit still stands and the user can ask again).
+    ///
+    /// [`request_email_verification`]: Self::request_email_verification
     pub async fn update_user(
         &self,
         actor: &Principal,
@@ -891,10 +914,15 @@ impl AuthService {
             return Err(Error::field("display_name", "must be 1 to 200 characters"));
         }
         let mut disabling = false;
+        let mut email_changed = false;
         let (record, _) = self
             .modify_user(id, if_match, |record| {
-                if let Some(email) = &email {
+                // Per attempt: a retry may find the new email already set.
+                email_changed = email.as_ref().is_some_and(|e| *e != record.user.email);
+                if let Some(email) = email.as_ref().filter(|_| email_changed) {
                     record.user.email.clone_from(email);
+                    // Control of the old address says nothing about the new one.
+                    record.user.email_verified = false;
                 }
                 if let Some(name) = &update.display_name {
                     record.user.display_name.clone_from(name);
@@ -924,6 +952,26 @@ impl AuthService {
             None,
         )
         .await;
+        if email_changed {
+            self.audit(
+                "email.change",
+                Some(&actor.subject),
+                Some(&id.to_string()),
+                &RequestMeta::default(),
+                true,
+                None,
+            )
+            .await;
+            if !record.user.disabled
+                && let Err(e) = self
+                    .send_token(&record.user, TokenKind::EmailVerification)
+                    .await
+            {
+                // The change is made; failing the edit now would invite a
+                // retry that changes nothing. The user can ask for a mail.
+                tracing::warn!(user = %id, error = %e, "could not mail a verification token to the new email");
+            }
+        }
         Ok(record.user)
     }
 
@@ -1043,7 +1091,7 @@ impl AuthService {
     ) -> Result<(), Error> {
         need(actor, PERM_USERS_WRITE)?;
         self.check_password("password", &password)?;
-        self.store_password(id, password, None, false).await?;
+        self.store_password(id, password, None, None, false).await?;
         self.audit(
             "password.set",
             Some(&actor.subject),
@@ -1058,18 +1106,24 @@ impl AuthService {
 
     /// Hashes `password` and stores it. With `verified`, the hash the
     /// caller checked the current password against: if the password changed
-    /// since, the check no longer holds and nothing is written.
+    /// since, the check no longer holds and nothing is written. With
+    /// `mailed_to`, the email hash of the reset token: if the user's email
+    /// is another one at the write, nothing is written.
     async fn store_password(
         &self,
         id: UserId,
         password: String,
         verified: Option<&Option<String>>,
+        mailed_to: Option<&[u8; 32]>,
         keep_session: bool,
     ) -> Result<(), Error> {
         let hash = self.inner.hasher.hash(password).await?;
         self.modify_user(id, None, |record| {
             if verified.is_some_and(|h| *h != record.password_hash) {
                 return Err(Error::field("current_password", "is wrong"));
+            }
+            if mailed_to.is_some_and(|m| *m != email_hash(&record.user.email)) {
+                return Err(Error::field("token", TOKEN_INVALID));
             }
             record.password_hash = Some(hash.clone());
             record.user.must_change_password = false;
@@ -1114,7 +1168,7 @@ impl AuthService {
             .await;
             return Err(Error::field("current_password", "is wrong"));
         }
-        self.store_password(id, new, Some(&record.password_hash), false)
+        self.store_password(id, new, Some(&record.password_hash), None, false)
             .await?;
         self.audit(
             "password.change",
@@ -2110,6 +2164,7 @@ impl AuthService {
                 hash: sha256(token.as_bytes()),
                 kind,
                 user_id: user.id,
+                email_hash: email_hash(&user.email),
                 expires_at: self.now() + secs(self.inner.config.one_time_token_ttl_secs),
             })
             .await?;
@@ -2154,6 +2209,8 @@ impl AuthService {
     }
 
     /// Sets a new password with a reset token (single use); revokes sessions.
+    /// The token is good only while the user's email is still the address
+    /// it was mailed to.
     pub async fn confirm_password_reset(
         &self,
         token: &str,
@@ -2161,7 +2218,7 @@ impl AuthService {
         meta: &RequestMeta,
     ) -> Result<(), Error> {
         self.check_password("password", &password)?;
-        let user = self
+        let token = self
             .inner
             .store
             .consume_token(
@@ -2170,8 +2227,23 @@ impl AuthService {
                 self.now(),
             )
             .await?
-            .ok_or(Error::field("token", "is invalid, used or expired"))?;
-        self.store_password(user, password, None, false).await?;
+            .ok_or(Error::field("token", TOKEN_INVALID))?;
+        let user = token.user_id;
+        let stored = self
+            .store_password(user, password, None, Some(&token.email_hash), false)
+            .await;
+        if let Err(Error::Validation(_)) = stored {
+            self.audit(
+                "password.reset",
+                None,
+                Some(&user.to_string()),
+                meta,
+                false,
+                Some(MAILED_ELSEWHERE.to_owned()),
+            )
+            .await;
+        }
+        stored?;
         self.audit(
             "password.reset",
             None,
@@ -2194,9 +2266,11 @@ impl AuthService {
         self.send_token(&user, TokenKind::EmailVerification).await
     }
 
-    /// Marks the token's user's email verified (single use).
+    /// Marks the token's user's email verified (single use). A token
+    /// mailed to an address that is no longer the user's email verifies
+    /// nothing: it is invalid (and used up).
     pub async fn confirm_email_verification(&self, token: &str) -> Result<(), Error> {
-        let id = self
+        let token = self
             .inner
             .store
             .consume_token(
@@ -2205,22 +2279,34 @@ impl AuthService {
                 self.now(),
             )
             .await?
-            .ok_or(Error::field("token", "is invalid, used or expired"))?;
-        self.modify_user(id, None, |record| {
-            record.user.email_verified = true;
-            Ok(UserWrite::Plain)
-        })
-        .await?;
-        self.audit(
-            "email.verified",
-            None,
-            Some(&id.to_string()),
-            &RequestMeta::default(),
-            true,
-            None,
-        )
-        .await;
-        Ok(())
+            .ok_or(Error::field("token", TOKEN_INVALID))?;
+        let id = token.user_id;
+        // Checked inside the versioned write: an email change racing this
+        // either lands first (and the token fails) or after (and unverifies).
+        let outcome = self
+            .modify_user(id, None, |record| {
+                if email_hash(&record.user.email) != token.email_hash {
+                    return Err(Error::field("token", TOKEN_INVALID));
+                }
+                if record.user.email_verified {
+                    return Ok(UserWrite::Unchanged);
+                }
+                record.user.email_verified = true;
+                Ok(UserWrite::Plain)
+            })
+            .await;
+        if matches!(outcome, Ok(_) | Err(Error::Validation(_))) {
+            self.audit(
+                "email.verified",
+                None,
+                Some(&id.to_string()),
+                &RequestMeta::default(),
+                outcome.is_ok(),
+                outcome.is_err().then(|| MAILED_ELSEWHERE.to_owned()),
+            )
+            .await;
+        }
+        outcome.map(|_| ())
     }
 
     // ---------------------------------------------------------- request meta

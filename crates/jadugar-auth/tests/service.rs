@@ -1036,7 +1036,7 @@ impl AuthStore for PausingStore {
         hash: &[u8; 32],
         kind: TokenKind,
         now: DateTime<Utc>,
-    ) -> Result<Option<UserId>, StoreError> {
+    ) -> Result<Option<OneTimeToken>, StoreError> {
         self.inner.consume_token(hash, kind, now).await
     }
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
@@ -1229,4 +1229,141 @@ async fn concurrent_edits_are_all_kept_postgres() {
     };
     let store = SqlStore::new(db.database().clone()).await.unwrap();
     concurrent_edits_are_all_kept(Arc::new(store)).await;
+}
+
+/// Keeps every mail's recipient and token.
+#[derive(Debug, Default)]
+struct AddressedMailer(Mutex<Vec<(String, String)>>);
+
+impl AddressedMailer {
+    /// The token of the last mail, which must have gone to `to`.
+    fn last_to(&self, to: &str) -> String {
+        let (address, token) = self.0.lock().unwrap().pop().unwrap();
+        assert_eq!(address, to);
+        token
+    }
+}
+
+#[async_trait]
+impl Mailer for AddressedMailer {
+    async fn send(&self, to: &str, _subject: &str, body: &str) -> Result<(), Error> {
+        let token = body.rsplit(' ').next().unwrap().to_owned();
+        self.0.lock().unwrap().push((to.to_owned(), token));
+        Ok(())
+    }
+}
+
+/// A verified user's email changes: they are unverified, tokens mailed to
+/// the old address (verification and reset) do nothing, the change is
+/// audited, and the token mailed to the new address (automatically, or on
+/// request) verifies it. Setting the same address again changes nothing.
+async fn email_change_unverifies_and_unbinds_tokens(inner: Arc<dyn AuthStore>) {
+    let mailer = Arc::new(AddressedMailer::default());
+    let auth = AuthService::builder(
+        fast_config(),
+        inner.clone(),
+        Arc::new(MemoryStore::default()),
+    )
+    .mailer(mailer.clone())
+    .build()
+    .await
+    .unwrap();
+    let root = system();
+    let ada = user(&auth, "ada@example.com", &[]).await;
+    let me = Principal::new(ada.id.to_string(), PrincipalKind::User);
+    auth.request_email_verification(&me).await.unwrap();
+    let first = mailer.last_to("ada@example.com");
+    auth.confirm_email_verification(&first).await.unwrap();
+    assert!(auth.get_user(&root, ada.id).await.unwrap().email_verified);
+    // Outstanding when the address changes.
+    auth.request_email_verification(&me).await.unwrap();
+    let old_verify = mailer.last_to("ada@example.com");
+    auth.request_password_reset("ada@example.com", &meta())
+        .await
+        .unwrap();
+    let old_reset = mailer.last_to("ada@example.com");
+
+    let same = UserUpdate {
+        email: Some(" ADA@example.com".into()),
+        ..UserUpdate::default()
+    };
+    let kept = auth.update_user(&root, ada.id, same, None).await.unwrap();
+    assert!(
+        kept.email_verified,
+        "the same address, normalised, is no change"
+    );
+    assert!(mailer.0.lock().unwrap().is_empty(), "and mails nothing");
+
+    let change = UserUpdate {
+        email: Some("Ada@New.example".into()),
+        ..UserUpdate::default()
+    };
+    let changed = auth.update_user(&root, ada.id, change, None).await.unwrap();
+    assert_eq!(changed.email, "ada@new.example");
+    assert!(!changed.email_verified, "a new address is unverified");
+    let mailed_on_change = mailer.last_to("ada@new.example");
+
+    let refused = auth.confirm_email_verification(&old_verify).await;
+    assert!(matches!(&refused, Err(Error::Validation(_))), "{refused:?}");
+    let refused = auth
+        .confirm_password_reset(&old_reset, "a password from the old inbox".into(), &meta())
+        .await;
+    assert!(matches!(&refused, Err(Error::Validation(_))), "{refused:?}");
+    auth.login("ada@new.example", "correct horse battery", &meta(), None)
+        .await
+        .unwrap();
+    assert!(!auth.get_user(&root, ada.id).await.unwrap().email_verified);
+
+    let target = AuditFilter {
+        target: Some(ada.id.to_string()),
+        ..AuditFilter::default()
+    };
+    let events = inner.list_audit(&target, None, 100).await.unwrap();
+    let changes: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "email.change")
+        .collect();
+    assert_eq!(changes.len(), 1, "{events:?}");
+    assert_eq!(changes[0].actor.as_deref(), Some("root"));
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "email.verified" && !e.success)
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e.action == "password.reset" && !e.success)
+    );
+
+    // Issued after the change: both the automatic mail and a requested one work.
+    auth.request_email_verification(&me).await.unwrap();
+    let requested = mailer.last_to("ada@new.example");
+    auth.confirm_email_verification(&mailed_on_change)
+        .await
+        .unwrap();
+    assert!(auth.get_user(&root, ada.id).await.unwrap().email_verified);
+    auth.confirm_email_verification(&requested).await.unwrap();
+    assert!(auth.get_user(&root, ada.id).await.unwrap().email_verified);
+}
+
+#[tokio::test]
+async fn email_change_unverifies_and_unbinds_tokens_memory() {
+    email_change_unverifies_and_unbinds_tokens(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test]
+async fn email_change_unverifies_and_unbinds_tokens_sqlite() {
+    let db = TestSqlite::new().await;
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    email_change_unverifies_and_unbinds_tokens(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn email_change_unverifies_and_unbinds_tokens_postgres() {
+    let Some(db) = TestPostgres::new().await else {
+        return;
+    };
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    email_change_unverifies_and_unbinds_tokens(Arc::new(store)).await;
 }

@@ -561,6 +561,7 @@ async fn tokens(store: &dyn AuthStore) {
         hash: [1; 32],
         kind: TokenKind::PasswordReset,
         user_id: owner.user.id,
+        email_hash: [7; 32],
         expires_at: t0() + Duration::minutes(30),
     };
     store.create_token(&token).await.unwrap();
@@ -577,7 +578,8 @@ async fn tokens(store: &dyn AuthStore) {
             .consume_token(&[1; 32], TokenKind::PasswordReset, t0())
             .await
             .unwrap(),
-        Some(owner.user.id)
+        Some(token.clone()),
+        "the token comes back whole, with the address it is bound to"
     );
     assert_eq!(
         store

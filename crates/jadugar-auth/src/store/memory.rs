@@ -283,12 +283,12 @@ impl AuthStore for MemoryStore {
         hash: &[u8; 32],
         kind: TokenKind,
         now: DateTime<Utc>,
-    ) -> Result<Option<UserId>, StoreError> {
+    ) -> Result<Option<OneTimeToken>, StoreError> {
         let mut s = self.lock();
         match s.tokens.get_mut(hash) {
             Some((token, used)) if !*used && token.kind == kind && now < token.expires_at => {
                 *used = true;
-                Ok(Some(token.user_id))
+                Ok(Some(token.clone()))
             }
             _ => Ok(None),
         }

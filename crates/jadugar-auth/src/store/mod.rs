@@ -170,15 +170,16 @@ pub trait AuthStore: Debug + Send + Sync + 'static {
 
     /// Stores a one-time token.
     async fn create_token(&self, token: &OneTimeToken) -> Result<(), StoreError>;
-    /// Atomically uses the token: returns its user if it exists, has `kind`,
-    /// is unused and unexpired at `now`, and marks it used. A second call
-    /// returns `None`.
+    /// Atomically uses the token: if it exists, has `kind`, is unused and
+    /// unexpired at `now`, marks it used and returns it. A second call
+    /// returns `None`. Whether its [`email_hash`](OneTimeToken::email_hash)
+    /// still names the user's email is the caller's check.
     async fn consume_token(
         &self,
         hash: &[u8; 32],
         kind: TokenKind,
         now: DateTime<Utc>,
-    ) -> Result<Option<UserId>, StoreError>;
+    ) -> Result<Option<OneTimeToken>, StoreError>;
 
     /// Appends an audit event (the log is never edited).
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError>;

@@ -438,19 +438,33 @@ macro_rules! sql_impl {
             }
 
             pub(super) async fn create_token(pool: &sqlx::Pool<$db>, t: &OneTimeToken) -> Result<(), StoreError> {
-                sqlx::query("INSERT INTO auth_tokens (hash, kind, user_id, expires_at, used_at) VALUES ($1, $2, $3, $4, NULL)")
+                sqlx::query("INSERT INTO auth_tokens (hash, kind, user_id, expires_at, used_at, email_hash) VALUES ($1, $2, $3, $4, NULL, $5)")
                     .bind(hex::encode(t.hash)).bind(t.kind.as_str()).bind(t.user_id.to_string()).bind(ms(t.expires_at))
+                    .bind(hex::encode(t.email_hash))
                     .execute(pool).await.map_err(|e| map_err(e, "token"))?;
                 Ok(())
             }
 
-            pub(super) async fn consume_token(pool: &sqlx::Pool<$db>, hash: &[u8; 32], kind: TokenKind, now: DateTime<Utc>) -> Result<Option<UserId>, StoreError> {
+            pub(super) async fn consume_token(pool: &sqlx::Pool<$db>, hash: &[u8; 32], kind: TokenKind, now: DateTime<Utc>) -> Result<Option<OneTimeToken>, StoreError> {
+                // email_hash '' marks a token from before tokens were bound
+                // to an address (migration 1000003): never good.
                 let row = sqlx::query(
-                    "UPDATE auth_tokens SET used_at = $3 WHERE hash = $1 AND kind = $2 AND used_at IS NULL AND expires_at > $3 RETURNING user_id",
+                    "UPDATE auth_tokens SET used_at = $3 WHERE hash = $1 AND kind = $2 AND used_at IS NULL AND expires_at > $3 \
+                     AND email_hash <> '' RETURNING user_id, email_hash, expires_at",
                 )
                 .bind(hex::encode(hash)).bind(kind.as_str()).bind(ms(now))
                 .fetch_optional(pool).await.map_err(backend)?;
-                row.map(|r| { let id: String = get!(r, "user_id"); parse_id(&id) }).transpose()
+                row.map(|r| {
+                    let id: String = get!(r, "user_id");
+                    let email_hash: String = get!(r, "email_hash");
+                    Ok(OneTimeToken {
+                        hash: *hash,
+                        kind,
+                        user_id: parse_id(&id)?,
+                        email_hash: hash32(&email_hash)?,
+                        expires_at: from_ms(get!(r, "expires_at"))?,
+                    })
+                }).transpose()
             }
 
             pub(super) async fn append_audit(pool: &sqlx::Pool<$db>, e: &AuditEvent) -> Result<(), StoreError> {
@@ -677,7 +691,7 @@ impl AuthStore for SqlStore {
         hash: &[u8; 32],
         kind: TokenKind,
         now: DateTime<Utc>,
-    ) -> Result<Option<UserId>, StoreError> {
+    ) -> Result<Option<OneTimeToken>, StoreError> {
         on!(self, consume_token(hash, kind, now))
     }
     async fn append_audit(&self, event: &AuditEvent) -> Result<(), StoreError> {
