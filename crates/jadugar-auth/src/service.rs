@@ -1082,6 +1082,66 @@ impl AuthService {
         Ok(record.user)
     }
 
+    /// Makes a user change their password at their next login (as after a
+    /// generated one): until they do, the tokens they get carry no
+    /// permission but changing it. `actor = None` is the system (CLI) and
+    /// skips the permission check; otherwise `auth:users:write` is needed.
+    ///
+    /// A read-modify-write of the flag alone: a concurrent edit of the user
+    /// is kept and the flag set on top of it (retried, never
+    /// [`StoreError::Stale`]); [`Error::Contended`] only if writers keep
+    /// winning. Sessions already open are not touched.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use jadugar_auth::{AuthService, Config};
+    /// use jadugar_auth::service::NewUser;
+    ///
+    /// let mut config = Config::default();
+    /// config.argon2_memory_kib = 1024; // fast for the example only
+    /// let auth = AuthService::memory(config).await.unwrap();
+    /// let ada = auth.create_user(None, NewUser {
+    ///     email: "ada@example.com".into(),
+    ///     display_name: "Ada".into(),
+    ///     password: Some("a generated one-time password".into()),
+    ///     roles: vec![],
+    /// }).await.unwrap();
+    /// let ada = auth.require_password_change(None, ada.id).await.unwrap();
+    /// assert!(ada.must_change_password);
+    /// # });
+    /// ```
+    pub async fn require_password_change(
+        &self,
+        actor: Option<&Principal>,
+        id: UserId,
+    ) -> Result<User, Error> {
+        if let Some(actor) = actor {
+            need(actor, PERM_USERS_WRITE)?;
+        }
+        let (record, written) = self
+            .modify_user(id, None, |record| {
+                if record.user.must_change_password {
+                    return Ok(UserWrite::Unchanged);
+                }
+                record.user.must_change_password = true;
+                Ok(UserWrite::Plain)
+            })
+            .await?;
+        if written {
+            self.user_changed().await;
+        }
+        self.audit(
+            "password.require_change",
+            actor.map(|a| a.subject.as_str()),
+            Some(&id.to_string()),
+            &RequestMeta::default(),
+            true,
+            None,
+        )
+        .await;
+        Ok(record.user)
+    }
+
     /// Sets a user's password as an admin (`auth:users:write`); revokes their sessions.
     pub async fn set_password(
         &self,

@@ -1367,3 +1367,77 @@ async fn email_change_unverifies_and_unbinds_tokens_postgres() {
     let store = SqlStore::new(db.database().clone()).await.unwrap();
     email_change_unverifies_and_unbinds_tokens(Arc::new(store)).await;
 }
+
+/// Flagging a password change (what `jadugar user create` does after
+/// generating a password) reads the user; a rename lands before it writes.
+/// The flag is set on top of the rename: nothing fails Stale, nothing is lost.
+async fn password_change_flag_keeps_a_concurrent_edit(inner: Arc<dyn AuthStore>) {
+    let store = Arc::new(PausingStore {
+        inner,
+        pause: Mutex::new(None),
+    });
+    let auth = AuthService::builder(
+        fast_config(),
+        store.clone(),
+        Arc::new(MemoryStore::default()),
+    )
+    .build()
+    .await
+    .unwrap();
+    let root = system();
+    let ada = user(&auth, "ada@example.com", &[]).await;
+
+    let (reached, resume) = store.pause_next_read(ada.id);
+    let flag = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.require_password_change(None, ada.id).await }
+    });
+    reached.await.unwrap();
+    let rename = UserUpdate {
+        display_name: Some("Countess".into()),
+        ..UserUpdate::default()
+    };
+    auth.update_user(&root, ada.id, rename, None).await.unwrap();
+    resume.send(()).unwrap();
+    let flagged = flag.await.unwrap().unwrap();
+
+    assert!(flagged.must_change_password);
+    assert_eq!(flagged.display_name, "Countess");
+    let stored = auth.get_user(&root, ada.id).await.unwrap();
+    assert!(stored.must_change_password);
+    assert_eq!(stored.display_name, "Countess");
+    assert_eq!(stored.version, ada.version + 2, "the rename, then the flag");
+
+    let reader =
+        Principal::new("reader", PrincipalKind::User).with_permissions(["auth:users:read"]);
+    let r = auth.require_password_change(Some(&reader), ada.id).await;
+    assert!(matches!(r, Err(Error::Forbidden(_))), "{r:?}");
+    let again = auth
+        .require_password_change(Some(&root), ada.id)
+        .await
+        .unwrap();
+    assert_eq!(again.version, stored.version, "already flagged: no write");
+    let r = auth.require_password_change(None, UserId::new()).await;
+    assert!(matches!(r, Err(Error::NotFound(_))), "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_change_flag_keeps_a_concurrent_edit_memory() {
+    password_change_flag_keeps_a_concurrent_edit(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_change_flag_keeps_a_concurrent_edit_sqlite() {
+    let db = TestSqlite::new().await;
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    password_change_flag_keeps_a_concurrent_edit(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_change_flag_keeps_a_concurrent_edit_postgres() {
+    let Some(db) = TestPostgres::new().await else {
+        return;
+    };
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    password_change_flag_keeps_a_concurrent_edit(Arc::new(store)).await;
+}

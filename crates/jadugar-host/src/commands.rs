@@ -229,18 +229,20 @@ pub async fn create_user(config: &Config, spec: UserSpec) -> Result<CreatedUser,
                 }
                 other => auth_error(other),
             })?;
-        if generated.is_some()
-            && let Some(mut record) = auth
-                .store()
-                .get_user(user.id)
+        if generated.is_some() {
+            // Through the service: it rereads and retries when the user
+            // changed meanwhile, where a write straight to the versioned
+            // store would fail Stale.
+            auth.require_password_change(None, user.id)
                 .await
-                .map_err(|e| auth_error(e.into()))?
-        {
-            record.user.must_change_password = true;
-            auth.store()
-                .update_user(&record)
-                .await
-                .map_err(|e| auth_error(e.into()))?;
+                .map_err(|e| match e {
+                    jadugar_auth::Error::NotFound(_) => HostError::Auth(format!(
+                        "user {} was deleted before the generated password could be \
+                         marked for change",
+                        user.email
+                    )),
+                    other => auth_error(other),
+                })?;
         }
         Ok(CreatedUser {
             id: user.id.to_string(),
