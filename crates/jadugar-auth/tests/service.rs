@@ -1441,3 +1441,68 @@ async fn password_change_flag_keeps_a_concurrent_edit_postgres() {
     let store = SqlStore::new(db.database().clone()).await.unwrap();
     password_change_flag_keeps_a_concurrent_edit(Arc::new(store)).await;
 }
+
+/// A verification token is redeemed while an email change lands between
+/// the confirmation's read of the user and its write: the write is stale,
+/// the retry sees the new address, and the token (mailed to the old one)
+/// verifies nothing.
+async fn email_change_racing_a_verification_wins(inner: Arc<dyn AuthStore>) {
+    let store = Arc::new(PausingStore {
+        inner,
+        pause: Mutex::new(None),
+    });
+    let mailer = Arc::new(AddressedMailer::default());
+    let auth = AuthService::builder(
+        fast_config(),
+        store.clone(),
+        Arc::new(MemoryStore::default()),
+    )
+    .mailer(mailer.clone())
+    .build()
+    .await
+    .unwrap();
+    let root = system();
+    let ada = user(&auth, "ada@example.com", &[]).await;
+    let me = Principal::new(ada.id.to_string(), PrincipalKind::User);
+    auth.request_email_verification(&me).await.unwrap();
+    let old = mailer.last_to("ada@example.com");
+
+    let (reached, resume) = store.pause_next_read(ada.id);
+    let confirm = tokio::spawn({
+        let auth = auth.clone();
+        async move { auth.confirm_email_verification(&old).await }
+    });
+    reached.await.unwrap(); // holds the user with the old address
+    let change = UserUpdate {
+        email: Some("ada@new.example".into()),
+        ..UserUpdate::default()
+    };
+    auth.update_user(&root, ada.id, change, None).await.unwrap();
+    resume.send(()).unwrap();
+    let r = confirm.await.unwrap();
+    assert!(matches!(&r, Err(Error::Validation(_))), "{r:?}");
+    let now = auth.get_user(&root, ada.id).await.unwrap();
+    assert_eq!(now.email, "ada@new.example");
+    assert!(!now.email_verified);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_change_racing_a_verification_wins_memory() {
+    email_change_racing_a_verification_wins(Arc::new(MemoryStore::default())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_change_racing_a_verification_wins_sqlite() {
+    let db = TestSqlite::new().await;
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    email_change_racing_a_verification_wins(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn email_change_racing_a_verification_wins_postgres() {
+    let Some(db) = TestPostgres::new().await else {
+        return;
+    };
+    let store = SqlStore::new(db.database().clone()).await.unwrap();
+    email_change_racing_a_verification_wins(Arc::new(store)).await;
+}
