@@ -23,10 +23,36 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+
+/// A Postgres `LISTEN` connection of its own, outside `pool`.
+///
+/// sqlx's `PgListener::connect_with(pool)` keeps one of the pool's
+/// connections for as long as it listens; every component that listens
+/// would then shrink the pool its queries (and `/readyz`) share, down to
+/// starving them when the pool is small. This listener gets a one-connection
+/// pool with the same connect options (URL, `search_path`), which it also
+/// uses to reconnect.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), sqlx::Error> {
+/// let mut listener = jadugar_core::storage::pg_listener(&pool).await?;
+/// listener.listen("changes").await?;
+/// # Ok(()) }
+/// ```
+pub async fn pg_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
+    let own = PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .acquire_timeout(pool.options().get_acquire_timeout())
+        .connect_lazy_with((*pool.connect_options()).clone());
+    PgListener::connect_with(&own).await
+}
 
 /// Why a storage backend could not be reached or prepared.
 #[derive(Debug, thiserror::Error)]

@@ -265,7 +265,7 @@ impl RouteStore for SqlRouteStore {
                     .fetch_one(pool)
                     .await?
                     .try_get(0)?;
-                let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+                let mut listener = jadugar_core::storage::pg_listener(pool).await?;
                 listener.listen(CHANNEL).await?;
                 let stream = futures_util::stream::unfold(listener, move |mut listener| {
                     let schema = schema.clone();

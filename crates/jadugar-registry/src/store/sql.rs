@@ -538,7 +538,7 @@ impl RegistryStore for SqlStore {
             return Ok(());
         };
         while !cancel.is_cancelled() {
-            let mut listener = match sqlx::postgres::PgListener::connect_with(pool).await {
+            let mut listener = match jadugar_core::storage::pg_listener(pool).await {
                 Ok(listener) => listener,
                 Err(err) => {
                     tracing::warn!(error = %err, "registry change listener could not connect");
