@@ -35,6 +35,7 @@ def parse(path: str):
 
     exclusive: collections.Counter = collections.Counter()
     calls: collections.Counter = collections.Counter()
+    counts: collections.Counter = collections.Counter()
     fn = cfn = None
     call_line = False
     with open(path, errors="replace") as fh:
@@ -45,6 +46,7 @@ def parse(path: str):
                 cfn = name(line[4:].strip())
             elif line.startswith("calls="):
                 call_line = True
+                counts[cfn] += int(line[6:].split()[0])
             elif line[:1].isdigit() or line[:1] in "+-*":
                 parts = line.split()
                 if len(parts) < 2:
@@ -55,7 +57,7 @@ def parse(path: str):
                     call_line = False
                 else:
                     exclusive[fn] += cost
-    return exclusive, calls
+    return exclusive, calls, counts
 
 
 def main() -> None:
@@ -67,10 +69,12 @@ def main() -> None:
     parser.add_argument("--callers", default=r"^__memcpy|^_int_malloc$|^malloc$")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
-    exclusive, calls = parse(args.file)
+    exclusive, calls, counts = parse(args.file)
     n = args.requests
     total = sum(exclusive.values())
     print(f"## {args.label}: {total / n:,.0f} user-space instructions per request ({total:,} Ir over {n:,} requests)\n")
+    allocs = sum(c for f, c in counts.items() if f in ("malloc", "calloc", "realloc"))
+    print(f"Heap allocations (malloc/calloc/realloc calls) per request: {allocs / n:.1f}\n")
     print("Exclusive cost (Ir per request, share):")
     for fn, cost in exclusive.most_common(args.top):
         print(f"  {cost / n:8,.0f}  {100 * cost / total:5.1f}%  {short(fn)}")
