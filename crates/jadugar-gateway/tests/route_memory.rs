@@ -60,9 +60,36 @@ async fn per_route(prefix: bool) -> (u64, u64) {
     (grown, grown / ROUTES as u64)
 }
 
+/// Set in the child process a test re-runs itself in.
+const CHILD: &str = "JADUGAR_ROUTE_MEMORY_CHILD";
+
+/// Re-runs test `name` alone in a child process of this test binary and
+/// returns true, unless this is that child (then false: measure here).
+/// `cargo test` runs tests as threads of one process, where another test's
+/// allocations would mix with the RSS readings.
+fn ran_in_own_process(name: &str) -> bool {
+    if std::env::var_os(CHILD).is_some() {
+        return false;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([name, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CHILD, "1")
+        .output()
+        .unwrap();
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{name} failed in its own process:\n{stdout}"
+    );
+    assert!(stdout.contains("1 passed"), "{name} did not run:\n{stdout}");
+    true
+}
+
 /// Installs the recorder and warms allocator arenas and lazy statics with
-/// a small gateway; each test runs in its own process under nextest, so
-/// the readings are not mixed with another test's frees.
+/// a small gateway; each test measures in its own process
+/// ([`ran_in_own_process`]), so the readings are not mixed with another
+/// test's allocations or frees.
 async fn prepare() -> Gateway {
     let _ = metrics_exporter_prometheus::PrometheusBuilder::new()
         .set_buckets(&[0.001, 0.01, 0.1, 1.0, 10.0])
@@ -85,6 +112,9 @@ async fn prepare() -> Gateway {
 // `/p/{*rest}`).
 #[tokio::test]
 async fn ten_thousand_prefix_routes_cost_little_memory() {
+    if ran_in_own_process("ten_thousand_prefix_routes_cost_little_memory") {
+        return;
+    }
     let _warm = prepare().await;
     let (grown, per) = per_route(true).await;
     eprintln!(
@@ -96,6 +126,9 @@ async fn ten_thousand_prefix_routes_cost_little_memory() {
 
 #[tokio::test]
 async fn ten_thousand_exact_routes_cost_little_memory() {
+    if ran_in_own_process("ten_thousand_exact_routes_cost_little_memory") {
+        return;
+    }
     let _warm = prepare().await;
     let (grown, per) = per_route(false).await;
     eprintln!(
