@@ -2507,45 +2507,21 @@ impl AuthService {
 
     #[cfg(feature = "redis")]
     async fn listen(&self, redis: Redis, cancel: CancellationToken) {
-        use futures_util::StreamExt;
-        while !cancel.is_cancelled() {
-            let subscribed = async {
-                let mut pubsub = redis.client().get_async_pubsub().await?;
-                pubsub.subscribe(redis.key(CHANNEL)).await?;
-                Ok::<_, redis::RedisError>(pubsub)
-            };
-            let pubsub = tokio::select! {
+        use jadugar_core::storage::ChannelEvent;
+        let mut events = redis.subscribe(CHANNEL);
+        loop {
+            let event = tokio::select! {
                 () = cancel.cancelled() => return,
-                r = subscribed => r,
+                event = events.recv() => event,
             };
-            match pubsub {
-                Ok(pubsub) => {
-                    // Anything published while we were away may be lost: start clean.
-                    self.inner.key_cache.invalidate_all();
-                    let mut stream = pubsub.into_on_message();
-                    loop {
-                        tokio::select! {
-                            () = cancel.cancelled() => return,
-                            msg = stream.next() => match msg {
-                                Some(msg) => {
-                                    if let Ok(text) = msg.get_payload::<String>() {
-                                        if text == "signing-keys" {
-                                            let _ = self.reload_keys().await;
-                                        } else {
-                                            self.apply_event(&text);
-                                        }
-                                    }
-                                }
-                                None => break,
-                            }
-                        }
-                    }
+            match event {
+                // Anything published while we were away may be lost: start clean.
+                Some(ChannelEvent::Subscribed) => self.inner.key_cache.invalidate_all(),
+                Some(ChannelEvent::Message(text)) if text == "signing-keys" => {
+                    let _ = self.reload_keys().await;
                 }
-                Err(e) => tracing::warn!(error = %e, "auth revocation listener cannot subscribe"),
-            }
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                Some(ChannelEvent::Message(text)) => self.apply_event(&text),
+                None => return,
             }
         }
     }

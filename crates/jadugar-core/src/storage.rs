@@ -207,6 +207,15 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+/// What [`Redis::subscribe`] delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelEvent {
+    /// (Re)subscribed: anything published before this was missed.
+    Subscribed,
+    /// A message's payload.
+    Message(String),
+}
+
 /// A Redis connection that reconnects by itself, with a key prefix.
 ///
 /// Every key a component writes goes through [`key`](Self::key), so that
@@ -248,6 +257,75 @@ impl Redis {
             conn,
             prefix: prefix.into(),
         })
+    }
+
+    /// Follows pub/sub `channel` (prefixed by [`key`](Self::key)) from a
+    /// background task that resubscribes a second after a lost connection.
+    ///
+    /// The receiver gets [`ChannelEvent::Subscribed`] on every
+    /// (re)subscription, since anything published while unsubscribed was
+    /// missed, then each message; the task ends when the receiver is dropped.
+    ///
+    /// ```no_run
+    /// # async fn demo(redis: jadugar_core::storage::Redis) {
+    /// use jadugar_core::storage::ChannelEvent;
+    ///
+    /// let mut events = redis.subscribe("changes");
+    /// while let Some(event) = events.recv().await {
+    ///     match event {
+    ///         ChannelEvent::Subscribed => { /* resynchronise */ }
+    ///         ChannelEvent::Message(text) => println!("{text}"),
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn subscribe(&self, channel: &str) -> tokio::sync::mpsc::Receiver<ChannelEvent> {
+        use futures_util::StreamExt as _;
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let client = self.client.clone();
+        let channel = self.key(channel);
+        tokio::spawn(async move {
+            loop {
+                let subscribed = async {
+                    let mut pubsub = client.get_async_pubsub().await?;
+                    pubsub.subscribe(&channel).await?;
+                    Ok::<_, redis::RedisError>(pubsub)
+                };
+                let pubsub = tokio::select! {
+                    () = tx.closed() => return,
+                    r = subscribed => r,
+                };
+                match pubsub {
+                    Ok(pubsub) => {
+                        if tx.send(ChannelEvent::Subscribed).await.is_err() {
+                            return;
+                        }
+                        let mut messages = pubsub.into_on_message();
+                        loop {
+                            let msg = tokio::select! {
+                                () = tx.closed() => return,
+                                msg = messages.next() => msg,
+                            };
+                            let Some(msg) = msg else { break };
+                            let Ok(text) = msg.get_payload::<String>() else {
+                                continue;
+                            };
+                            if tx.send(ChannelEvent::Message(text)).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, %channel, "cannot subscribe to a Redis channel");
+                    }
+                }
+                tokio::select! {
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        });
+        rx
     }
 
     /// The prefix of every key.

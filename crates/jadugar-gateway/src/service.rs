@@ -321,44 +321,23 @@ async fn listen_store(
 #[cfg(feature = "redis")]
 const REDIS_CHANNEL: &str = "gateway:routes";
 
-/// Wakes the sync task on every route change announced through Redis.
+/// Wakes the sync task on every route change announced through Redis, and
+/// on every (re)subscription, since announcements made while unsubscribed
+/// are lost.
 #[cfg(feature = "redis")]
 async fn listen_redis(
     redis: jadugar_core::storage::Redis,
     wake: Arc<tokio::sync::Notify>,
     cancel: CancellationToken,
 ) {
-    use futures_util::StreamExt as _;
-    while !cancel.is_cancelled() {
-        let subscribed = async {
-            let mut pubsub = redis.client().get_async_pubsub().await?;
-            pubsub.subscribe(redis.key(REDIS_CHANNEL)).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            () = cancel.cancelled() => return,
-            r = subscribed => r,
-        };
-        match pubsub {
-            Ok(pubsub) => {
-                // Announcements made while unsubscribed are lost.
-                wake.notify_one();
-                let mut messages = pubsub.into_on_message();
-                loop {
-                    tokio::select! {
-                        () = cancel.cancelled() => return,
-                        msg = messages.next() => match msg {
-                            Some(_) => wake.notify_one(),
-                            None => break,
-                        },
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot subscribe to route changes on Redis"),
-        }
+    let mut events = redis.subscribe(REDIS_CHANNEL);
+    loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            event = events.recv() => match event {
+                Some(_) => wake.notify_one(),
+                None => return,
+            },
         }
     }
 }
