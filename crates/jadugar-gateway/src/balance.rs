@@ -91,7 +91,11 @@ impl std::fmt::Debug for BackendTls {
 }
 
 impl Backend {
-    fn new(endpoint: &Endpoint, tls: &dyn Fn() -> UpstreamTls) -> Option<Self> {
+    fn new(
+        endpoint: &Endpoint,
+        tls: &dyn Fn() -> UpstreamTls,
+        idle: crate::proxy::pool::IdleSettings,
+    ) -> Option<Self> {
         let authority = Authority::try_from(endpoint.authority()).ok()?;
         let (scheme, tls) = match endpoint.scheme.as_str() {
             "http" => (Scheme::HTTP, None),
@@ -121,7 +125,7 @@ impl Backend {
             ewma_stamp: AtomicU64::new(0),
             outlier: Outlier::default(),
             socket_addr: crate::proxy::pool::literal_addr(&endpoint.host, endpoint.port),
-            idle: crate::proxy::pool::Idle::default(),
+            idle: crate::proxy::pool::Idle::new(idle),
         })
     }
 
@@ -194,6 +198,7 @@ pub struct UpstreamPool {
     pub(crate) limits: Option<Limits>,
     ejections: metrics::Counter,
     tls: Option<UpstreamTls>,
+    idle: crate::proxy::pool::IdleSettings,
 }
 
 /// The TLS settings of pools built without [`UpstreamPool::with_tls`].
@@ -226,6 +231,7 @@ impl UpstreamPool {
             set: ArcSwap::from_pointee(BackendSet::default()),
             next: AtomicUsize::new(0),
             tls: None,
+            idle: crate::proxy::pool::IdleSettings::default(),
         }
     }
 
@@ -233,6 +239,13 @@ impl UpstreamPool {
     /// alone); call before the first [`refresh`](Self::refresh).
     pub fn with_tls(mut self, tls: UpstreamTls) -> Self {
         self.tls = Some(tls);
+        self
+    }
+
+    /// Keeps idle upstream connections for `timeout`, at most `max` per
+    /// instance; call before the first [`refresh`](Self::refresh).
+    pub fn with_idle_connections(mut self, timeout: std::time::Duration, max: usize) -> Self {
+        self.idle = crate::proxy::pool::IdleSettings { timeout, max };
         self
     }
 
@@ -277,7 +290,11 @@ impl UpstreamPool {
         for e in endpoints {
             match by_key.get(&(e.id.as_str(), e.authority())) {
                 Some(b) if b.endpoint == *e => backends.push(Arc::clone(b)),
-                _ => match Backend::new(e, &|| self.tls.clone().unwrap_or_else(default_tls)) {
+                _ => match Backend::new(
+                    e,
+                    &|| self.tls.clone().unwrap_or_else(default_tls),
+                    self.idle,
+                ) {
                     Some(b) => backends.push(Arc::new(b)),
                     None => {
                         tracing::warn!(upstream = %self.name, endpoint = %e.id, "skipping endpoint that is not http or https")

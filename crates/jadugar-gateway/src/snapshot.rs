@@ -155,7 +155,11 @@ pub(crate) fn build(
             None => {
                 let p = Arc::new(
                     UpstreamPool::new(&spec.upstream_name(), spec.upstream.clone())
-                        .with_tls(ctx.clients.tls().clone()),
+                        .with_tls(ctx.clients.tls().clone())
+                        .with_idle_connections(
+                            Duration::from_secs(ctx.config.pool_idle_timeout_secs),
+                            ctx.config.pool_max_idle_per_host,
+                        ),
                 );
                 refresh_pool(&p, ctx);
                 p

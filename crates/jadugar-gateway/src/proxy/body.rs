@@ -10,6 +10,8 @@ use http_body_util::BodyExt;
 use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 
+pub use super::h1::PooledBody;
+
 /// A boxed error.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -137,7 +139,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Upstream(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            Self::Pooled(b) => b.poll(cx),
+            Self::Pooled(b) => Pin::new(b).poll_frame(cx),
             Self::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -145,7 +147,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             Self::Upstream(b) => b.is_end_stream(),
-            Self::Pooled(b) => b.body.is_end_stream(),
+            Self::Pooled(b) => b.is_end_stream(),
             Self::Full(b) => b.is_none(),
         }
     }
@@ -153,70 +155,8 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             Self::Upstream(b) => b.size_hint(),
-            Self::Pooled(b) => b.body.size_hint(),
+            Self::Pooled(b) => b.size_hint(),
             Self::Full(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
-        }
-    }
-}
-
-type Release = (
-    hyper::client::conn::http1::SendRequest<RequestBody>,
-    std::sync::Arc<crate::balance::Backend>,
-);
-
-/// An upstream body that returns its connection to the pool at its end.
-pub struct PooledBody {
-    body: Incoming,
-    release: Option<Release>,
-}
-
-impl std::fmt::Debug for PooledBody {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PooledBody")
-            .field("body", &self.body)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PooledBody {
-    pub(crate) fn new(
-        body: Incoming,
-        sender: hyper::client::conn::http1::SendRequest<RequestBody>,
-        backend: std::sync::Arc<crate::balance::Backend>,
-    ) -> Self {
-        let mut this = Self {
-            body,
-            release: Some((sender, backend)),
-        };
-        if this.body.is_end_stream() {
-            this.release();
-        }
-        this
-    }
-
-    fn release(&mut self) {
-        if let Some((sender, backend)) = self.release.take() {
-            backend.idle.push(sender);
-        }
-    }
-
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.body).poll_frame(cx) {
-            Poll::Ready(None) => {
-                self.release();
-                Poll::Ready(None)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                self.release = None;
-                Poll::Ready(Some(Err(e.into())))
-            }
-            Poll::Ready(Some(Ok(frame))) => {
-                if self.body.is_end_stream() {
-                    self.release();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 }

@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod client;
+pub(crate) mod h1;
 pub mod headers;
 pub(crate) mod pool;
 
@@ -342,17 +343,7 @@ async fn route_and_proxy(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let (response, instance, latency) = send(shared, &route, req, pq, hash, upgrade).await;
     let response = match response {
-        Ok((res, release)) => {
-            finish_response(
-                &route,
-                res,
-                release,
-                client_upgrade,
-                decision,
-                principal.as_ref(),
-            )
-            .await
-        }
+        Ok(res) => finish_response(&route, res, client_upgrade, decision, principal.as_ref()).await,
         Err(failure) => {
             route.metrics.upstream_errors.increment(1);
             let name = route.pool.name();
@@ -466,11 +457,7 @@ fn hash_of(source: &HashSource, headers: &http::HeaderMap) -> Option<u64> {
     }
 }
 
-type Release = (
-    hyper::client::conn::http1::SendRequest<RequestBody>,
-    Arc<Backend>,
-);
-type Upstream = (Response<hyper::body::Incoming>, Option<Release>);
+type Upstream = Response<ProxyBody>;
 type Sent = (
     Result<Upstream, Failure>,
     Option<Arc<str>>,
@@ -527,17 +514,27 @@ async fn send(
         };
         let h2 = route.http2 && !upgrade;
         let pooled = !h2 && !upgrade;
-        let out = match outbound(route, &backend, &mut parts, body, &pq, h2, pooled) {
-            Ok(out) => out,
-            Err(failure) => return (Err(failure), Some(backend.label.clone()), None),
-        };
         let in_flight = backend.start();
         route.metrics.in_flight.increment(1.0);
         let sent_at = Instant::now();
         let result: Result<Upstream, Failure> = if pooled {
-            let sent = pool::send(&backend, policy, route.connect_timeout, out);
+            // The own connection takes the origin-form target as it is.
+            if !route.preserve_host || !parts.headers.contains_key(header::HOST) {
+                parts
+                    .headers
+                    .insert(header::HOST, backend.host_header.clone());
+            }
+            let sent = pool::send(
+                &backend,
+                policy,
+                route.connect_timeout,
+                &parts.method,
+                pq.as_str(),
+                &parts.headers,
+                body,
+            );
             match tokio::time::timeout(route.request_timeout, sent).await {
-                Ok(Ok((res, sender))) => Ok((res, Some((sender, backend.clone())))),
+                Ok(Ok((head, body))) => Ok(head.into_response(ProxyBody::Pooled(body))),
                 Ok(Err(pool::PoolError::Connect(e))) => {
                     tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream connect failed");
                     Err(Failure::Connect)
@@ -549,13 +546,18 @@ async fn send(
                 Err(_) => Err(Failure::Timeout),
             }
         } else {
+            let out = match outbound(route.preserve_host, &backend, &mut parts, body, &pq, h2) {
+                Ok(out) => out,
+                Err(failure) => return (Err(failure), Some(backend.label.clone()), None),
+            };
             let client = if upgrade {
                 &route.upgrade_client
             } else {
                 &route.client
             };
             match tokio::time::timeout(route.request_timeout, client.request(out)).await {
-                Ok(Ok(res)) => Ok((res, None)),
+                // The upgrade handle stays in the extensions.
+                Ok(Ok(res)) => Ok(res.map(ProxyBody::Upstream)),
                 Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
                 Ok(Err(e)) => {
                     tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
@@ -572,7 +574,7 @@ async fn send(
         let latency = Some(elapsed);
         let retry_worthy = match &result {
             Err(Failure::Connect | Failure::Timeout) => true,
-            Ok((res, _)) => matches!(res.status().as_u16(), 502..=504),
+            Ok(res) => matches!(res.status().as_u16(), 502..=504),
             Err(_) => false,
         };
         attempt += 1;
@@ -588,24 +590,19 @@ async fn send(
     }
 }
 
-/// The request for one attempt on `backend`: the URI it wants (origin
-/// form on the own pool, absolute for hyper-util's client), the headers
-/// taken from `parts`, the `Host` the instance expects.
+/// The request for one attempt on `backend` through hyper-util's client
+/// (HTTP/2, upgrades): an absolute URI, the headers taken from `parts`.
 fn outbound(
-    route: &CompiledRoute,
+    preserve_host: bool,
     backend: &Backend,
     parts: &mut http::request::Parts,
     body: RequestBody,
     pq: &PathAndQuery,
     h2: bool,
-    pooled: bool,
 ) -> Result<Request<RequestBody>, Failure> {
     let mut uri_parts = http::uri::Parts::default();
-    // hyper's own connections take origin-form URIs; the pooled client wants absolute ones.
-    if !pooled {
-        uri_parts.scheme = Some(backend.scheme.clone());
-        uri_parts.authority = Some(backend.authority.clone());
-    }
+    uri_parts.scheme = Some(backend.scheme.clone());
+    uri_parts.authority = Some(backend.authority.clone());
     uri_parts.path_and_query = Some(pq.clone());
     let Ok(uri) = Uri::from_parts(uri_parts) else {
         return Err(Failure::Upstream);
@@ -622,7 +619,7 @@ fn outbound(
     };
     if h2 {
         out.headers_mut().remove(header::HOST);
-    } else if !route.preserve_host || !out.headers().contains_key(header::HOST) {
+    } else if !preserve_host || !out.headers().contains_key(header::HOST) {
         out.headers_mut()
             .insert(header::HOST, backend.host_header.clone());
     }
@@ -644,7 +641,7 @@ fn observe(
         }
     };
     match result {
-        Ok((res, _)) if matches!(res.status().as_u16(), 502..=504) => failed(backend),
+        Ok(res) if matches!(res.status().as_u16(), 502..=504) => failed(backend),
         Ok(_) => {
             backend.outlier.on_success();
             backend.observe(latency);
@@ -655,8 +652,7 @@ fn observe(
 
 async fn finish_response(
     route: &CompiledRoute,
-    mut res: Response<hyper::body::Incoming>,
-    release: Option<Release>,
+    mut res: Response<ProxyBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     decision: Option<Decision>,
     principal: Option<&Principal>,
@@ -692,10 +688,6 @@ async fn finish_response(
     if let Some(d) = decision {
         d.apply_headers(&mut parts.headers);
     }
-    let body = match release {
-        Some((sender, backend)) => ProxyBody::Pooled(body::PooledBody::new(body, sender, backend)),
-        None => ProxyBody::Upstream(body),
-    };
     if route.transform.maps_response_body() && crate::transform::is_json(&parts.headers) {
         let max = route.transform.max_body();
         // Boxed: only body-mapping routes pay for the collect state.

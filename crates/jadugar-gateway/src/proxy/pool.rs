@@ -1,59 +1,122 @@
 //! HTTP/1.1 upstream connections kept per instance.
 //!
 //! A connection to an `https` instance is TCP, then TLS (rustls; SNI and
-//! certificate name = the instance's host, ALPN `http/1.1`), then hyper's
-//! HTTP/1.1 handshake; the sender it yields has the same type either way,
-//! so the idle lists and the send path do not know about TLS.
+//! certificate name = the instance's host, ALPN `http/1.1`); either way it
+//! is an [`h1::Conn`] the request's own task drives (see [`h1`] for why
+//! not hyper's client connection). The response body carries the
+//! connection and puts it back in its instance's idle list when the
+//! response has been read to its end.
 //!
-//! hyper-util's pooled client returns a connection to its pool through a
-//! task spawned per request; this pool avoids that: the response body
-//! carries the connection's sender and puts it back when the body ends, and
-//! a checkout waits for the (usually immediate) readiness of the
-//! connection. A request that could not be written on a reused connection
-//! (the upstream closed it while idle) is retried on another one; nothing is
-//! retried once written.
+//! An idle connection is checked before reuse (the upstream may have
+//! closed it meanwhile) and dropped after `pool_idle_timeout_secs`. A
+//! request is retried on another connection when a reused connection
+//! failed before it was written, or, for idempotent methods with a body
+//! that can be replayed, closed before any byte of a response: the race
+//! with an upstream closing an idle connection. Nothing else is retried.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, Method};
 use jadugar_core::outbound::AddressPolicy;
 
 use super::body::RequestBody;
+use super::h1::{self, Conn, ExchangeError, PooledBody, ResponseHead, Stream};
 use crate::balance::Backend;
 
-/// Idle connections of one instance.
-#[derive(Debug, Default)]
-pub(crate) struct Idle {
-    senders: Mutex<Vec<SendRequest<RequestBody>>>,
+/// How long idle connections live and how many an instance keeps.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct IdleSettings {
+    /// Idle connections older than this are closed.
+    pub(crate) timeout: Duration,
+    /// Most idle connections kept per instance.
+    pub(crate) max: usize,
 }
 
-/// Most idle connections kept per instance.
-pub(crate) const MAX_IDLE: usize = 1024;
+impl Default for IdleSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(90),
+            max: 1024,
+        }
+    }
+}
+
+/// Idle connections of one instance, most recently used last.
+#[derive(Debug, Default)]
+pub(crate) struct Idle {
+    conns: Mutex<VecDeque<Box<Conn>>>,
+    settings: IdleSettings,
+}
 
 impl Idle {
-    fn pop(&self) -> Option<SendRequest<RequestBody>> {
-        self.senders
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
+    pub(crate) fn new(settings: IdleSettings) -> Self {
+        Self {
+            conns: Mutex::default(),
+            settings,
+        }
     }
 
-    pub(crate) fn push(&self, sender: SendRequest<RequestBody>) {
-        if sender.is_closed() {
-            return;
-        }
-        let mut senders = self
-            .senders
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Box<Conn>>> {
+        self.conns
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if senders.len() < MAX_IDLE {
-            senders.push(sender);
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently used connection that can still be used.
+    fn pop(&self) -> Option<Box<Conn>> {
+        let mut stale = Vec::new();
+        let found = {
+            let mut conns = self.lock();
+            loop {
+                let Some(conn) = conns.pop_back() else {
+                    break None;
+                };
+                if conn.idle_since.elapsed() > self.settings.timeout {
+                    // The rest are older still.
+                    stale.push(conn);
+                    stale.extend(conns.drain(..));
+                    break None;
+                }
+                if conn.is_usable() {
+                    break Some(conn);
+                }
+                stale.push(conn);
+            }
+        };
+        // Closed outside the lock.
+        drop(stale);
+        found
+    }
+
+    /// Keeps `conn` for reuse, closing those idle for too long.
+    pub(crate) fn push(&self, mut conn: Box<Conn>) {
+        let now = std::time::Instant::now();
+        conn.idle_since = now;
+        let mut stale = Vec::new();
+        {
+            let mut conns = self.lock();
+            while conns
+                .front()
+                .is_some_and(|c| now.duration_since(c.idle_since) > self.settings.timeout)
+            {
+                stale.extend(conns.pop_front());
+            }
+            if conns.len() < self.settings.max {
+                conns.push_back(conn);
+            } else {
+                stale.push(conn);
+            }
         }
+        drop(stale);
+    }
+}
+
+impl h1::Release for Backend {
+    fn release(&self, conn: Box<Conn>) {
+        self.idle.push(conn);
     }
 }
 
@@ -63,14 +126,14 @@ pub(crate) enum PoolError {
     /// No connection could be made.
     Connect(std::io::Error),
     /// The request failed after it was (possibly) written.
-    Request(hyper::Error),
+    Request(ExchangeError),
 }
 
 async fn connect(
     backend: &Backend,
     policy: &AddressPolicy,
     timeout: Duration,
-) -> Result<SendRequest<RequestBody>, PoolError> {
+) -> Result<Box<Conn>, PoolError> {
     let deadline = tokio::time::Instant::now() + timeout;
     let stream = match backend.socket_addr {
         Some(addr) => tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr))
@@ -86,12 +149,12 @@ async fn connect(
     }
     .map_err(PoolError::Connect)?;
     let _ = stream.set_nodelay(true);
-    match &backend.tls {
-        None => handshake(stream).await,
+    let stream = match &backend.tls {
+        None => Stream::Tcp(stream),
         Some(tls) => {
             // The TLS handshake shares the connect timeout with the TCP connect.
-            let handshake_ = tls.connector.connect(tls.server_name.clone(), stream);
-            let stream = tokio::time::timeout_at(deadline, handshake_)
+            let handshake = tls.connector.connect(tls.server_name.clone(), stream);
+            let stream = tokio::time::timeout_at(deadline, handshake)
                 .await
                 .map_err(|_| {
                     std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
@@ -101,60 +164,72 @@ async fn connect(
                     tracing::warn!(instance = %backend.label, error = %e, "TLS handshake with upstream failed");
                     PoolError::Connect(e)
                 })?;
-            handshake(stream).await
+            Stream::Tls(Box::new(stream))
         }
-    }
+    };
+    Ok(Box::new(Conn::new(stream)))
 }
 
-/// hyper's HTTP/1.1 handshake over `io`; the connection is driven by a task.
-async fn handshake<T>(io: T) -> Result<SendRequest<RequestBody>, PoolError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(PoolError::Request)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
-}
-
-/// Sends `req` on an idle or new connection of `backend`; returns the
-/// response and the sender to put back when its body ends.
+/// Sends a request on an idle or new connection of `backend`; returns the
+/// response head and its body, which holds the connection until it ends.
 pub(crate) async fn send(
     backend: &Arc<Backend>,
     policy: &AddressPolicy,
     connect_timeout: Duration,
-    mut req: Request<RequestBody>,
-) -> Result<(Response<Incoming>, SendRequest<RequestBody>), PoolError> {
+    method: &Method,
+    path_and_query: &str,
+    headers: &HeaderMap,
+    body: RequestBody,
+) -> Result<(ResponseHead, PooledBody), PoolError> {
+    // A body known in full can be sent again after a lost race with an
+    // upstream closing an idle connection.
+    let replay = match &body {
+        RequestBody::Full(data) => Some(data.clone()),
+        RequestBody::Empty => Some(None),
+        _ => None,
+    }
+    .filter(|_| is_idempotent(method));
+    let mut body = Some(body);
     loop {
-        let (mut sender, reused) = match backend.idle.pop() {
-            Some(s) => (s, true),
-            // Boxed: connecting (TCP, maybe TLS, the HTTP/1.1 handshake) is
-            // rare and its state is large; unboxed it would sit in, and be
-            // copied with, every request's future.
+        let (conn, reused) = match backend.idle.pop() {
+            Some(conn) => (conn, true),
+            // Boxed: connecting (TCP, maybe TLS) is rare and its state is
+            // large; unboxed it would sit in, and be copied with, every
+            // request's future.
             None => (
                 Box::pin(connect(backend, policy, connect_timeout)).await?,
                 false,
             ),
         };
-        if let Err(e) = sender.ready().await {
-            if reused {
-                continue;
-            }
-            return Err(PoolError::Request(e));
-        }
-        match sender.try_send_request(req).await {
-            Ok(res) => return Ok((res, sender)),
-            Err(mut e) => match e.take_message() {
-                Some(unsent) if reused => req = unsent,
-                _ => return Err(PoolError::Request(e.into_error())),
+        let attempt = match body.take() {
+            Some(b) => b,
+            None => match &replay {
+                Some(data) => RequestBody::Full(data.clone()),
+                None => return Err(PoolError::Connect(std::io::ErrorKind::NotConnected.into())),
             },
+        };
+        match conn
+            .exchange(method, path_and_query, headers, attempt)
+            .await
+        {
+            Ok((head, conn)) => {
+                let release: Arc<dyn h1::Release> = backend.clone();
+                let body = PooledBody::new(&head, conn, release);
+                return Ok((head, body));
+            }
+            Err(ExchangeError::NotWritten(_, unsent)) if reused => body = Some(unsent),
+            Err(ExchangeError::ClosedEarly(_)) if reused && replay.is_some() => {}
+            Err(e) => return Err(PoolError::Request(e)),
         }
     }
+}
+
+/// Methods RFC 9110 §9.2.2 calls idempotent.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 /// The socket address of an IP-literal endpoint.
