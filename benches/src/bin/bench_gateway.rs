@@ -21,15 +21,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use jadugar_auth::service::{NewApiKey, NewUser};
 use jadugar_auth::{AuthLayer, AuthService};
 use jadugar_gateway::model::{AuthPolicy, NameValue, PathMatch, RateKey, RateLimitSpec, RouteSpec};
-use jadugar_gateway::{ClientAddr, Gateway};
+use jadugar_gateway::Gateway;
 use tokio::net::TcpListener;
-use tower::{Layer, Service};
+use tower::Layer;
 
 /// Routes configured in `many-routes` mode (the measured one included).
 const MANY_ROUTES: usize = 10_000;
@@ -144,52 +141,6 @@ async fn api_key(auth: &AuthService) -> Result<String, Box<dyn std::error::Error
     Ok(key.secret)
 }
 
-/// Serves `service` on `listener` with the same hyper settings as
-/// [`jadugar_gateway::serve`] (which `plain` and `many-routes` use):
-/// HTTP/1.1 with upgrades and h2c, `TCP_NODELAY`, the client address in the
-/// request extensions.
-async fn serve_with<S>(listener: TcpListener, service: S) -> std::io::Result<()>
-where
-    S: Service<
-            hyper::Request<hyper::body::Incoming>,
-            Response = hyper::Response<jadugar_gateway::ProxyBody>,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-{
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(30));
-    builder.http2().timer(TokioTimer::new());
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(error) => {
-                eprintln!("bench_gateway: accept failed: {error}");
-                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let hyper_service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer));
-            service.clone().call(req)
-        });
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            // A client closing its connection mid-request is normal under load.
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), hyper_service)
-                .await;
-        });
-    }
-}
-
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let gateway = Gateway::builder(config(&args)).build().await?;
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -208,7 +159,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             std::fs::write(path, &secret)?;
         }
         let service = AuthLayer::new(auth).layer(gateway);
-        serve_with(listener, service).await?;
+        jadugar_gateway::serve_service(listener, service, std::future::pending()).await?;
     } else {
         jadugar_gateway::serve(listener, gateway, std::future::pending()).await?;
     }

@@ -71,7 +71,7 @@ use serde::Deserialize;
 
 pub use error::Error;
 pub use proxy::body::{ProxyBody, RequestBody};
-pub use server::serve;
+pub use server::{serve, serve_service};
 pub use service::{RouteSource, RouteView};
 
 use proxy::client::ClientCache;
@@ -355,16 +355,12 @@ impl Gateway {
 
     /// [`handle`](Self::handle) for a request from a known client address,
     /// without going through request extensions.
-    pub(crate) fn handle_from(
+    pub(crate) fn handle_request(
         &self,
-        req: Request<hyper::body::Incoming>,
+        req: Request<RequestBody>,
         peer: &proxy::Peer,
     ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static + use<> {
-        proxy::handle(
-            self.shared.clone(),
-            req.map(RequestBody::Incoming),
-            Some(peer.clone()),
-        )
+        proxy::handle(self.shared.clone(), req, Some(peer.clone()))
     }
 
     /// The number of routes in effect.

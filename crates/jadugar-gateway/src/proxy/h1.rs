@@ -510,7 +510,9 @@ impl Conn {
             ));
         }
         let head = self.read.split_to(len).freeze();
-        let mut headers = HeaderMap::with_capacity(self.offsets.len());
+        // Room for what the gateway adds (request id, rate-limit and
+        // transform headers) without growing.
+        let mut headers = HeaderMap::with_capacity(self.offsets.len() + 6);
         for &(ns, ne, vs, ve) in &self.offsets {
             let name = HeaderName::from_bytes(&head[ns..ne])
                 .map_err(|_| invalid("invalid header name"))?;
@@ -546,8 +548,11 @@ enum Parsed {
     Final(ResponseHead),
 }
 
-async fn write_all_vectored(io: &mut Stream, mut bufs: &mut [io::IoSlice<'_>]) -> io::Result<()> {
-    while !bufs.is_empty() {
+pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    mut bufs: &mut [io::IoSlice<'_>],
+) -> io::Result<()> {
+    while bufs.iter().any(|b| !b.is_empty()) {
         let n = io.write_vectored(bufs).await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -568,7 +573,7 @@ fn push_content_length(w: &mut Vec<u8>, len: u64) {
 }
 
 /// Writes `len` in hex followed by CRLF; returns the length written.
-fn hex_line(len: u64, out: &mut [u8; 18]) -> usize {
+pub(crate) fn hex_line(len: u64, out: &mut [u8; 18]) -> usize {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let digits = (64 - len.leading_zeros()).div_ceil(4).max(1) as usize;
     for (i, slot) in out[..digits].iter_mut().enumerate() {
@@ -638,7 +643,7 @@ fn keeps_alive(headers: &HeaderMap, version: Version) -> bool {
     !close && (version == Version::HTTP_11 || keep_alive)
 }
 
-fn trim(bytes: &[u8]) -> &[u8] {
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|b| !b.is_ascii_whitespace())
@@ -650,7 +655,7 @@ fn trim(bytes: &[u8]) -> &[u8] {
     &bytes[start..end]
 }
 
-fn parse_decimal(digits: &[u8]) -> Option<u64> {
+pub(crate) fn parse_decimal(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() || digits.len() > 19 {
         return None;
     }
