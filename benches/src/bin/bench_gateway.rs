@@ -23,8 +23,8 @@ use std::process::ExitCode;
 use clap::{Parser, ValueEnum};
 use jadugar_auth::service::{NewApiKey, NewUser};
 use jadugar_auth::{AuthLayer, AuthService};
-use jadugar_gateway::model::{AuthPolicy, NameValue, PathMatch, RateKey, RateLimitSpec, RouteSpec};
 use jadugar_gateway::Gateway;
+use jadugar_gateway::model::{AuthPolicy, NameValue, PathMatch, RateKey, RateLimitSpec, RouteSpec};
 use tokio::net::TcpListener;
 use tower::Layer;
 
