@@ -509,7 +509,14 @@ async fn unusual_requests_go_to_hyper() {
     // Malformed.
     let out = raw(gw, b"GET /r HTTP/1.1\r\nbad header\r\n\r\n").await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out}");
-    // Both Content-Length and Transfer-Encoding: never two requests.
+    // Two Content-Length fields (a smuggling attempt): hyper refuses them.
+    let out = raw(
+        gw,
+        b"POST /r HTTP/1.1\r\nhost: a\r\ncontent-length: 0\r\ncontent-length: 5\r\n\r\nhello",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out}");
+    // Both Content-Length and Transfer-Encoding: hyper decides.
     let out = raw(
         gw,
         b"POST /r HTTP/1.1\r\nhost: a\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\nGET /r HTTP/1.1\r\nhost: a\r\n\r\n",

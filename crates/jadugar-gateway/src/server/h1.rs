@@ -245,6 +245,7 @@ impl Conn {
             return Parse::Done(Next::Unusual);
         }
         let mut body_len: u64 = 0;
+        let mut has_length = false;
         let mut close = false;
         let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
         let base = self.read.as_ptr() as usize;
@@ -255,7 +256,10 @@ impl Conn {
                 match parse_decimal(trim(field.value)) {
                     // A second Content-Length, even an equal one, is hyper's
                     // to judge.
-                    Some(n) if n <= MAX_BODY && body_len == 0 => body_len = n,
+                    Some(n) if n <= MAX_BODY && !has_length => {
+                        body_len = n;
+                        has_length = true;
+                    }
                     _ => return Parse::Done(Next::Unusual),
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding")
@@ -367,7 +371,9 @@ impl Conn {
         w.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         w.extend_from_slice(b"\r\n");
         let mut has_date = false;
-        let mut close = close;
+        // An interim response would leave the client waiting for the final
+        // one: end the connection after it.
+        let mut close = close || status.is_informational();
         for (name, value) in &parts.headers {
             if name == header::CONTENT_LENGTH {
                 // A response to HEAD says how long the body would be.
