@@ -31,9 +31,12 @@
 //! The route table is an immutable snapshot behind an atomic pointer swap
 //! (`arc-swap`): a request takes no lock to find its route, admin changes
 //! build a whole new snapshot and swap it in, and requests in flight keep
-//! the snapshot they started with. Upstream connections are pooled
-//! (hyper-util's client, keep-alive, HTTP/1.1 or HTTP/2); bodies stream
-//! both ways; balancer and health counters are atomics.
+//! the snapshot they started with. HTTP/1.1 upstream connections are the
+//! gateway's own, kept alive per instance and driven by the task serving
+//! the request (HTTP/2 and upgrades go through hyper-util's client);
+//! [`serve`] and [`serve_service`] answer ordinary HTTP/1.1 requests with
+//! their own loop and give any other connection to hyper's server; bodies
+//! stream both ways; balancer and health counters are atomics.
 
 pub mod balance;
 pub mod docs;
