@@ -479,20 +479,21 @@ async fn send(
     if let Some(budget) = &route.budget {
         budget.deposit();
     }
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let saved = retryable.then(|| (parts.method.clone(), parts.headers.clone()));
-    let mut pending = Some((parts, body));
+    let mut body = Some(body);
     let mut attempt = 0;
     let policy = shared.clients.policy();
     loop {
-        let (mut parts, body) = match pending.take() {
-            Some(p) => p,
+        // A retry (only ever of a request without a body) starts again
+        // from the head as it came in.
+        let body = match body.take() {
+            Some(b) => b,
             None => match &saved {
                 Some((method, headers)) => {
-                    let (mut parts, ()) = Request::new(()).into_parts();
                     parts.method = method.clone();
                     parts.headers = headers.clone();
-                    (parts, RequestBody::Empty)
+                    RequestBody::Empty
                 }
                 None => return (Err(Failure::Upstream), None, None),
             },
@@ -546,25 +547,12 @@ async fn send(
                 Err(_) => Err(Failure::Timeout),
             }
         } else {
-            let out = match outbound(route.preserve_host, &backend, &mut parts, body, &pq, h2) {
-                Ok(out) => out,
-                Err(failure) => return (Err(failure), Some(backend.label.clone()), None),
-            };
-            let client = if upgrade {
-                &route.upgrade_client
-            } else {
-                &route.client
-            };
-            match tokio::time::timeout(route.request_timeout, client.request(out)).await {
-                // The upgrade handle stays in the extensions.
-                Ok(Ok(res)) => Ok(res.map(ProxyBody::Upstream)),
-                Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
-                Ok(Err(e)) => {
-                    tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
-                    Err(Failure::Upstream)
-                }
-                Err(_) => Err(Failure::Timeout),
-            }
+            // Boxed: HTTP/2 and upgrades keep their (hyper-util) state out
+            // of every HTTP/1.1 request's future.
+            Box::pin(via_client(
+                route, &backend, &mut parts, body, &pq, h2, upgrade,
+            ))
+            .await
         };
         route.metrics.in_flight.decrement(1.0);
         drop(in_flight);
@@ -587,6 +575,34 @@ async fn send(
             continue;
         }
         return (result, Some(backend.label.clone()), latency);
+    }
+}
+
+/// One attempt through hyper-util's client (HTTP/2, upgrades).
+async fn via_client(
+    route: &CompiledRoute,
+    backend: &Backend,
+    parts: &mut http::request::Parts,
+    body: RequestBody,
+    pq: &PathAndQuery,
+    h2: bool,
+    upgrade: bool,
+) -> Result<Upstream, Failure> {
+    let out = outbound(route.preserve_host, backend, parts, body, pq, h2)?;
+    let client = if upgrade {
+        &route.upgrade_client
+    } else {
+        &route.client
+    };
+    match tokio::time::timeout(route.request_timeout, client.request(out)).await {
+        // The upgrade handle stays in the extensions.
+        Ok(Ok(res)) => Ok(res.map(ProxyBody::Upstream)),
+        Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+        Ok(Err(e)) => {
+            tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
+            Err(Failure::Upstream)
+        }
+        Err(_) => Err(Failure::Timeout),
     }
 }
 

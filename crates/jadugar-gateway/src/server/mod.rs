@@ -69,9 +69,15 @@ pub async fn serve(
 ///
 /// ```no_run
 /// # async fn demo(gateway: jadugar_gateway::Gateway) -> std::io::Result<()> {
+/// use jadugar_gateway::RequestBody;
 /// use tower::ServiceBuilder;
+///
+/// // Any tower stack over the gateway: here, one that tags every request.
 /// let service = ServiceBuilder::new()
-///     .layer(tower_http::timeout::TimeoutLayer::new(std::time::Duration::from_secs(60)))
+///     .map_request(|mut req: http::Request<RequestBody>| {
+///         req.headers_mut().insert("x-edge", http::HeaderValue::from_static("eu-1"));
+///         req
+///     })
 ///     .service(gateway);
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 /// jadugar_gateway::serve_service(listener, service, std::future::pending()).await
