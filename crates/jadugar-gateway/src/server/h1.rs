@@ -177,7 +177,10 @@ where
             }
         };
         let head_request = req.method() == Method::HEAD;
-        let Some(res) = conn.run(service(req)).await else {
+        // Pinned where it is made: the request's future is the largest
+        // value here and is not moved again.
+        let fut = pin!(service(req));
+        let Some(res) = conn.run(fut).await else {
             // The client went away: dropping the future cancels the
             // upstream exchange.
             return Outcome::Closed;
@@ -321,11 +324,10 @@ impl Conn {
 
     /// Runs the service's future while watching the connection: bytes the
     /// client pipelines are kept, its closing cancels the request.
-    async fn run<Fut>(&mut self, fut: Fut) -> Option<Response<ProxyBody>>
+    async fn run<Fut>(&mut self, mut fut: Pin<&mut Fut>) -> Option<Response<ProxyBody>>
     where
         Fut: Future<Output = Response<ProxyBody>>,
     {
-        let mut fut = pin!(fut);
         let mut watch = true;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(res) = fut.as_mut().poll(cx) {
