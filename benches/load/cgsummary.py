@@ -66,14 +66,16 @@ def main() -> None:
     parser.add_argument("--requests", type=int, required=True)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--callees", default=r"route_and_proxy|remove_hop_by_hop|set_forwarded_for")
-    parser.add_argument("--callers", default=r"^__memcpy|^_int_malloc$|^malloc$")
+    parser.add_argument("--callers", default=r"^__memcpy|^_int_malloc$|^malloc$|^mi_malloc_aligned$")
     parser.add_argument("--label", default="")
     args = parser.parse_args()
     exclusive, calls, counts = parse(args.file)
     n = args.requests
     total = sum(exclusive.values())
     print(f"## {args.label}: {total / n:,.0f} user-space instructions per request ({total:,} Ir over {n:,} requests)\n")
-    allocs = sum(c for f, c in counts.items() if f in ("malloc", "calloc", "realloc"))
+    # glibc's entry points, and mimalloc's as Rust's `GlobalAlloc` calls them.
+    entries = ("malloc", "calloc", "realloc", "mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned")
+    allocs = sum(c for f, c in counts.items() if f in entries)
     print(f"Heap allocations (malloc/calloc/realloc calls) per request: {allocs / n:.1f}\n")
     print("Exclusive cost (Ir per request, share):")
     for fn, cost in exclusive.most_common(args.top):
