@@ -471,65 +471,73 @@ impl Conn {
         }
     }
 
-    /// Parses a response head from the front of the read buffer and
-    /// consumes it; `None` while incomplete.
     fn parse_head(&mut self, head_request: bool) -> io::Result<Option<Parsed>> {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut fields);
-        let len = match response.parse(&self.read) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => {
-                return Err(invalid(&format!("invalid response head: {e}")));
-            }
-        };
-        let code = response.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid status code"))?;
-        let version = if response.version == Some(0) {
-            Version::HTTP_10
-        } else {
-            Version::HTTP_11
-        };
-        if status.is_informational() {
-            if status == StatusCode::SWITCHING_PROTOCOLS {
-                return Err(invalid("unexpected 101 response"));
-            }
-            self.read.advance(len);
-            return Ok(Some(Parsed::Interim));
-        }
-        let base = self.read.as_ptr() as usize;
-        self.offsets.clear();
-        for field in response.headers.iter() {
-            let name = field.name.as_ptr() as usize - base;
-            let value = field.value.as_ptr() as usize - base;
-            self.offsets.push((
-                name,
-                name + field.name.len(),
-                value,
-                value + field.value.len(),
-            ));
-        }
-        let head = self.read.split_to(len).freeze();
-        // Room for what the gateway adds (request id, rate-limit and
-        // transform headers) without growing.
-        let mut headers = HeaderMap::with_capacity(self.offsets.len() + 6);
-        for &(ns, ne, vs, ve) in &self.offsets {
-            let name = HeaderName::from_bytes(&head[ns..ne])
-                .map_err(|_| invalid("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-                .map_err(|_| invalid("invalid header value"))?;
-            headers.append(name, value);
-        }
-        let (framing, framing_allows_reuse) = framing(&headers, status, head_request)?;
-        let keep_alive = framing_allows_reuse && keeps_alive(&headers, version);
-        Ok(Some(Parsed::Final(ResponseHead {
-            status,
-            version,
-            headers,
-            framing,
-            keep_alive,
-        })))
+        parse_response_head(&mut self.read, &mut self.offsets, head_request)
     }
+}
+
+/// Parses a response head from the front of `read` and consumes it;
+/// `None` while incomplete. `offsets` is scratch space kept by the caller.
+fn parse_response_head(
+    read: &mut BytesMut,
+    offsets: &mut Vec<HeaderOffsets>,
+    head_request: bool,
+) -> io::Result<Option<Parsed>> {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut fields);
+    let len = match response.parse(read) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => {
+            return Err(invalid(&format!("invalid response head: {e}")));
+        }
+    };
+    let code = response.code.unwrap_or(0);
+    let status = StatusCode::from_u16(code).map_err(|_| invalid("invalid status code"))?;
+    let version = if response.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    if status.is_informational() {
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(invalid("unexpected 101 response"));
+        }
+        read.advance(len);
+        return Ok(Some(Parsed::Interim));
+    }
+    let base = read.as_ptr() as usize;
+    offsets.clear();
+    for field in response.headers.iter() {
+        let name = field.name.as_ptr() as usize - base;
+        let value = field.value.as_ptr() as usize - base;
+        offsets.push((
+            name,
+            name + field.name.len(),
+            value,
+            value + field.value.len(),
+        ));
+    }
+    let head = read.split_to(len).freeze();
+    // Room for what the gateway adds (request id, rate-limit and
+    // transform headers) without growing.
+    let mut headers = HeaderMap::with_capacity(offsets.len() + 6);
+    for &(ns, ne, vs, ve) in offsets.iter() {
+        let name =
+            HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| invalid("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let (framing, framing_allows_reuse) = framing(&headers, status, head_request)?;
+    let keep_alive = framing_allows_reuse && keeps_alive(&headers, version);
+    Ok(Some(Parsed::Final(ResponseHead {
+        status,
+        version,
+        headers,
+        framing,
+        keep_alive,
+    })))
 }
 
 impl ResponseHead {
@@ -1056,5 +1064,86 @@ mod tests {
             &h(&[("connection", "keep-alive")]),
             Version::HTTP_10
         ));
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Chunked data, however it is cut into chunks and however the
+        /// reads split it, decodes to what was sent.
+        #[test]
+        fn chunked_round_trip(
+            data in proptest::collection::vec(any::<u8>(), 0..2000),
+            sizes in proptest::collection::vec(1usize..300, 1..20),
+            cuts in proptest::collection::vec(1usize..64, 1..50),
+        ) {
+            let mut wire = Vec::new();
+            let mut rest = &data[..];
+            let mut i = 0;
+            while !rest.is_empty() {
+                let n = sizes[i % sizes.len()].min(rest.len());
+                wire.extend_from_slice(format!("{n:X}\r\n").as_bytes());
+                wire.extend_from_slice(&rest[..n]);
+                wire.extend_from_slice(b"\r\n");
+                rest = &rest[n..];
+                i += 1;
+            }
+            wire.extend_from_slice(b"0\r\nx-t: 1\r\n\r\n");
+            let mut buf = BytesMut::new();
+            let mut fed = 0;
+            let mut cut = 0;
+            let mut state = Chunk::Size;
+            let mut out = Vec::new();
+            loop {
+                match decode_chunk(&mut buf, state).map_err(|e| TestCaseError::fail(e.to_string()))? {
+                    Decoded::Data(d, next) => { out.extend_from_slice(&d); state = next; }
+                    Decoded::Next(next) => state = next,
+                    Decoded::NeedMore(next) => {
+                        prop_assert!(fed < wire.len(), "decoder wants more than was sent");
+                        let n = cuts[cut % cuts.len()].min(wire.len() - fed);
+                        buf.extend_from_slice(&wire[fed..fed + n]);
+                        fed += n;
+                        cut += 1;
+                        state = next;
+                    }
+                    Decoded::End => break,
+                }
+            }
+            prop_assert_eq!(out, data);
+            prop_assert_eq!(fed, wire.len());
+            prop_assert!(buf.is_empty());
+        }
+
+        /// Whatever an upstream sends, parsing it never panics.
+        #[test]
+        fn arbitrary_response_heads_never_panic(
+            line in "HTTP/1\\.[01] [0-9]{3} [ -~]{0,20}\r\n",
+            rest in proptest::collection::vec(any::<u8>(), 0..512),
+            head_request in any::<bool>(),
+        ) {
+            let mut bytes = line.into_bytes();
+            bytes.extend_from_slice(&rest);
+            bytes.extend_from_slice(b"\r\n\r\n");
+            let _ = parse_response_head(&mut BytesMut::from(&bytes[..]), &mut Vec::new(), head_request);
+            let _ = parse_response_head(&mut BytesMut::from(&rest[..]), &mut Vec::new(), head_request);
+        }
+
+        /// Arbitrary chunked framing never panics either.
+        #[test]
+        fn arbitrary_chunked_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let mut state = Chunk::Size;
+            for _ in 0..1000 {
+                match decode_chunk(&mut buf, state) {
+                    Ok(Decoded::Data(_, next) | Decoded::Next(next)) => state = next,
+                    Ok(Decoded::NeedMore(_) | Decoded::End) | Err(_) => break,
+                }
+            }
+        }
     }
 }

@@ -228,98 +228,8 @@ impl Conn {
         }
     }
 
-    /// Parses the request at the front of the read buffer.
     fn parse(&mut self) -> Parse {
-        let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut parsed = httparse::Request::new(&mut fields);
-        let len = match parsed.parse(&self.read) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Parse::Partial,
-            // Malformed, or more fields than read here: hyper answers.
-            Err(_) => return Parse::Done(Next::Unusual),
-        };
-        if parsed.version != Some(1) {
-            return Parse::Done(Next::Unusual);
-        }
-        let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
-            return Parse::Done(Next::Unusual);
-        };
-        if !path.starts_with('/') || method == "CONNECT" {
-            return Parse::Done(Next::Unusual);
-        }
-        let mut body_len: u64 = 0;
-        let mut has_length = false;
-        let mut close = false;
-        let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
-        let base = self.read.as_ptr() as usize;
-        let count = parsed.headers.len();
-        for (field, slot) in parsed.headers.iter().zip(offsets.iter_mut()) {
-            let name = field.name.as_bytes();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                match parse_decimal(trim(field.value)) {
-                    // A second Content-Length, even an equal one, is hyper's
-                    // to judge.
-                    Some(n) if n <= MAX_BODY && !has_length => {
-                        body_len = n;
-                        has_length = true;
-                    }
-                    _ => return Parse::Done(Next::Unusual),
-                }
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-                || name.eq_ignore_ascii_case(b"expect")
-                || name.eq_ignore_ascii_case(b"upgrade")
-            {
-                return Parse::Done(Next::Unusual);
-            } else if name.eq_ignore_ascii_case(b"connection") {
-                for token in field.value.split(|b| *b == b',') {
-                    let token = trim(token);
-                    if token.eq_ignore_ascii_case(b"upgrade") {
-                        return Parse::Done(Next::Unusual);
-                    }
-                    close |= token.eq_ignore_ascii_case(b"close");
-                }
-            }
-            let n = field.name.as_ptr() as usize - base;
-            let v = field.value.as_ptr() as usize - base;
-            *slot = (n, n + field.name.len(), v, v + field.value.len());
-        }
-        let path_start = path.as_ptr() as usize - base;
-        let path_end = path_start + path.len();
-        let method = match Method::from_bytes(method.as_bytes()) {
-            Ok(m) => m,
-            Err(_) => return Parse::Done(Next::Unusual),
-        };
-        let total = len + usize::try_from(body_len).unwrap_or(usize::MAX);
-        if self.read.len() < total {
-            return Parse::NeedBody(total);
-        }
-        let head = self.read.split_to(len).freeze();
-        let body = if body_len > 0 {
-            RequestBody::Full(Some(self.read.split_to(total - len).freeze()))
-        } else {
-            RequestBody::Empty
-        };
-        let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else {
-            return Parse::Done(Next::BadRequest("invalid request target"));
-        };
-        // Room for what the gateway adds (forwarding headers, request id)
-        // without growing.
-        let mut headers = HeaderMap::with_capacity(count + 6);
-        for &(ns, ne, vs, ve) in &offsets[..count] {
-            let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(&head[ns..ne]),
-                HeaderValue::from_maybe_shared(head.slice(vs..ve)),
-            ) else {
-                return Parse::Done(Next::BadRequest("invalid header field"));
-            };
-            headers.append(name, value);
-        }
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = uri;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
-        Parse::Done(Next::Request(req, close))
+        parse(&mut self.read)
     }
 
     /// Runs the service's future while watching the connection: bytes the
@@ -482,6 +392,100 @@ impl Conn {
     }
 }
 
+/// Parses the request at the front of `read`, consuming it when complete.
+fn parse(read: &mut BytesMut) -> Parse {
+    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut fields);
+    let len = match parsed.parse(read) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Parse::Partial,
+        // Malformed, or more fields than read here: hyper answers.
+        Err(_) => return Parse::Done(Next::Unusual),
+    };
+    if parsed.version != Some(1) {
+        return Parse::Done(Next::Unusual);
+    }
+    let (Some(method), Some(path)) = (parsed.method, parsed.path) else {
+        return Parse::Done(Next::Unusual);
+    };
+    if !path.starts_with('/') || method == "CONNECT" {
+        return Parse::Done(Next::Unusual);
+    }
+    let mut body_len: u64 = 0;
+    let mut has_length = false;
+    let mut close = false;
+    let mut offsets = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let base = read.as_ptr() as usize;
+    let count = parsed.headers.len();
+    for (field, slot) in parsed.headers.iter().zip(offsets.iter_mut()) {
+        let name = field.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            match parse_decimal(trim(field.value)) {
+                // A second Content-Length, even an equal one, is hyper's
+                // to judge.
+                Some(n) if n <= MAX_BODY && !has_length => {
+                    body_len = n;
+                    has_length = true;
+                }
+                _ => return Parse::Done(Next::Unusual),
+            }
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+        {
+            return Parse::Done(Next::Unusual);
+        } else if name.eq_ignore_ascii_case(b"connection") {
+            for token in field.value.split(|b| *b == b',') {
+                let token = trim(token);
+                if token.eq_ignore_ascii_case(b"upgrade") {
+                    return Parse::Done(Next::Unusual);
+                }
+                close |= token.eq_ignore_ascii_case(b"close");
+            }
+        }
+        let n = field.name.as_ptr() as usize - base;
+        let v = field.value.as_ptr() as usize - base;
+        *slot = (n, n + field.name.len(), v, v + field.value.len());
+    }
+    let path_start = path.as_ptr() as usize - base;
+    let path_end = path_start + path.len();
+    let method = match Method::from_bytes(method.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => return Parse::Done(Next::Unusual),
+    };
+    let total = len + usize::try_from(body_len).unwrap_or(usize::MAX);
+    if read.len() < total {
+        return Parse::NeedBody(total);
+    }
+    let head = read.split_to(len).freeze();
+    let body = if body_len > 0 {
+        RequestBody::Full(Some(read.split_to(total - len).freeze()))
+    } else {
+        RequestBody::Empty
+    };
+    let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else {
+        return Parse::Done(Next::BadRequest("invalid request target"));
+    };
+    // Room for what the gateway adds (forwarding headers, request id)
+    // without growing.
+    let mut headers = HeaderMap::with_capacity(count + 6);
+    for &(ns, ne, vs, ve) in &offsets[..count] {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(&head[ns..ne]),
+            HeaderValue::from_maybe_shared(head.slice(vs..ve)),
+        ) else {
+            return Parse::Done(Next::BadRequest("invalid header field"));
+        };
+        headers.append(name, value);
+    }
+    let mut req = Request::new(body);
+    *req.method_mut() = method;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Parse::Done(Next::Request(req, close))
+}
+
 /// Whether the frame just taken (empty = the body ended) is the last.
 fn frame_is_last(body: &ProxyBody, ended: bool) -> bool {
     ended || body.is_end_stream()
@@ -525,5 +529,108 @@ mod date {
             }
             out.extend_from_slice(&cached.1);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http_body_util::BodyExt as _;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn parse_all(bytes: &[u8]) -> Parse {
+        parse(&mut BytesMut::from(bytes))
+    }
+
+    proptest! {
+        /// Whatever arrives, parsing classifies it; it never panics.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
+            let _ = parse_all(&bytes);
+        }
+
+        /// Arbitrary bytes behind a plausible request line, likewise.
+        #[test]
+        fn arbitrary_heads_never_panic(
+            line in "(GET|POST|HEAD|PUT) /[ -~]{0,40} HTTP/1\\.[01]\r\n",
+            rest in proptest::collection::vec(any::<u8>(), 0..512),
+        ) {
+            let mut bytes = line.into_bytes();
+            bytes.extend_from_slice(&rest);
+            bytes.extend_from_slice(b"\r\n\r\n");
+            let _ = parse_all(&bytes);
+        }
+
+        /// A well-formed request comes out as sent.
+        #[test]
+        fn requests_round_trip(
+            method in "(GET|POST|DELETE|PATCH)",
+            path in "/[a-zA-Z0-9/._~-]{0,30}(\\?[a-z0-9=&]{0,20})?",
+            fields in proptest::collection::vec(("x-[a-z]{1,12}", "[ -~]{0,40}"), 0..12),
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            let mut wire = format!("{method} {path} HTTP/1.1\r\nhost: example.test\r\n");
+            for (n, v) in &fields {
+                wire.push_str(&format!("{n}: {v}\r\n"));
+            }
+            wire.push_str(&format!("content-length: {}\r\n\r\n", body.len()));
+            let mut bytes = wire.into_bytes();
+            bytes.extend_from_slice(&body);
+            bytes.extend_from_slice(b"GET /next HTTP/1.1\r\n\r\n");
+            let mut read = BytesMut::from(&bytes[..]);
+            let Parse::Done(Next::Request(req, close)) = parse(&mut read) else {
+                panic!("not parsed as a request");
+            };
+            prop_assert!(!close);
+            prop_assert_eq!(req.method().as_str(), method.as_str());
+            prop_assert_eq!(req.uri().to_string(), path);
+            for (n, v) in &fields {
+                prop_assert!(req.headers().get_all(n.as_str()).iter().any(|h| h.as_bytes() == v.trim().as_bytes()));
+            }
+            let got = futures_util::FutureExt::now_or_never(req.into_body().collect())
+                .expect("a buffered body is ready")
+                .map(|c| c.to_bytes())
+                .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(&got[..], &body[..]);
+            // The pipelined request stays in the buffer.
+            prop_assert_eq!(&read[..], b"GET /next HTTP/1.1\r\n\r\n");
+        }
+    }
+
+    #[test]
+    fn requests_it_does_not_take() {
+        for wire in [
+            &b"GET / HTTP/1.0\r\n\r\n"[..],
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+            b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            b"GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            b"GET / HTTP/1.1\r\nconnection: Upgrade\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\nx",
+            b"POST / HTTP/1.1\r\ncontent-length: 99999999\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: +1\r\n\r\nx",
+            b"GET / HTTP/1.1\r\nbad header\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse_all(wire), Parse::Done(Next::Unusual)),
+                "{:?}",
+                String::from_utf8_lossy(wire)
+            );
+        }
+        assert!(matches!(
+            parse_all(b"GET / HTTP/1.1\r\nhost: a\r\n"),
+            Parse::Partial
+        ));
+        assert!(matches!(
+            parse_all(b"POST / HTTP/1.1\r\ncontent-length: 10\r\n\r\nabc"),
+            Parse::NeedBody(49)
+        ));
+        assert!(matches!(
+            parse_all(b"GET / HTTP/1.1\r\nconnection: keep-alive, close\r\n\r\n"),
+            Parse::Done(Next::Request(_, true))
+        ));
     }
 }
