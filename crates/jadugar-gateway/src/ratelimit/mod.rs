@@ -68,6 +68,19 @@ pub const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// Default hard cap on distinct keys kept in process per limiter.
 pub const DEFAULT_MAX_KEYS: usize = 2_000_000;
 
+/// `n` as a header value; the small numbers most limits and resets use are
+/// formatted once and shared, not allocated per response.
+fn number(n: u64) -> HeaderValue {
+    const SHARED: usize = 1024;
+    static VALUES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let values = VALUES.get_or_init(|| (0..SHARED as u64).map(HeaderValue::from).collect());
+    usize::try_from(n)
+        .ok()
+        .and_then(|i| values.get(i))
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from(n))
+}
+
 /// The outcome of one check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
@@ -91,14 +104,11 @@ impl Decision {
         if self.degraded {
             return;
         }
-        headers.insert(LIMIT, HeaderValue::from(self.limit));
-        headers.insert(REMAINING, HeaderValue::from(self.remaining));
-        headers.insert(RESET, HeaderValue::from(self.reset_secs));
+        headers.insert(LIMIT, number(u64::from(self.limit)));
+        headers.insert(REMAINING, number(u64::from(self.remaining)));
+        headers.insert(RESET, number(self.reset_secs));
         if !self.allowed {
-            headers.insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(self.retry_after_secs),
-            );
+            headers.insert(http::header::RETRY_AFTER, number(self.retry_after_secs));
         }
     }
 
@@ -334,6 +344,27 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn header_numbers_small_and_large() {
+        for n in [0u64, 1, 9, 10, 1023, 1024, 1_000_000_000, u64::MAX] {
+            assert_eq!(number(n), n.to_string());
+        }
+        let d = Decision {
+            allowed: false,
+            limit: 100,
+            remaining: 0,
+            reset_secs: 60,
+            retry_after_secs: 7,
+            degraded: false,
+        };
+        let mut h = HeaderMap::new();
+        d.apply_headers(&mut h);
+        assert_eq!(h[LIMIT], "100");
+        assert_eq!(h[REMAINING], "0");
+        assert_eq!(h[RESET], "60");
+        assert_eq!(h[http::header::RETRY_AFTER], "7");
+    }
     use super::*;
 
     fn spec(requests: u32, per_secs: u32) -> RateLimitSpec {
