@@ -74,6 +74,17 @@ impl RequestId {
         valid.then(|| Self(value.to_owned()))
     }
 
+    /// The id as a header value, reusing its text (no copy).
+    ///
+    /// ```
+    /// let id = jadugar_core::request_id::RequestId::generate();
+    /// let text = id.as_str().to_owned();
+    /// assert_eq!(id.into_header_value().unwrap(), text.as_str());
+    /// ```
+    pub fn into_header_value(self) -> Option<http::HeaderValue> {
+        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.0)).ok()
+    }
+
     /// The id as text.
     pub fn as_str(&self) -> &str {
         &self.0

@@ -92,8 +92,7 @@ pub(crate) async fn handle(
     let request_id = match req.headers().get(&request_id::HEADER) {
         Some(v) => Some(v.clone()),
         None if shared.config.request_id => {
-            let id = RequestId::generate();
-            let v = HeaderValue::from_str(id.as_str()).ok();
+            let v = RequestId::generate().into_header_value();
             if let Some(v) = &v {
                 req.headers_mut().insert(request_id::HEADER, v.clone());
             }
