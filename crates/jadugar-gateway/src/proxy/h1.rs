@@ -285,8 +285,10 @@ impl Conn {
         }
         match outgoing {
             Outgoing::Inline(_) => {}
-            Outgoing::Length(body, len) => self.write_body(body, Some(len)).await?,
-            Outgoing::Chunked(body) => self.write_body(body, None).await?,
+            // Boxed: streamed bodies are the rare case; their state would
+            // otherwise sit in every request's future.
+            Outgoing::Length(body, len) => Box::pin(self.write_body(body, Some(len))).await?,
+            Outgoing::Chunked(body) => Box::pin(self.write_body(body, None)).await?,
         }
         let head = self.read_head(method == Method::HEAD).await?;
         Ok((head, self))
