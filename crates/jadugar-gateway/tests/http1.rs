@@ -164,6 +164,8 @@ where
                         }
                         Reply::BytesThenClose(b) => {
                             let _ = stream.write_all(&b).await;
+                            drop(stream);
+                            let _ = closed_tx.send(());
                             return;
                         }
                         Reply::Slow(wait) => {
@@ -206,12 +208,18 @@ async fn raw(gw: SocketAddr, request: &[u8]) -> String {
     read_to_end_or_idle(&mut stream).await
 }
 
-/// Reads until the peer closes or is quiet for 300 ms.
+/// Reads until the peer closes, or is quiet for 500 ms after answering
+/// (up to 10 s for the first byte, for slow CI machines).
 async fn read_to_end_or_idle(stream: &mut TcpStream) -> String {
     let mut out = Vec::new();
     loop {
         let mut chunk = [0u8; 8192];
-        match tokio::time::timeout(Duration::from_millis(300), stream.read(&mut chunk)).await {
+        let wait = if out.is_empty() {
+            Duration::from_secs(10)
+        } else {
+            Duration::from_millis(500)
+        };
+        match tokio::time::timeout(wait, stream.read(&mut chunk)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
             Ok(Ok(n)) => out.extend_from_slice(&chunk[..n]),
         }
@@ -382,7 +390,7 @@ async fn head_and_no_content_responses_have_no_body_and_keep_the_connection() {
 async fn idle_connections_closed_by_the_upstream_are_not_used() {
     // The upstream closes every connection right after its response,
     // without saying so.
-    let (up, mut seen, accepted, _) = scripted(|_| {
+    let (up, mut seen, accepted, mut closed) = scripted(|_| {
         Reply::BytesThenClose(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec())
     })
     .await;
@@ -400,8 +408,10 @@ async fn idle_connections_closed_by_the_upstream_are_not_used() {
         let req = seen.recv().await.unwrap();
         assert!(req.head.starts_with(method));
         assert_eq!(req.body, b"data");
-        // Let the close reach the gateway's idle connection.
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        // The upstream has closed the connection the gateway now keeps idle
+        // (the non-idempotent requests would fail if it were used).
+        closed.recv().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 4);
 }
