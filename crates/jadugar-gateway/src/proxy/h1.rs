@@ -738,6 +738,16 @@ impl PooledBody {
         Poll::Ready(Some(Err(Box::new(e))))
     }
 
+    /// Reads more of a body that is not complete: the upstream closing
+    /// the connection now is an error.
+    fn poll_more(conn: &mut Conn, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<()>> {
+        match ready!(Self::poll_fill(conn, cx, want)) {
+            Ok(0) => Poll::Ready(Err(invalid("upstream closed the connection mid-body"))),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
     /// Reads more from the upstream; `Ok(0)` at its end.
     fn poll_fill(conn: &mut Conn, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
         conn.read.reserve(want.clamp(READ_CHUNK, MAX_READ));
@@ -757,13 +767,8 @@ impl PooledBody {
                 Framing::Length(remaining) => {
                     if conn.read.is_empty() {
                         let want = usize::try_from(remaining).unwrap_or(MAX_READ);
-                        match ready!(Self::poll_fill(conn, cx, want)) {
-                            Ok(0) => {
-                                return self
-                                    .fail(invalid("upstream closed the connection mid-body"));
-                            }
-                            Ok(_) => {}
-                            Err(e) => return self.fail(e),
+                        if let Err(e) = ready!(Self::poll_more(conn, cx, want)) {
+                            return self.fail(e);
                         }
                     }
                     let take = conn
@@ -806,13 +811,8 @@ impl PooledBody {
                             Chunk::Data(n) => usize::try_from(n).unwrap_or(MAX_READ),
                             _ => READ_CHUNK,
                         };
-                        match ready!(Self::poll_fill(conn, cx, want)) {
-                            Ok(0) => {
-                                return self
-                                    .fail(invalid("upstream closed the connection mid-body"));
-                            }
-                            Ok(_) => {}
-                            Err(e) => return self.fail(e),
+                        if let Err(e) = ready!(Self::poll_more(conn, cx, want)) {
+                            return self.fail(e);
                         }
                     }
                     Err(e) => return self.fail(e),
