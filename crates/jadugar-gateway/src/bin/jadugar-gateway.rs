@@ -13,7 +13,7 @@ use std::sync::Arc;
 use clap::Parser;
 use jadugar_core::{Principal, PrincipalKind};
 use jadugar_gateway::model::{PathMatch, RouteSpec};
-use jadugar_gateway::{ClientAddr, Gateway};
+use jadugar_gateway::Gateway;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -184,31 +184,14 @@ async fn serve_with_keys(
     keys: Arc<HashMap<[u8; 32], Principal>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            accepted = listener.accept() => match accepted { Ok(p) => p, Err(_) => continue },
-        };
-        let _ = stream.set_nodelay(true);
-        let gw = gateway.clone();
-        let keys = keys.clone();
-        let service =
-            hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ClientAddr(peer));
-                if let Some(p) = authenticate(&keys, req.headers()) {
-                    req.extensions_mut().insert(p);
-                }
-                let fut = gw.handle(req);
-                async move { Ok::<_, std::convert::Infallible>(fut.await) }
-            });
-        let builder = builder.clone();
-        tokio::spawn(async move {
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+    let service = tower::service_fn(
+        move |mut req: http::Request<jadugar_gateway::RequestBody>| {
+            if let Some(p) = authenticate(&keys, req.headers()) {
+                req.extensions_mut().insert(p);
+            }
+            let fut = gateway.handle(req);
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        },
+    );
+    jadugar_gateway::serve_service(listener, service, shutdown).await
 }
