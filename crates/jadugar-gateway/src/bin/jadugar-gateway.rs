@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use clap::Parser;
 use jadugar_core::{Principal, PrincipalKind};
-use jadugar_gateway::model::{PathMatch, RouteSpec};
 use jadugar_gateway::Gateway;
+use jadugar_gateway::model::{PathMatch, RouteSpec};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
