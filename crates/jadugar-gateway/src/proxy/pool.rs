@@ -45,7 +45,7 @@ impl Default for IdleSettings {
 }
 
 /// Idle connections of one instance, most recently used last.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Idle {
     conns: Mutex<VecDeque<Box<Conn>>>,
     settings: IdleSettings,

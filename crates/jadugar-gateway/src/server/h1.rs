@@ -363,7 +363,8 @@ impl Conn {
                     return Err(io::Error::other("response body failed"));
                 }
             };
-            let end = frame_is_last(&body, data.is_empty());
+            // An empty frame here means the body ended.
+            let end = data.is_empty() || body.is_end_stream();
             sent += data.len() as u64;
             if length.is_some_and(|n| sent > n || (end && sent != n)) {
                 // The body broke its own length: the connection cannot go on.
@@ -484,11 +485,6 @@ fn parse(read: &mut BytesMut) -> Parse {
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
     Parse::Done(Next::Request(req, close))
-}
-
-/// Whether the frame just taken (empty = the body ended) is the last.
-fn frame_is_last(body: &ProxyBody, ended: bool) -> bool {
-    ended || body.is_end_stream()
 }
 
 #[allow(
