@@ -352,10 +352,13 @@ impl Conn {
                     body.frame().await
                 }
             };
-            let data = match frame {
-                None => Bytes::new(),
+            let (data, end) = match frame {
+                None => (Bytes::new(), true),
                 Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => data,
+                    Ok(data) => {
+                        let end = body.is_end_stream();
+                        (data, end)
+                    }
                     // Trailers are not sent over HTTP/1.1.
                     Err(_) => continue,
                 },
@@ -363,8 +366,6 @@ impl Conn {
                     return Err(io::Error::other("response body failed"));
                 }
             };
-            // An empty frame here means the body ended.
-            let end = data.is_empty() || body.is_end_stream();
             sent += data.len() as u64;
             if length.is_some_and(|n| sent > n || (end && sent != n)) {
                 // The body broke its own length: the connection cannot go on.
