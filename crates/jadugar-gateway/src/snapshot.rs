@@ -44,6 +44,10 @@ pub(crate) struct CompiledRoute {
     pub preserve_host: bool,
     pub hash: Option<HashSource>,
     pub metrics: RouteMetrics,
+    /// Header fields the gateway adds to this route's responses (request
+    /// id, `RateLimit-*`, transforms): room reserved when the upstream's
+    /// response head is parsed, so its map does not grow.
+    pub response_room: usize,
 }
 
 /// Every route, compiled; swapped atomically as a whole.
@@ -188,6 +192,8 @@ pub(crate) fn build(
         let r = &spec.resilience;
         let http2 = spec.upstream.http2;
         let id: Arc<str> = Arc::from(spec.id.as_str());
+        let response_room =
+            1 + if rate.is_some() { 3 } else { 0 } + transform.added_response_headers();
         let compiled = CompiledRoute {
             id: Arc::clone(&id),
             auth: spec.auth.clone(),
@@ -220,6 +226,7 @@ pub(crate) fn build(
             },
             metrics: RouteMetrics::with_labels(Arc::clone(&id), pool.name_arc()),
             pool,
+            response_room,
         };
         if let Err(e) = table.insert(RouteMatcher::from_spec(spec), &spec.id, Arc::new(compiled)) {
             errors.push(FieldError::new(format!("routes[{i}].path"), e.0));

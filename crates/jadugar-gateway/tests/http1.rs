@@ -645,3 +645,123 @@ async fn shutdown_finishes_in_flight_requests_and_closes_idle_connections() {
         .unwrap()
         .unwrap();
 }
+
+/// `serve_service` calls a connection's service directly when it is ready
+/// at once; one that is not (here a concurrency limit of one, shared by
+/// every connection) must still be driven to readiness with a real waker,
+/// or requests on other connections would wait forever.
+#[tokio::test]
+async fn serve_service_keeps_a_concurrency_limit_without_stalling_connections() {
+    use http_body_util::Full;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (tx, mut forwarded_for) = mpsc::unbounded_channel::<String>();
+    let up = common::upstream({
+        let (in_flight, peak) = (in_flight.clone(), peak.clone());
+        move |req: hyper::Request<hyper::body::Incoming>| {
+            let (in_flight, peak, tx) = (in_flight.clone(), peak.clone(), tx.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                peak.fetch_max(now, Ordering::SeqCst);
+                let xff = req
+                    .headers()
+                    .get("x-forwarded-for")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let _ = tx.send(xff.unwrap_or_default());
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                hyper::Response::new(Full::new(bytes::Bytes::from_static(b"ok")))
+            }
+        }
+    })
+    .await;
+    let gateway = gateway(vec![route("r", "/r", &[up]).prefix()]).await;
+    let service = tower::ServiceBuilder::new()
+        .concurrency_limit(1)
+        .service(gateway);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    tokio::spawn(jadugar_gateway::serve_service(
+        listener,
+        service,
+        std::future::pending(),
+    ));
+
+    // Six connections, two requests each, all at once.
+    let rounds = (0..6).map(|_| async move {
+        let mut stream = TcpStream::connect(gw).await.unwrap();
+        let mut answers = Vec::new();
+        for _ in 0..2 {
+            stream
+                .write_all(b"GET /r HTTP/1.1\r\nhost: a\r\n\r\n")
+                .await
+                .unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"ok") {
+                let mut chunk = [0u8; 1024];
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed early");
+                got.extend_from_slice(&chunk[..n]);
+            }
+            answers.push(String::from_utf8_lossy(&got).into_owned());
+        }
+        answers
+    });
+    let answers = tokio::time::timeout(
+        Duration::from_secs(20),
+        futures_util::future::join_all(rounds),
+    )
+    .await
+    .expect("every connection is served");
+    for answer in answers.iter().flatten() {
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    assert_eq!(peak.load(Ordering::SeqCst), 1, "the limit held");
+    // The client address reaches the gateway through the request extensions.
+    for _ in 0..12 {
+        assert_eq!(forwarded_for.recv().await.unwrap(), "127.0.0.1");
+    }
+}
+
+/// The header timeout (30 s, checked coarsely): a connection that sends
+/// no complete request head is closed after one to two periods; one that
+/// keeps sending requests is not.
+#[tokio::test(start_paused = true)]
+async fn silent_connections_are_closed_and_busy_ones_kept() {
+    // No upstream: the requests here are answered 404 by the gateway.
+    let gw = serve(gateway(vec![]).await).await;
+
+    let started = tokio::time::Instant::now();
+    let mut partial = TcpStream::connect(gw).await.unwrap();
+    partial
+        .write_all(b"GET /r HTTP/1.1\r\nhost: a\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert_eq!(partial.read(&mut buf).await.unwrap(), 0, "closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited <= Duration::from_secs(61),
+        "closed after {waited:?}"
+    );
+
+    let started = tokio::time::Instant::now();
+    let mut busy = TcpStream::connect(gw).await.unwrap();
+    for _ in 0..5 {
+        busy.write_all(b"GET /r HTTP/1.1\r\nhost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") || !got.ends_with(b"}") {
+            let n = busy.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "a busy connection was closed after {:?}",
+                started.elapsed()
+            );
+            got.extend_from_slice(&buf[..n]);
+        }
+        tokio::time::sleep(Duration::from_secs(20)).await;
+    }
+    assert!(started.elapsed() >= Duration::from_secs(100));
+}

@@ -268,11 +268,15 @@ impl Conn {
     /// travels inside the returned [`PooledBody`] until the body ends.
     pub(crate) async fn exchange(
         mut self: Box<Self>,
-        method: &Method,
-        path_and_query: &str,
-        headers: &HeaderMap,
+        head: &Head<'_>,
         body: RequestBody,
     ) -> Result<(ResponseHead, Box<Self>), ExchangeError> {
+        let Head {
+            method,
+            path_and_query,
+            headers,
+            response_room: room,
+        } = *head;
         let outgoing = self.encode_head(method, path_and_query, headers, body);
         if let Outgoing::Inline(Some(data)) = &outgoing {
             self.write.extend_from_slice(data);
@@ -290,7 +294,7 @@ impl Conn {
             Outgoing::Length(body, len) => Box::pin(self.write_body(body, Some(len))).await?,
             Outgoing::Chunked(body) => Box::pin(self.write_body(body, None)).await?,
         }
-        let head = self.read_head(method == Method::HEAD).await?;
+        let head = self.read_head(method == Method::HEAD, room).await?;
         Ok((head, self))
     }
 
@@ -431,13 +435,17 @@ impl Conn {
     }
 
     /// Reads until a final response head is complete.
-    async fn read_head(&mut self, head_request: bool) -> Result<ResponseHead, ExchangeError> {
+    async fn read_head(
+        &mut self,
+        head_request: bool,
+        room: usize,
+    ) -> Result<ResponseHead, ExchangeError> {
         let mut received = false;
         loop {
             if !self.read.is_empty() {
                 received = true;
                 match self
-                    .parse_head(head_request)
+                    .parse_head(head_request, room)
                     .map_err(ExchangeError::Failed)?
                 {
                     Some(Parsed::Final(head)) => return Ok(head),
@@ -473,17 +481,19 @@ impl Conn {
         }
     }
 
-    fn parse_head(&mut self, head_request: bool) -> io::Result<Option<Parsed>> {
-        parse_response_head(&mut self.read, &mut self.offsets, head_request)
+    fn parse_head(&mut self, head_request: bool, room: usize) -> io::Result<Option<Parsed>> {
+        parse_response_head(&mut self.read, &mut self.offsets, head_request, room)
     }
 }
 
 /// Parses a response head from the front of `read` and consumes it;
-/// `None` while incomplete. `offsets` is scratch space kept by the caller.
+/// `None` while incomplete. `offsets` is scratch space kept by the caller;
+/// the header map has `room` for fields added later.
 fn parse_response_head(
     read: &mut BytesMut,
     offsets: &mut Vec<HeaderOffsets>,
     head_request: bool,
+    room: usize,
 ) -> io::Result<Option<Parsed>> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut response = httparse::Response::new(&mut fields);
@@ -521,9 +531,9 @@ fn parse_response_head(
         ));
     }
     let head = read.split_to(len).freeze();
-    // Room for what the gateway adds (request id, rate-limit and
-    // transform headers) without growing.
-    let mut headers = HeaderMap::with_capacity(offsets.len() + 6);
+    // Room for what the gateway adds without growing, and no more: maps
+    // of up to 6 fields stay in the allocator's small-block fast path.
+    let mut headers = HeaderMap::with_capacity(offsets.len() + room);
     for &(ns, ne, vs, ve) in offsets.iter() {
         let name =
             HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("invalid header name"))?;
@@ -551,6 +561,17 @@ impl ResponseHead {
         *res.headers_mut() = self.headers;
         res
     }
+}
+
+/// The head of a request to send upstream.
+#[derive(Clone, Copy)]
+pub(crate) struct Head<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path_and_query: &'a str,
+    pub(crate) headers: &'a HeaderMap,
+    /// Fields the caller adds to the response: room reserved in its header
+    /// map, so that it does not grow.
+    pub(crate) response_room: usize,
 }
 
 enum Parsed {
@@ -1131,8 +1152,8 @@ mod props {
             let mut bytes = line.into_bytes();
             bytes.extend_from_slice(&rest);
             bytes.extend_from_slice(b"\r\n\r\n");
-            let _ = parse_response_head(&mut BytesMut::from(&bytes[..]), &mut Vec::new(), head_request);
-            let _ = parse_response_head(&mut BytesMut::from(&rest[..]), &mut Vec::new(), head_request);
+            let _ = parse_response_head(&mut BytesMut::from(&bytes[..]), &mut Vec::new(), head_request, 1);
+            let _ = parse_response_head(&mut BytesMut::from(&rest[..]), &mut Vec::new(), head_request, 1);
         }
 
         /// Arbitrary chunked framing never panics either.

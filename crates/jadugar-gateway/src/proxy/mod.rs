@@ -519,20 +519,24 @@ async fn send(
         let sent_at = Instant::now();
         let result: Result<Upstream, Failure> = if pooled {
             // The own connection takes the origin-form target as it is.
-            if !route.preserve_host || !parts.headers.contains_key(header::HOST) {
-                parts
-                    .headers
-                    .insert(header::HOST, backend.host_header.clone());
+            // Replaced in place: `insert` reserves room for a new field
+            // first, which can grow a full map for nothing.
+            match parts.headers.get_mut(header::HOST) {
+                Some(host) if !route.preserve_host => host.clone_from(&backend.host_header),
+                Some(_) => {}
+                None => {
+                    parts
+                        .headers
+                        .insert(header::HOST, backend.host_header.clone());
+                }
             }
-            let sent = pool::send(
-                &backend,
-                policy,
-                route.connect_timeout,
-                &parts.method,
-                pq.as_str(),
-                &parts.headers,
-                body,
-            );
+            let head = h1::Head {
+                method: &parts.method,
+                path_and_query: pq.as_str(),
+                headers: &parts.headers,
+                response_room: route.response_room,
+            };
+            let sent = pool::send(&backend, policy, route.connect_timeout, &head, body);
             match tokio::time::timeout(route.request_timeout, sent).await {
                 Ok(Ok((head, body))) => Ok(head.into_response(ProxyBody::Pooled(body))),
                 Ok(Err(pool::PoolError::Connect(e))) => {

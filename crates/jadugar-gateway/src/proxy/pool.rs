@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::{HeaderMap, Method};
+use http::Method;
 use jadugar_core::outbound::AddressPolicy;
 
 use super::body::RequestBody;
@@ -176,11 +176,10 @@ pub(crate) async fn send(
     backend: &Arc<Backend>,
     policy: &AddressPolicy,
     connect_timeout: Duration,
-    method: &Method,
-    path_and_query: &str,
-    headers: &HeaderMap,
+    head: &h1::Head<'_>,
     body: RequestBody,
 ) -> Result<(ResponseHead, PooledBody), PoolError> {
+    let method = head.method;
     // A body known in full can be sent again after a lost race with an
     // upstream closing an idle connection.
     let replay = match &body {
@@ -208,10 +207,7 @@ pub(crate) async fn send(
                 None => return Err(PoolError::Connect(std::io::ErrorKind::NotConnected.into())),
             },
         };
-        match conn
-            .exchange(method, path_and_query, headers, attempt)
-            .await
-        {
+        match conn.exchange(head, attempt).await {
             Ok((head, conn)) => {
                 let release: Arc<dyn h1::Release> = backend.clone();
                 let body = PooledBody::new(&head, conn, release);

@@ -43,7 +43,8 @@ const MAX_HEADERS: usize = 64;
 /// Largest request body read here.
 pub(crate) const MAX_BODY: u64 = 64 * 1024;
 /// How long a connection may take to send a request head (as hyper's
-/// `header_read_timeout`, idle keep-alive time included).
+/// `header_read_timeout`, idle keep-alive time included); checked coarsely,
+/// so a silent connection is closed after one to two of these.
 pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 const READ_CHUNK: usize = 8 * 1024;
 
@@ -137,11 +138,11 @@ struct Conn {
 /// `cancel` fires while it is idle, or a request needs hyper.
 pub(crate) async fn serve_connection<F, Fut>(
     io: TcpStream,
-    service: F,
+    mut service: F,
     cancel: &CancellationToken,
 ) -> Outcome
 where
-    F: Fn(Request<RequestBody>) -> Fut,
+    F: FnMut(Request<RequestBody>) -> Fut,
     Fut: Future<Output = Response<ProxyBody>>,
 {
     let mut conn = Conn {
@@ -149,18 +150,35 @@ where
         read: BytesMut::with_capacity(READ_CHUNK),
         write: Vec::with_capacity(1024),
     };
+    // The header timeout is coarse: the timer is not re-armed per request
+    // (a clock read and a timer-wheel update each); when it fires, a
+    // connection that began a request since it was armed gets another
+    // period. A client is cut after one to two periods without a request.
     let mut deadline = pin!(tokio::time::sleep(HEADER_TIMEOUT));
+    let mut requests: u64 = 0;
+    let mut requests_when_armed: u64 = 0;
+    // Made once: a fresh one per request would join and leave the token's
+    // waiter list each time.
+    let mut cancelled = pin!(cancel.cancelled());
     loop {
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + HEADER_TIMEOUT);
         let idle = conn.read.is_empty();
         let next = tokio::select! {
             biased;
-            () = cancel.cancelled(), if idle => return Outcome::Closed,
-            () = &mut deadline => return Outcome::Closed,
+            () = &mut cancelled, if idle => return Outcome::Closed,
+            () = &mut deadline => {
+                if requests == requests_when_armed {
+                    return Outcome::Closed;
+                }
+                requests_when_armed = requests;
+                deadline
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + HEADER_TIMEOUT);
+                // Reading is cancel-safe: bytes read stay in the buffer.
+                continue;
+            }
             next = conn.read_request() => next,
         };
+        requests += 1;
         let (req, close) = match next {
             Next::Request(req, close) => (req, close),
             Next::Closed => return Outcome::Closed,
@@ -468,9 +486,10 @@ fn parse(read: &mut BytesMut) -> Parse {
     let Ok(uri) = Uri::from_maybe_shared(head.slice(path_start..path_end)) else {
         return Parse::Done(Next::BadRequest("invalid request target"));
     };
-    // Room for what the gateway adds (forwarding headers, request id)
-    // without growing.
-    let mut headers = HeaderMap::with_capacity(count + 6);
+    // Room for what the gateway adds (three forwarding headers, the
+    // request id) without growing, and no more: maps of up to 6 fields
+    // stay in the allocator's small-block fast path.
+    let mut headers = HeaderMap::with_capacity(count + 4);
     for &(ns, ne, vs, ve) in &offsets[..count] {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[ns..ne]),

@@ -12,7 +12,10 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 
+use std::task::{Context, Poll, Waker};
+
 use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use http::{Request, Response};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -98,12 +101,25 @@ where
     accept_loop(listener, shutdown, move |stream, peer, server| {
         let service = service.clone();
         async move {
-            let fast = service.clone();
+            // One service per connection, called directly when it is ready
+            // at once (the common case: no per-request clone or `Oneshot`).
+            // One that is not is driven on by `oneshot` with a real waker,
+            // keeping its place in any queue, and the connection goes on
+            // with a fresh clone: the waker-less reservation must not be
+            // left waiting in the connection's service.
+            let mut own = service.clone();
             let call = move |mut req: Request<RequestBody>| {
                 req.extensions_mut().insert(ClientAddr(peer));
-                fast.clone()
-                    .oneshot(req)
-                    .map(|res| res.unwrap_or_else(|never| match never {}))
+                let mut cx = Context::from_waker(Waker::noop());
+                match own.poll_ready(&mut cx) {
+                    Poll::Ready(Ok(())) => Either::Left(own.call(req)),
+                    Poll::Ready(Err(never)) => match never {},
+                    Poll::Pending => {
+                        let fresh = own.clone();
+                        Either::Right(std::mem::replace(&mut own, fresh).oneshot(req))
+                    }
+                }
+                .map(|res| res.unwrap_or_else(|never| match never {}))
             };
             let outcome = h1::serve_connection(stream, call, &server.cancel).await;
             if let h1::Outcome::Handoff(io) = outcome {

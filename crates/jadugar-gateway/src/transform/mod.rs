@@ -134,6 +134,11 @@ pub struct Transform {
 }
 
 impl Transform {
+    /// How many response header fields this transform may add.
+    pub(crate) fn added_response_headers(&self) -> usize {
+        self.response.set.len() + self.response.add.len()
+    }
+
     /// Compiles `spec` for a route whose path pattern is `path`.
     pub fn compile(spec: &TransformSpec, path: &str) -> Result<Self, Vec<FieldError>> {
         let params = crate::router::pattern_params(path);
