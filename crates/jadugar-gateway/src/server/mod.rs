@@ -68,7 +68,10 @@ pub async fn serve(
 /// Serves any tower service over the gateway's request and response body
 /// types the way [`serve`] serves a [`Gateway`]: for a gateway composed
 /// with other layers (authentication, say). Each request carries its
-/// [`ClientAddr`] in its extensions.
+/// [`ClientAddr`] in its extensions. Each connection calls its own clone
+/// of `service`, without cloning it per request while it is ready at once
+/// (as a gateway behind authentication is); backpressure from layers such
+/// as concurrency limits or buffers is honoured.
 ///
 /// ```no_run
 /// # async fn demo(gateway: jadugar_gateway::Gateway) -> std::io::Result<()> {
