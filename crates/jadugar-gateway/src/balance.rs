@@ -153,7 +153,9 @@ impl Backend {
     /// Records a response latency (peak EWMA).
     pub fn observe(&self, rtt: std::time::Duration) {
         let rtt = rtt.as_nanos() as f64;
-        let now = now_ms() as f64 * 1e6;
+        // One clock read serves the decay and the new stamp.
+        let now_millis = now_ms();
+        let now = now_millis as f64 * 1e6;
         let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
         let next = if rtt > prev {
             rtt
@@ -163,7 +165,7 @@ impl Backend {
             prev * w + rtt * (1.0 - w)
         };
         self.ewma_bits.store(next.to_bits(), Ordering::Relaxed);
-        self.ewma_stamp.store(now_ms(), Ordering::Relaxed);
+        self.ewma_stamp.store(now_millis, Ordering::Relaxed);
     }
 
     fn cost(&self) -> f64 {
