@@ -11,6 +11,7 @@
 # Needs valgrind and h2load; binaries from `benches/load/run.sh` (or
 # BENCH_SKIP_BUILD=1 with CARGO_TARGET_DIR pointing at a release build).
 # PROFILE_KEEP=1 keeps the callgrind file (for cgsummary.py or kcachegrind).
+# BENCH_GATEWAY_ARGS adds arguments to bench_gateway (e.g. --access-log).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -41,7 +42,7 @@ case "$what" in
     plain|full|many-routes)
         valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
             "$bin/bench_gateway" --mode "$what" --listen "127.0.0.1:$px_port" \
-            --upstream "127.0.0.1:$up_port" --key-file "$work/key" >"$work/proxy.log" 2>&1 &
+            --upstream "127.0.0.1:$up_port" --key-file "$work/key" ${BENCH_GATEWAY_ARGS:-} >"$work/proxy.log" 2>&1 &
         ;;
     nginx)
         mkdir -p "$work/tmp"

@@ -12,6 +12,7 @@
 # the machine is idle; the syscall counts do not depend on it much).
 # Needs perf (linux-perf) with tracepoint access, h2load, curl; binaries as
 # for profile.sh (CARGO_TARGET_DIR/release).
+# BENCH_GATEWAY_ARGS adds arguments to bench_gateway (e.g. --access-log).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
@@ -40,7 +41,7 @@ pids+=($!)
 case "$what" in
     plain|full|many-routes)
         taskset -c 1 "$bin/bench_gateway" --mode "$what" --listen "127.0.0.1:$px_port" \
-            --upstream "127.0.0.1:$up_port" --key-file "$work/key" >"$work/proxy.log" 2>&1 &
+            --upstream "127.0.0.1:$up_port" --key-file "$work/key" ${BENCH_GATEWAY_ARGS:-} >"$work/proxy.log" 2>&1 &
         ;;
     nginx)
         mkdir -p "$work/tmp"

@@ -178,6 +178,8 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(format!(
             "warn,jadugar_gateway::access={access}"
         )))
+        // Colours only for a terminal: the access-log pass writes to a file.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_target(false)
         .init();
     let runtime = match tokio::runtime::Builder::new_current_thread()

@@ -40,8 +40,11 @@ pub fn init_tracing(format: LogFormat, filter: &str) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
         .map_err(|e| format!("log filter: {e}"))?;
+    // Colours only for a terminal: escape codes would litter log files and
+    // collectors, and cost time on every line.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Human => builder.try_init(),

@@ -94,8 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         };
         tracing_subscriber::EnvFilter::new(format!("warn,jadugar_gateway::access={access}"))
     });
+    // Colours only for a terminal: not in log files or collectors.
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_target(false)
         .init();
     let keys: Arc<HashMap<[u8; 32], Principal>> = Arc::new(
