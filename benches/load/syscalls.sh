@@ -82,6 +82,10 @@ for e in ${events//,/ }; do
     [ -e "/sys/kernel/tracing/events/syscalls/sys_enter_$e" ] && tp="$tp,syscalls:sys_enter_$e"
 done
 cpu() { awk '{print $14, $15, $10}' "/proc/$proxy/stat"; }
+# TCP segments sent on the machine (client, proxy and upstream together:
+# all of it is loopback traffic of this benchmark).
+segments() { awk '/^Tcp: [0-9]/ {print $12}' /proc/net/snmp; }
+seg0="$(segments)"
 read -r u0 s0 f0 < <(cpu)
 perf stat -x, -e "raw_syscalls:sys_enter${tp}" -p "$proxy" -o "$work/perf.txt" &
 perf_pid=$!
@@ -90,6 +94,7 @@ out="$(taskset -c 0 h2load --h1 -n "$requests" -c 64 "${header[@]}" "$url")"
 sleep 0.2
 kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
 read -r u1 s1 f1 < <(cpu)
+seg1="$(segments)"
 grep -q "$requests succeeded" <<<"$out" || { echo "syscalls.sh: not every request succeeded:" >&2; echo "$out" >&2; exit 1; }
 tck="$(getconf CLK_TCK)"
 echo "## $what: per request over $requests requests (h2load --h1 -c 64)"
@@ -99,4 +104,5 @@ awk -F, -v n="$requests" '$3 ~ /sys_enter/ && $1+0 > 0 {
 awk -v u="$((u1 - u0))" -v s="$((s1 - s0))" -v n="$requests" -v t="$tck" 'BEGIN {
     printf "  CPU us per request: user %.2f, system %.2f, total %.2f\n", u/t/n*1e6, s/t/n*1e6, (u+s)/t/n*1e6 }'
 awk -v f="$((f1 - f0))" -v n="$requests" 'BEGIN { printf "  minor page faults per request: %.3f\n", f/n }'
+awk -v g="$((seg1 - seg0))" -v n="$requests" 'BEGIN { printf "  TCP segments per request (all loopback traffic; 4 = one each way on both legs): %.2f\n", g/n }'
 grep -E '^finished in' <<<"$out" | sed 's/^/  h2load: /'
