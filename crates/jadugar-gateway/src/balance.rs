@@ -152,9 +152,14 @@ impl Backend {
 
     /// Records a response latency (peak EWMA).
     pub fn observe(&self, rtt: std::time::Duration) {
+        self.observe_at(rtt, now_ms());
+    }
+
+    /// [`observe`](Self::observe) of a response that arrived at `now_millis`
+    /// (as [`now_ms`](crate::resilience::now_ms) counts), for a caller that
+    /// has read the clock already.
+    pub fn observe_at(&self, rtt: std::time::Duration, now_millis: u64) {
         let rtt = rtt.as_nanos() as f64;
-        // One clock read serves the decay and the new stamp.
-        let now_millis = now_ms();
         let now = now_millis as f64 * 1e6;
         let prev = f64::from_bits(self.ewma_bits.load(Ordering::Relaxed));
         let next = if rtt > prev {
@@ -327,13 +332,19 @@ impl UpstreamPool {
 
     /// Picks an available instance; `hash` is the consistent-hash key.
     pub fn pick(&self, hash: Option<u64>) -> Option<Arc<Backend>> {
+        self.pick_at(hash, now_ms())
+    }
+
+    /// [`pick`](Self::pick) at `now` (milliseconds as
+    /// [`now_ms`](crate::resilience::now_ms) counts them), for a caller that
+    /// has read the clock already.
+    pub fn pick_at(&self, hash: Option<u64>, now: u64) -> Option<Arc<Backend>> {
         let set = self.set.load();
         let backends = &set.backends;
         let n = backends.len();
         if n == 0 {
             return None;
         }
-        let now = now_ms();
         let ok = |b: &Backend| b.outlier.is_available(now);
         if n == 1 {
             let b = &backends[0];

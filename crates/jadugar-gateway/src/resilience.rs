@@ -34,9 +34,15 @@ use crate::model::OutlierSpec;
 
 /// Milliseconds since the first call in this process (a monotonic clock).
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] at `at`: for a caller that has read the clock already (a
+/// clock read is a noticeable share of a proxied request's own work).
+pub fn ms_at(at: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    let start = START.get_or_init(Instant::now);
-    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    let start = START.get_or_init(|| at);
+    u64::try_from(at.saturating_duration_since(*start).as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Passive health of one instance; see the [module docs](self).

@@ -35,7 +35,7 @@ use crate::Shared;
 use crate::balance::{Backend, hash_key};
 use crate::model::AuthPolicy;
 use crate::ratelimit::{Decision, extract_key};
-use crate::resilience::{is_idempotent, now_ms};
+use crate::resilience::{is_idempotent, ms_at};
 use crate::router::check_path;
 use crate::snapshot::{CompiledRoute, HashSource};
 use crate::transform::template::TemplateContext;
@@ -83,50 +83,57 @@ impl Peer {
     }
 }
 
-pub(crate) async fn handle(
+// The request's futures are `async move` blocks rather than `async fn`s:
+// an `async fn` keeps each by-value argument twice in its state (the
+// argument and the local it is moved into) and copies it between them, and
+// the request head alone is 264 bytes; a block uses what it captured in
+// place.
+pub(crate) fn handle(
     shared: Arc<Shared>,
     mut req: Request<RequestBody>,
     peer: Option<Peer>,
-) -> Response<ProxyBody> {
-    let start = Instant::now();
-    let request_id = match req.headers().get(&request_id::HEADER) {
-        Some(v) => Some(v.clone()),
-        None if shared.config.request_id => {
-            let v = RequestId::generate().into_header_value();
-            if let Some(v) = &v {
-                req.headers_mut().insert(request_id::HEADER, v.clone());
+) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+    async move {
+        let start = Instant::now();
+        let request_id = match req.headers().get(&request_id::HEADER) {
+            Some(v) => Some(v.clone()),
+            None if shared.config.request_id => {
+                let v = RequestId::generate().into_header_value();
+                if let Some(v) = &v {
+                    req.headers_mut().insert(request_id::HEADER, v.clone());
+                }
+                v
             }
-            v
+            None => None,
+        };
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+        let mut res = route_and_proxy(&shared, req, &uri, start, peer).await;
+        if let Some(id) = request_id
+            && !res.0.headers().contains_key(&request_id::HEADER)
+        {
+            res.0.headers_mut().insert(request_id::HEADER, id.clone());
         }
-        None => None,
-    };
-    let method = req.method().clone();
-    let uri = req.uri().clone();
-    let mut res = route_and_proxy(&shared, req, &uri, start, peer).await;
-    if let Some(id) = request_id
-        && !res.0.headers().contains_key(&request_id::HEADER)
-    {
-        res.0.headers_mut().insert(request_id::HEADER, id.clone());
+        let (response, route, instance, upstream_latency) = res;
+        if shared.config.access_log
+            && tracing::enabled!(target: "jadugar_gateway::access", tracing::Level::INFO)
+        {
+            crate::observability::access_log(
+                route.as_deref().unwrap_or("-"),
+                instance.as_deref(),
+                &method,
+                uri.path(),
+                response.status().as_u16(),
+                upstream_latency,
+                start.elapsed(),
+                response
+                    .headers()
+                    .get(&request_id::HEADER)
+                    .and_then(|v| v.to_str().ok()),
+            );
+        }
+        response
     }
-    let (response, route, instance, upstream_latency) = res;
-    if shared.config.access_log
-        && tracing::enabled!(target: "jadugar_gateway::access", tracing::Level::INFO)
-    {
-        crate::observability::access_log(
-            route.as_deref().unwrap_or("-"),
-            instance.as_deref(),
-            &method,
-            uri.path(),
-            response.status().as_u16(),
-            upstream_latency,
-            start.elapsed(),
-            response
-                .headers()
-                .get(&request_id::HEADER)
-                .and_then(|v| v.to_str().ok()),
-        );
-    }
-    response
 }
 
 type Outcome = (
@@ -136,235 +143,251 @@ type Outcome = (
     Option<Duration>,
 );
 
-async fn route_and_proxy(
-    shared: &Shared,
+fn route_and_proxy<'a>(
+    shared: &'a Shared,
     mut req: Request<RequestBody>,
-    uri: &Uri,
+    uri: &'a Uri,
     start: Instant,
     peer: Option<Peer>,
-) -> Outcome {
-    let path = uri.path();
-    if let Err(e) = check_path(path) {
-        return (
-            problem(&Problem::bad_request(e.to_string())),
-            None,
-            None,
-            None,
-        );
-    }
-    let snapshot = shared.snapshot.load_full();
-    let host_header = req.headers().get(header::HOST).cloned();
-    let host = host_header
-        .as_ref()
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()));
-    let Some(found) = snapshot
-        .table
-        .find(host, req.method(), path, req.headers(), uri.query())
-    else {
-        return (
-            problem(&Problem::not_found("no route matches this request")),
-            None,
-            None,
-            None,
-        );
-    };
-    let route: &Arc<CompiledRoute> = found.value;
-    let route_id = Some(route.id.clone());
-
-    // Who is calling.
-    let principal = req.extensions_mut().remove::<Principal>();
-    match (&route.auth, &principal) {
-        (AuthPolicy::Public, _) => {}
-        (_, None) => {
+) -> impl Future<Output = Outcome> + Send + 'a {
+    async move {
+        let path = uri.path();
+        if let Err(e) = check_path(path) {
             return (
-                problem(&Problem::unauthorized("authentication required")),
-                route_id,
+                problem(&Problem::bad_request(e.to_string())),
+                None,
                 None,
                 None,
             );
         }
-        (AuthPolicy::Authenticated, Some(_)) => {}
-        (AuthPolicy::Require(permission), Some(p)) => {
-            if let Err(problem_) = p.require(permission) {
-                return (problem(&problem_), route_id, None, None);
+        let snapshot = shared.snapshot.load_full();
+        let host_header = req.headers().get(header::HOST).cloned();
+        let host = host_header
+            .as_ref()
+            .and_then(|h| h.to_str().ok())
+            .or_else(|| uri.authority().map(|a| a.as_str()));
+        let Some(found) = snapshot
+            .table
+            .find(host, req.method(), path, req.headers(), uri.query())
+        else {
+            return (
+                problem(&Problem::not_found("no route matches this request")),
+                None,
+                None,
+                None,
+            );
+        };
+        let route: &Arc<CompiledRoute> = found.value;
+        let route_id = Some(route.id.clone());
+
+        // Who is calling.
+        let principal = req.extensions_mut().remove::<Principal>();
+        match (&route.auth, &principal) {
+            (AuthPolicy::Public, _) => {}
+            (_, None) => {
+                return (
+                    problem(&Problem::unauthorized("authentication required")),
+                    route_id,
+                    None,
+                    None,
+                );
+            }
+            (AuthPolicy::Authenticated, Some(_)) => {}
+            (AuthPolicy::Require(permission), Some(p)) => {
+                if let Err(problem_) = p.require(permission) {
+                    return (problem(&problem_), route_id, None, None);
+                }
             }
         }
-    }
-    let client_ip = match &peer {
-        Some(p) => Some(p.ip),
-        None => crate::ratelimit::client_ip(&req),
-    };
-
-    // How fast.
-    let mut decision: Option<Decision> = None;
-    if let Some((limiter, key)) = &route.rate {
-        let key = extract_key(key, principal.as_ref(), req.headers(), client_ip);
-        let d = match limiter.as_local() {
-            Some(local) => local.check(&key),
-            // Boxed: shared (Redis) limits are rare, keep their state
-            // out of every request's future.
-            None => match Box::pin(limiter.check(&key)).await {
-                Ok(d) => d,
-                Err(e) => {
-                    return (
-                        problem(&Problem::unavailable(e.to_string())),
-                        route_id,
-                        None,
-                        None,
-                    );
-                }
-            },
+        let client_ip = match &peer {
+            Some(p) => Some(p.ip),
+            None => crate::ratelimit::client_ip(&req),
         };
-        if !d.allowed {
-            route.metrics.rate_limited.increment(1);
-            route.metrics.record(429, start.elapsed(), None);
-            return (d.to_response::<ProxyBody>(), route_id, None, None);
-        }
-        decision = Some(d);
-    }
 
-    // Identity headers only the gateway may set; the same pass notes
-    // hop-by-hop headers for later.
-    let scanned = headers::scan(req.headers(), &shared.identity_headers);
-    if scanned.identity {
-        for name in &shared.identity_headers {
-            req.headers_mut().remove(name);
-        }
-    }
-
-    // What changes.
-    let mut new_pq: Option<PathAndQuery> = None;
-    if !route.transform.is_noop() {
-        let empty = http::HeaderMap::new();
-        // A cheap (reference-counted) copy, not a String.
-        let rid = req.headers().get(&request_id::HEADER).cloned();
-        let ctx = TemplateContext {
-            principal: principal.as_ref(),
-            params: Some(&found.params),
-            headers: &empty,
-            request_id: rid.as_ref().and_then(|v| v.to_str().ok()),
-            client_ip,
-            route_id: &route.id,
-        };
-        if let Err(e) = route
-            .transform
-            .apply_request_headers(req.headers_mut(), &ctx)
-        {
-            return (problem(&e.to_problem()), route_id, None, None);
-        }
-        match route.transform.rewrite(path, uri.query(), &ctx) {
-            Ok(pq) => new_pq = pq,
-            Err(e) => return (problem(&e.to_problem()), route_id, None, None),
-        }
-        if route.transform.maps_request_body() && crate::transform::is_json(req.headers()) {
-            let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
-            let max = route.transform.max_body();
-            // Boxed: only body-mapping routes pay for the collect state.
-            let bytes = match Box::pin(Limited::new(body, max).collect()).await {
-                Ok(c) => c.to_bytes(),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                    return (
-                        problem(&crate::transform::TransformError::TooLarge(max).to_problem()),
-                        route_id,
-                        None,
-                        None,
-                    );
-                }
-                Err(_) => {
-                    return (
-                        problem(&crate::transform::TransformError::Body.to_problem()),
-                        route_id,
-                        None,
-                        None,
-                    );
-                }
+        // How fast.
+        let mut decision: Option<Decision> = None;
+        if let Some((limiter, key)) = &route.rate {
+            let key = extract_key(key, principal.as_ref(), req.headers(), client_ip);
+            let d = match limiter.as_local() {
+                Some(local) => local.check(&key),
+                // Boxed: shared (Redis) limits are rare, keep their state
+                // out of every request's future.
+                None => match Box::pin(limiter.check(&key)).await {
+                    Ok(d) => d,
+                    Err(e) => {
+                        return (
+                            problem(&Problem::unavailable(e.to_string())),
+                            route_id,
+                            None,
+                            None,
+                        );
+                    }
+                },
             };
-            match route.transform.map_request_json(req.headers(), bytes) {
-                Ok(mapped) => {
-                    req.headers_mut()
-                        .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
-                    req.headers_mut().remove(header::TRANSFER_ENCODING);
-                    *req.body_mut() = RequestBody::Full(Some(mapped));
-                }
+            if !d.allowed {
+                route.metrics.rate_limited.increment(1);
+                route.metrics.record(429, start.elapsed(), None);
+                return (d.to_response::<ProxyBody>(), route_id, None, None);
+            }
+            decision = Some(d);
+        }
+
+        // Identity headers only the gateway may set; the same pass notes
+        // hop-by-hop headers for later.
+        let scanned = headers::scan(req.headers(), &shared.identity_headers);
+        if scanned.identity {
+            for name in &shared.identity_headers {
+                req.headers_mut().remove(name);
+            }
+        }
+
+        // What changes.
+        let mut new_pq: Option<PathAndQuery> = None;
+        if !route.transform.is_noop() {
+            let empty = http::HeaderMap::new();
+            // A cheap (reference-counted) copy, not a String.
+            let rid = req.headers().get(&request_id::HEADER).cloned();
+            let ctx = TemplateContext {
+                principal: principal.as_ref(),
+                params: Some(&found.params),
+                headers: &empty,
+                request_id: rid.as_ref().and_then(|v| v.to_str().ok()),
+                client_ip,
+                route_id: &route.id,
+            };
+            if let Err(e) = route
+                .transform
+                .apply_request_headers(req.headers_mut(), &ctx)
+            {
+                return (problem(&e.to_problem()), route_id, None, None);
+            }
+            match route.transform.rewrite(path, uri.query(), &ctx) {
+                Ok(pq) => new_pq = pq,
                 Err(e) => return (problem(&e.to_problem()), route_id, None, None),
             }
-        }
-    }
-    let route = Arc::clone(route);
-    drop(found);
-    drop(snapshot);
-
-    let hash = route
-        .hash
-        .as_ref()
-        .and_then(|source| hash_of(source, req.headers()));
-    // A header transform may have added headers since the scan.
-    let transformed = !route.transform.is_noop();
-    let upgrade = req.version() == Version::HTTP_11
-        && (scanned.upgrade || transformed)
-        && headers::is_upgrade(req.headers());
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-    // Forwarding headers.
-    {
-        let headers = req.headers_mut();
-        if transformed {
-            headers::remove_hop_by_hop(headers, upgrade);
-        } else if scanned.hop_by_hop {
-            headers::remove_hop_by_hop_present(headers, upgrade);
-        }
-        match (&peer, shared.config.trust_forwarded) {
-            (
-                Some(Peer {
-                    forwarded_for: Some(v),
-                    ..
-                }),
-                false,
-            ) => {
-                headers.insert(headers::X_FORWARDED_FOR, v.clone());
-            }
-            _ => {
-                if let Some(ip) = client_ip {
-                    set_forwarded_for(headers, ip, shared.config.trust_forwarded);
+            if route.transform.maps_request_body() && crate::transform::is_json(req.headers()) {
+                let body = std::mem::replace(req.body_mut(), RequestBody::Empty);
+                let max = route.transform.max_body();
+                // Boxed: only body-mapping routes pay for the collect state.
+                let bytes = match Box::pin(Limited::new(body, max).collect()).await {
+                    Ok(c) => c.to_bytes(),
+                    Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                        return (
+                            problem(&crate::transform::TransformError::TooLarge(max).to_problem()),
+                            route_id,
+                            None,
+                            None,
+                        );
+                    }
+                    Err(_) => {
+                        return (
+                            problem(&crate::transform::TransformError::Body.to_problem()),
+                            route_id,
+                            None,
+                            None,
+                        );
+                    }
+                };
+                match route.transform.map_request_json(req.headers(), bytes) {
+                    Ok(mapped) => {
+                        req.headers_mut()
+                            .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+                        req.headers_mut().remove(header::TRANSFER_ENCODING);
+                        *req.body_mut() = RequestBody::Full(Some(mapped));
+                    }
+                    Err(e) => return (problem(&e.to_problem()), route_id, None, None),
                 }
             }
         }
-        if !shared.config.trust_forwarded || !headers.contains_key(headers::X_FORWARDED_PROTO) {
-            headers.insert(headers::X_FORWARDED_PROTO, shared.forwarded_proto.clone());
+        let route = Arc::clone(route);
+        drop(found);
+        drop(snapshot);
+
+        let hash = route
+            .hash
+            .as_ref()
+            .and_then(|source| hash_of(source, req.headers()));
+        // A header transform may have added headers since the scan.
+        let transformed = !route.transform.is_noop();
+        let upgrade = req.version() == Version::HTTP_11
+            && (scanned.upgrade || transformed)
+            && headers::is_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+
+        // Forwarding headers.
+        {
+            let headers = req.headers_mut();
+            if transformed {
+                headers::remove_hop_by_hop(headers, upgrade);
+            } else if scanned.hop_by_hop {
+                headers::remove_hop_by_hop_present(headers, upgrade);
+            }
+            match (&peer, shared.config.trust_forwarded) {
+                (
+                    Some(Peer {
+                        forwarded_for: Some(v),
+                        ..
+                    }),
+                    false,
+                ) => {
+                    headers.insert(headers::X_FORWARDED_FOR, v.clone());
+                }
+                _ => {
+                    if let Some(ip) = client_ip {
+                        set_forwarded_for(headers, ip, shared.config.trust_forwarded);
+                    }
+                }
+            }
+            if !shared.config.trust_forwarded || !headers.contains_key(headers::X_FORWARDED_PROTO) {
+                headers.insert(headers::X_FORWARDED_PROTO, shared.forwarded_proto.clone());
+            }
+            if let Some(h) = &host_header {
+                headers.insert(headers::X_FORWARDED_HOST, h.clone());
+            }
         }
-        if let Some(h) = &host_header {
-            headers.insert(headers::X_FORWARDED_HOST, h.clone());
-        }
+        let pq = new_pq
+            .or_else(|| uri.path_and_query().cloned())
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let (response, instance, latency, done) =
+            send(shared, &route, &mut req, pq, hash, upgrade, start).await;
+        let response = match response {
+            Ok(res) => {
+                match finish_response(&route, res, client_upgrade, decision, principal.as_ref()) {
+                    Ok(res)
+                        if route.transform.maps_response_body()
+                            && crate::transform::is_json(res.headers()) =>
+                    {
+                        // Boxed: only body-mapping routes pay for the collect state.
+                        Box::pin(map_response_body(&route, res)).await
+                    }
+                    Ok(res) | Err(res) => res,
+                }
+            }
+            Err(failure) => {
+                route.metrics.upstream_errors.increment(1);
+                let name = route.pool.name();
+                let p = match failure {
+                    Failure::NoInstance => {
+                        Problem::unavailable(format!("upstream {name} has no available instance"))
+                    }
+                    Failure::Shed => {
+                        Problem::unavailable(format!("upstream {name} is at its concurrency limit"))
+                            .with_retry_after(1)
+                    }
+                    Failure::Connect => bad_gateway(name, "connection failed"),
+                    Failure::Timeout => gateway_timeout(name),
+                    Failure::Upstream => bad_gateway(name, "the request failed"),
+                };
+                problem(&p)
+            }
+        };
+        route.metrics.record(
+            response.status().as_u16(),
+            done.saturating_duration_since(start),
+            latency,
+        );
+        (response, route_id, instance, latency)
     }
-    let pq = new_pq
-        .or_else(|| uri.path_and_query().cloned())
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let (response, instance, latency) = send(shared, &route, req, pq, hash, upgrade).await;
-    let response = match response {
-        Ok(res) => finish_response(&route, res, client_upgrade, decision, principal.as_ref()).await,
-        Err(failure) => {
-            route.metrics.upstream_errors.increment(1);
-            let name = route.pool.name();
-            let p = match failure {
-                Failure::NoInstance => {
-                    Problem::unavailable(format!("upstream {name} has no available instance"))
-                }
-                Failure::Shed => {
-                    Problem::unavailable(format!("upstream {name} is at its concurrency limit"))
-                        .with_retry_after(1)
-                }
-                Failure::Connect => bad_gateway(name, "connection failed"),
-                Failure::Timeout => gateway_timeout(name),
-                Failure::Upstream => bad_gateway(name, "the request failed"),
-            };
-            problem(&p)
-        }
-    };
-    route
-        .metrics
-        .record(response.status().as_u16(), start.elapsed(), latency);
-    (response, route_id, instance, latency)
 }
 
 fn set_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr, trust: bool) {
@@ -457,127 +480,153 @@ fn hash_of(source: &HashSource, headers: &http::HeaderMap) -> Option<u64> {
 }
 
 type Upstream = Response<ProxyBody>;
+/// The outcome, the instance, the upstream latency, and when it ended.
 type Sent = (
     Result<Upstream, Failure>,
     Option<Arc<str>>,
     Option<Duration>,
+    Instant,
 );
 
-async fn send(
-    shared: &Shared,
-    route: &CompiledRoute,
-    req: Request<RequestBody>,
+fn send<'a>(
+    shared: &'a Shared,
+    route: &'a CompiledRoute,
+    req: &'a mut Request<RequestBody>,
     pq: PathAndQuery,
     hash: Option<u64>,
     upgrade: bool,
-) -> Sent {
-    let retryable = route.retries > 0
-        && !upgrade
-        && is_idempotent(req.method(), req.headers())
-        && req.body().is_end_stream();
-    if let Some(budget) = &route.budget {
-        budget.deposit();
-    }
-    let (mut parts, body) = req.into_parts();
-    let saved = retryable.then(|| (parts.method.clone(), parts.headers.clone()));
-    let mut body = Some(body);
-    let mut attempt = 0;
-    let policy = shared.clients.policy();
-    loop {
-        // A retry (only ever of a request without a body) starts again
-        // from the head as it came in.
-        let body = match body.take() {
-            Some(b) => b,
-            None => match &saved {
-                Some((method, headers)) => {
-                    parts.method = method.clone();
-                    parts.headers = headers.clone();
-                    RequestBody::Empty
-                }
-                None => return (Err(Failure::Upstream), None, None),
-            },
-        };
-        let Some(backend) = route.pool.pick(hash) else {
-            return (Err(Failure::NoInstance), None, None);
-        };
-        // One attempt, awaited here rather than in a nested async fn so
-        // that its state is not one more layer every request's future
-        // carries and moves.
-        // Boxed: concurrency limits are rare, keep their wait out of the
-        // common future.
-        let permit = match &route.pool.limits {
-            Some(limits) => match Box::pin(limits.acquire(route.request_timeout)).await {
-                Ok(p) => Some(p),
-                Err(_) => return (Err(Failure::Shed), Some(backend.label.clone()), None),
-            },
-            None => None,
-        };
-        let h2 = route.http2 && !upgrade;
-        let pooled = !h2 && !upgrade;
-        let in_flight = backend.start();
-        route.metrics.in_flight.increment(1.0);
-        let sent_at = Instant::now();
-        let result: Result<Upstream, Failure> = if pooled {
-            // The own connection takes the origin-form target as it is.
-            // Replaced in place: `insert` reserves room for a new field
-            // first, which can grow a full map for nothing.
-            match parts.headers.get_mut(header::HOST) {
-                Some(host) if !route.preserve_host => host.clone_from(&backend.host_header),
-                Some(_) => {}
-                None => {
-                    parts
-                        .headers
-                        .insert(header::HOST, backend.host_header.clone());
-                }
-            }
-            let head = h1::Head {
-                method: &parts.method,
-                path_and_query: pq.as_str(),
-                headers: &parts.headers,
-                response_room: route.response_room,
-            };
-            let sent = pool::send(&backend, policy, route.connect_timeout, &head, body);
-            match tokio::time::timeout(route.request_timeout, sent).await {
-                Ok(Ok((head, body))) => Ok(head.into_response(ProxyBody::Pooled(body))),
-                Ok(Err(pool::PoolError::Connect(e))) => {
-                    tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream connect failed");
-                    Err(Failure::Connect)
-                }
-                Ok(Err(pool::PoolError::Request(e))) => {
-                    tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
-                    Err(Failure::Upstream)
-                }
-                Err(_) => Err(Failure::Timeout),
-            }
-        } else {
-            // Boxed: HTTP/2 and upgrades keep their (hyper-util) state out
-            // of every HTTP/1.1 request's future.
-            Box::pin(via_client(
-                route, &backend, &mut parts, body, &pq, h2, upgrade,
-            ))
-            .await
-        };
-        route.metrics.in_flight.decrement(1.0);
-        drop(in_flight);
-        drop(permit);
-        let elapsed = sent_at.elapsed();
-        observe(route, &backend, &result, elapsed);
-        let latency = Some(elapsed);
-        let retry_worthy = match &result {
-            Err(Failure::Connect | Failure::Timeout) => true,
-            Ok(res) => matches!(res.status().as_u16(), 502..=504),
-            Err(_) => false,
-        };
-        attempt += 1;
-        if retry_worthy
-            && saved.is_some()
-            && attempt <= route.retries
-            && route.budget.as_ref().is_some_and(|b| b.withdraw())
-        {
-            tracing::debug!(route = %route.id, instance = %backend.label, attempt, "retrying");
-            continue;
+    start: Instant,
+) -> impl Future<Output = Sent> + Send + 'a {
+    // The request is borrowed, not moved in: the future stays small and
+    // the head is not copied again. Its body is taken for the first attempt.
+    async move {
+        let retryable = route.retries > 0
+            && !upgrade
+            && is_idempotent(req.method(), req.headers())
+            && req.body().is_end_stream();
+        if let Some(budget) = &route.budget {
+            budget.deposit();
         }
-        return (result, Some(backend.label.clone()), latency);
+        let saved = retryable.then(|| (req.method().clone(), req.headers().clone()));
+        let mut body = Some(std::mem::replace(req.body_mut(), RequestBody::Empty));
+        let mut attempt = 0;
+        let policy = shared.clients.policy();
+        loop {
+            // A retry (only ever of a request without a body) starts again
+            // from the head as it came in.
+            let body = match body.take() {
+                Some(b) => b,
+                None => match &saved {
+                    Some((method, headers)) => {
+                        method.clone_into(req.method_mut());
+                        headers.clone_into(req.headers_mut());
+                        RequestBody::Empty
+                    }
+                    None => return (Err(Failure::Upstream), None, None, Instant::now()),
+                },
+            };
+            // The request's first clock reading serves its first attempt:
+            // a clock read costs about as much as a header lookup.
+            let now = if attempt == 0 { start } else { Instant::now() };
+            let Some(backend) = route.pool.pick_at(hash, ms_at(now)) else {
+                return (Err(Failure::NoInstance), None, None, now);
+            };
+            // One attempt, awaited here rather than in a nested async fn so
+            // that its state is not one more layer every request's future
+            // carries and moves.
+            // Boxed: concurrency limits are rare, keep their wait out of the
+            // common future.
+            let permit = match &route.pool.limits {
+                Some(limits) => match Box::pin(limits.acquire(route.request_timeout)).await {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        let label = Some(backend.label.clone());
+                        return (Err(Failure::Shed), label, None, Instant::now());
+                    }
+                },
+                None => None,
+            };
+            let h2 = route.http2 && !upgrade;
+            let pooled = !h2 && !upgrade;
+            let in_flight = backend.start();
+            route.metrics.in_flight.increment(1.0);
+            // After a wait for a concurrency permit, the clock is read again.
+            let sent_at = if permit.is_some() {
+                Instant::now()
+            } else {
+                now
+            };
+            let result: Result<Upstream, Failure> = if pooled {
+                // The own connection takes the origin-form target as it is.
+                // Replaced in place: `insert` reserves room for a new field
+                // first, which can grow a full map for nothing.
+                match req.headers_mut().get_mut(header::HOST) {
+                    Some(host) if !route.preserve_host => host.clone_from(&backend.host_header),
+                    Some(_) => {}
+                    None => {
+                        req.headers_mut()
+                            .insert(header::HOST, backend.host_header.clone());
+                    }
+                }
+                let head = h1::Head {
+                    method: req.method(),
+                    path_and_query: pq.as_str(),
+                    headers: req.headers(),
+                    response_room: route.response_room,
+                };
+                let sent = pool::send(
+                    &backend,
+                    policy,
+                    route.connect_timeout,
+                    &head,
+                    body,
+                    sent_at,
+                );
+                // The timeout is at most an hour (validated): no overflow; were
+                // there one, the request would time out, not panic.
+                let deadline = tokio::time::Instant::from_std(sent_at)
+                    .checked_add(route.request_timeout)
+                    .unwrap_or_else(tokio::time::Instant::now);
+                match tokio::time::timeout_at(deadline, sent).await {
+                    Ok(Ok((head, body))) => Ok(head.into_response(ProxyBody::Pooled(body))),
+                    Ok(Err(pool::PoolError::Connect(e))) => {
+                        tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream connect failed");
+                        Err(Failure::Connect)
+                    }
+                    Ok(Err(pool::PoolError::Request(e))) => {
+                        tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
+                        Err(Failure::Upstream)
+                    }
+                    Err(_) => Err(Failure::Timeout),
+                }
+            } else {
+                // Boxed: HTTP/2 and upgrades keep their (hyper-util) state out
+                // of every HTTP/1.1 request's future.
+                Box::pin(via_client(route, &backend, req, body, &pq, h2, upgrade)).await
+            };
+            route.metrics.in_flight.decrement(1.0);
+            drop(in_flight);
+            drop(permit);
+            let done = Instant::now();
+            let elapsed = done.saturating_duration_since(sent_at);
+            observe(route, &backend, &result, elapsed, ms_at(done));
+            let latency = Some(elapsed);
+            let retry_worthy = match &result {
+                Err(Failure::Connect | Failure::Timeout) => true,
+                Ok(res) => matches!(res.status().as_u16(), 502..=504),
+                Err(_) => false,
+            };
+            attempt += 1;
+            if retry_worthy
+                && saved.is_some()
+                && attempt <= route.retries
+                && route.budget.as_ref().is_some_and(|b| b.withdraw())
+            {
+                tracing::debug!(route = %route.id, instance = %backend.label, attempt, "retrying");
+                continue;
+            }
+            return (result, Some(backend.label.clone()), latency, done);
+        }
     }
 }
 
@@ -585,13 +634,13 @@ async fn send(
 async fn via_client(
     route: &CompiledRoute,
     backend: &Backend,
-    parts: &mut http::request::Parts,
+    req: &mut Request<RequestBody>,
     body: RequestBody,
     pq: &PathAndQuery,
     h2: bool,
     upgrade: bool,
 ) -> Result<Upstream, Failure> {
-    let out = outbound(route.preserve_host, backend, parts, body, pq, h2)?;
+    let out = outbound(route.preserve_host, backend, req, body, pq, h2)?;
     let client = if upgrade {
         &route.upgrade_client
     } else {
@@ -610,11 +659,11 @@ async fn via_client(
 }
 
 /// The request for one attempt on `backend` through hyper-util's client
-/// (HTTP/2, upgrades): an absolute URI, the headers taken from `parts`.
+/// (HTTP/2, upgrades): an absolute URI, the headers taken from `req`.
 fn outbound(
     preserve_host: bool,
     backend: &Backend,
-    parts: &mut http::request::Parts,
+    req: &mut Request<RequestBody>,
     body: RequestBody,
     pq: &PathAndQuery,
     h2: bool,
@@ -627,10 +676,10 @@ fn outbound(
         return Err(Failure::Upstream);
     };
     let mut out = Request::new(body);
-    *out.method_mut() = parts.method.clone();
+    *out.method_mut() = req.method().clone();
     *out.uri_mut() = uri;
-    *out.headers_mut() = std::mem::take(&mut parts.headers);
-    *out.extensions_mut() = std::mem::take(&mut parts.extensions);
+    *out.headers_mut() = std::mem::take(req.headers_mut());
+    *out.extensions_mut() = std::mem::take(req.extensions_mut());
     *out.version_mut() = if h2 {
         Version::HTTP_2
     } else {
@@ -652,10 +701,11 @@ fn observe(
     backend: &Arc<Backend>,
     result: &Result<Upstream, Failure>,
     latency: Duration,
+    now_ms: u64,
 ) {
     let spec = &route.pool.spec().outlier;
     let failed = |backend: &Arc<Backend>| {
-        if backend.outlier.on_failure(spec, now_ms()) {
+        if backend.outlier.on_failure(spec, now_ms) {
             route.pool.ejected(backend);
         }
     };
@@ -663,30 +713,32 @@ fn observe(
         Ok(res) if matches!(res.status().as_u16(), 502..=504) => failed(backend),
         Ok(_) => {
             backend.outlier.on_success();
-            backend.observe(latency);
+            backend.observe_at(latency, now_ms);
         }
         Err(_) => failed(backend),
     }
 }
 
-async fn finish_response(
+/// The upstream's response as the client gets it: hop-by-hop headers
+/// removed, the route's response headers and the rate-limit headers set.
+/// Synchronous: the one part that waits, mapping a JSON body, is
+/// [`map_response_body`]. `Err` is the problem answered instead.
+fn finish_response(
     route: &CompiledRoute,
     mut res: Response<ProxyBody>,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
     decision: Option<Decision>,
     principal: Option<&Principal>,
-) -> Response<ProxyBody> {
+) -> Result<Response<ProxyBody>, Response<ProxyBody>> {
     if res.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_side) = client_upgrade
     {
         let upstream_side = hyper::upgrade::on(&mut res);
         splice(client_side, upstream_side);
     }
-    let (mut parts, body) = res.into_parts();
-    headers::remove_hop_by_hop(
-        &mut parts.headers,
-        parts.status == StatusCode::SWITCHING_PROTOCOLS,
-    );
+    let status = res.status();
+    let headers = res.headers_mut();
+    headers::remove_hop_by_hop(headers, status == StatusCode::SWITCHING_PROTOCOLS);
     if route.transform.changes_response_headers() {
         let empty = http::HeaderMap::new();
         let ctx = TemplateContext {
@@ -695,44 +747,46 @@ async fn finish_response(
         };
         if route
             .transform
-            .apply_response_headers(&mut parts.headers, &ctx)
+            .apply_response_headers(headers, &ctx)
             .is_err()
         {
-            return problem(&bad_gateway(
+            return Err(problem(&bad_gateway(
                 route.pool.name(),
                 "a response header could not be set",
-            ));
+            )));
         }
     }
     if let Some(d) = decision {
-        d.apply_headers(&mut parts.headers);
+        d.apply_headers(headers);
     }
-    if route.transform.maps_response_body() && crate::transform::is_json(&parts.headers) {
-        let max = route.transform.max_body();
-        // Boxed: only body-mapping routes pay for the collect state.
-        let bytes: Bytes = match Box::pin(Limited::new(body, max).collect()).await {
-            Ok(c) => c.to_bytes(),
-            Err(_) => {
-                return problem(&bad_gateway(
-                    route.pool.name(),
-                    "the response is too large to transform",
-                ));
-            }
-        };
-        return match route.transform.map_response_json(&parts.headers, bytes) {
-            Ok(mapped) => {
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
-                Response::from_parts(parts, ProxyBody::full(mapped))
-            }
-            Err(_) => problem(&bad_gateway(
+    Ok(res)
+}
+
+/// Applies the route's JSON body mapping to a finished response.
+async fn map_response_body(route: &CompiledRoute, res: Response<ProxyBody>) -> Response<ProxyBody> {
+    let (mut parts, body) = res.into_parts();
+    let max = route.transform.max_body();
+    let bytes: Bytes = match Limited::new(body, max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(_) => {
+            return problem(&bad_gateway(
                 route.pool.name(),
-                "the response is not valid JSON",
-            )),
-        };
+                "the response is too large to transform",
+            ));
+        }
+    };
+    match route.transform.map_response_json(&parts.headers, bytes) {
+        Ok(mapped) => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(mapped.len()));
+            Response::from_parts(parts, ProxyBody::full(mapped))
+        }
+        Err(_) => problem(&bad_gateway(
+            route.pool.name(),
+            "the response is not valid JSON",
+        )),
     }
-    Response::from_parts(parts, body)
 }
 
 /// Splices two upgraded connections until either side closes.

@@ -17,7 +17,7 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use http::Method;
 use jadugar_core::outbound::AddressPolicy;
@@ -65,8 +65,8 @@ impl Idle {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The most recently used connection that can still be used.
-    fn pop(&self) -> Option<Box<Conn>> {
+    /// The most recently used connection that can still be used at `now`.
+    fn pop(&self, now: Instant) -> Option<Box<Conn>> {
         let mut stale = Vec::new();
         let found = {
             let mut conns = self.lock();
@@ -74,7 +74,7 @@ impl Idle {
                 let Some(conn) = conns.pop_back() else {
                     break None;
                 };
-                if conn.idle_since.elapsed() > self.settings.timeout {
+                if now.saturating_duration_since(conn.idle_since) > self.settings.timeout {
                     // The rest are older still.
                     stale.push(conn);
                     stale.extend(conns.drain(..));
@@ -170,14 +170,16 @@ async fn connect(
     Ok(Box::new(Conn::new(stream)))
 }
 
-/// Sends a request on an idle or new connection of `backend`; returns the
-/// response head and its body, which holds the connection until it ends.
+/// Sends a request on an idle or new connection of `backend`, `now` being
+/// when it started; returns the response head and its body, which holds the
+/// connection until it ends.
 pub(crate) async fn send(
     backend: &Arc<Backend>,
     policy: &AddressPolicy,
     connect_timeout: Duration,
     head: &h1::Head<'_>,
     body: RequestBody,
+    now: Instant,
 ) -> Result<(ResponseHead, PooledBody), PoolError> {
     let method = head.method;
     // A body known in full can be sent again after a lost race with an
@@ -190,7 +192,7 @@ pub(crate) async fn send(
     .filter(|_| is_idempotent(method));
     let mut body = Some(body);
     loop {
-        let (conn, reused) = match backend.idle.pop() {
+        let (conn, reused) = match backend.idle.pop(now) {
             Some(conn) => (conn, true),
             // Boxed: connecting (TCP, maybe TLS) is rare and its state is
             // large; unboxed it would sit in, and be copied with, every
