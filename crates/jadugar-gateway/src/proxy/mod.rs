@@ -88,6 +88,10 @@ impl Peer {
 // argument and the local it is moved into) and copies it between them, and
 // the request head alone is 264 bytes; a block uses what it captured in
 // place.
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice"
+)]
 pub(crate) fn handle(
     shared: Arc<Shared>,
     mut req: Request<RequestBody>,
@@ -143,6 +147,10 @@ type Outcome = (
     Option<Duration>,
 );
 
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice (see `handle`)"
+)]
 fn route_and_proxy<'a>(
     shared: &'a Shared,
     mut req: Request<RequestBody>,
@@ -488,6 +496,10 @@ type Sent = (
     Instant,
 );
 
+#[allow(
+    clippy::manual_async_fn,
+    reason = "an async fn would keep its arguments twice (see `handle`)"
+)]
 fn send<'a>(
     shared: &'a Shared,
     route: &'a CompiledRoute,
