@@ -533,7 +533,7 @@ fn parse_response_head(
     let head = read.split_to(len).freeze();
     // Room for what the gateway adds without growing, and no more: maps
     // of up to 6 fields stay in the allocator's small-block fast path.
-    let mut headers = HeaderMap::with_capacity(offsets.len() + room);
+    let mut headers = super::headers::spare::take(offsets.len() + room);
     for &(ns, ne, vs, ve) in offsets.iter() {
         let name =
             HeaderName::from_bytes(&head[ns..ne]).map_err(|_| invalid("invalid header name"))?;

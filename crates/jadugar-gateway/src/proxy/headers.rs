@@ -199,3 +199,89 @@ mod tests {
         assert!(s.hop_by_hop && s.upgrade && !s.identity);
     }
 }
+
+/// Header maps kept for reuse on this thread.
+///
+/// Each proxied request builds two maps, the request's and the upstream
+/// response's, each of two allocations (the index and the entries). A map
+/// handed back once its message is written is cleared and keeps its
+/// storage for a later message on the same thread. Bounded in number and
+/// in each map's size, so a burst of large heads is not kept.
+pub(crate) mod spare {
+    use std::cell::RefCell;
+
+    use http::HeaderMap;
+
+    /// Most maps kept per thread (about two per request in flight).
+    const MAX_KEPT: usize = 256;
+    /// Largest map kept, in fields it holds without growing.
+    const MAX_FIELDS: usize = 32;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    }
+
+    /// An empty map with room for `fields` fields: a kept one if there is.
+    pub(crate) fn take(fields: usize) -> HeaderMap {
+        match SPARE.try_with(|spare| spare.borrow_mut().pop()) {
+            Ok(Some(mut map)) => {
+                // Cleared when kept; only grows if it is too small.
+                map.reserve(fields);
+                map
+            }
+            _ => HeaderMap::with_capacity(fields),
+        }
+    }
+
+    /// Keeps `map`'s storage for [`take`]; its fields are dropped now.
+    pub(crate) fn give(mut map: HeaderMap) {
+        if map.capacity() == 0 || map.capacity() > MAX_FIELDS {
+            return;
+        }
+        map.clear();
+        let _ = SPARE.try_with(|spare| {
+            let mut spare = spare.borrow_mut();
+            if spare.len() < MAX_KEPT {
+                spare.push(map);
+            }
+        });
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use http::HeaderValue;
+
+        use super::*;
+
+        #[test]
+        fn a_kept_map_comes_back_empty_with_its_storage() {
+            let mut map = take(6);
+            map.insert("x-a", HeaderValue::from_static("1"));
+            map.append("x-a", HeaderValue::from_static("2"));
+            let capacity = map.capacity();
+            give(map);
+            let again = take(2);
+            assert!(again.is_empty());
+            assert_eq!(again.get("x-a"), None);
+            assert_eq!(again.capacity(), capacity);
+        }
+
+        #[test]
+        fn a_kept_map_too_small_grows() {
+            give(HeaderMap::with_capacity(1));
+            let map = take(20);
+            assert!(map.capacity() >= 20);
+        }
+
+        #[test]
+        fn large_maps_are_not_kept() {
+            while SPARE.with(|s| s.borrow_mut().pop()).is_some() {}
+            give(HeaderMap::with_capacity(MAX_FIELDS * 4));
+            assert_eq!(SPARE.with(|s| s.borrow().len()), 0);
+            for _ in 0..MAX_KEPT + 10 {
+                give(HeaderMap::with_capacity(4));
+            }
+            assert_eq!(SPARE.with(|s| s.borrow().len()), MAX_KEPT);
+        }
+    }
+}

@@ -110,9 +110,10 @@ pub(crate) fn handle(
             }
             None => None,
         };
-        let method = req.method().clone();
+        // Cheap (reference-counted); lets the request be changed while its
+        // target is read.
         let uri = req.uri().clone();
-        let mut res = route_and_proxy(&shared, req, &uri, start, peer).await;
+        let mut res = route_and_proxy(&shared, &mut req, &uri, start, peer).await;
         if let Some(id) = request_id
             && !res.0.headers().contains_key(&request_id::HEADER)
         {
@@ -125,7 +126,7 @@ pub(crate) fn handle(
             crate::observability::access_log(
                 route.as_deref().unwrap_or("-"),
                 instance.as_deref(),
-                &method,
+                req.method(),
                 uri.path(),
                 response.status().as_u16(),
                 upstream_latency,
@@ -136,6 +137,9 @@ pub(crate) fn handle(
                     .and_then(|v| v.to_str().ok()),
             );
         }
+        // The request head has been sent (or refused): its map can serve a
+        // later message.
+        headers::spare::give(std::mem::take(req.headers_mut()));
         response
     }
 }
@@ -153,7 +157,7 @@ type Outcome = (
 )]
 fn route_and_proxy<'a>(
     shared: &'a Shared,
-    mut req: Request<RequestBody>,
+    req: &'a mut Request<RequestBody>,
     uri: &'a Uri,
     start: Instant,
     peer: Option<Peer>,
@@ -209,7 +213,7 @@ fn route_and_proxy<'a>(
         }
         let client_ip = match &peer {
             Some(p) => Some(p.ip),
-            None => crate::ratelimit::client_ip(&req),
+            None => crate::ratelimit::client_ip(req),
         };
 
         // How fast.
@@ -320,7 +324,7 @@ fn route_and_proxy<'a>(
         let upgrade = req.version() == Version::HTTP_11
             && (scanned.upgrade || transformed)
             && headers::is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
 
         // Forwarding headers.
         {
@@ -357,7 +361,7 @@ fn route_and_proxy<'a>(
             .or_else(|| uri.path_and_query().cloned())
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let (response, instance, latency, done) =
-            send(shared, &route, &mut req, pq, hash, upgrade, start).await;
+            send(shared, &route, req, pq, hash, upgrade, start).await;
         let response = match response {
             Ok(res) => {
                 match finish_response(&route, res, client_upgrade, decision, principal.as_ref()) {

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::{Buf as _, Bytes, BytesMut};
 use futures_util::FutureExt as _;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use http_body_util::BodyExt as _;
@@ -344,6 +344,8 @@ impl Conn {
             w.extend_from_slice(b"connection: close\r\n");
         }
         w.extend_from_slice(b"\r\n");
+        // The head is written out: its map can serve a later message.
+        crate::proxy::headers::spare::give(parts.headers);
         if !send_body {
             drop(body);
             return write_all_vectored(&mut self.io, &mut [io::IoSlice::new(&self.write)]).await;
@@ -489,7 +491,7 @@ fn parse(read: &mut BytesMut) -> Parse {
     // Room for what the gateway adds (three forwarding headers, the
     // request id) without growing, and no more: maps of up to 6 fields
     // stay in the allocator's small-block fast path.
-    let mut headers = HeaderMap::with_capacity(count + 4);
+    let mut headers = crate::proxy::headers::spare::take(count + 4);
     for &(ns, ne, vs, ve) in &offsets[..count] {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&head[ns..ne]),
