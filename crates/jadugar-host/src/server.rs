@@ -1,5 +1,8 @@
-//! Serving: the accept loop (plain TCP or TLS), HTTP/1 and HTTP/2 through
-//! hyper-util, and graceful shutdown (see [`App::serve`]).
+//! Serving and graceful shutdown (see [`App::serve`]). Plain TCP goes
+//! through the gateway's own HTTP/1.1 loop (`jadugar_gateway::serve_service`:
+//! hyper takes over any connection carrying h2c, an upgrade, a chunked or
+//! large upload or malformed input); TLS connections go through hyper-util
+//! (HTTP/1.1 and HTTP/2 by ALPN).
 //!
 //! ```no_run
 //! # fn demo() -> Result<(), jadugar_host::HostError> {
@@ -22,6 +25,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use jadugar_gateway::{ClientAddr, RequestBody};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -93,80 +97,10 @@ impl App {
         }
 
         let router = self.router();
-        let builder = Builder::new(TokioExecutor::new());
-        let graceful = GracefulShutdown::new();
-        let mut shutdown = std::pin::pin!(shutdown);
-        loop {
-            let (stream, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(accepted) => accepted,
-                    Err(e) => {
-                        // Out of file descriptors and the like: wait, go on.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                () = &mut shutdown => break,
-            };
-            let _ = stream.set_nodelay(true);
-            let service = TowerToHyperService::new(
-                // Cheap per connection: the router is shared, only the
-                // peer address is added to each request.
-                tower::ServiceBuilder::new()
-                    .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
-                        request.extensions_mut().insert(ConnectInfo(remote));
-                        request
-                    })
-                    .service(router.clone()),
-            );
-            let watcher = graceful.watcher();
-            let builder = builder.clone();
-            let tls = tls.clone();
-            tokio::spawn(async move {
-                let result = match tls {
-                    Some(acceptor) => {
-                        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
-                        {
-                            Ok(Ok(stream)) => {
-                                let conn = builder
-                                    .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                                watcher.watch(conn.into_owned()).await
-                            }
-                            Ok(Err(e)) => {
-                                tracing::debug!(%remote, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%remote, "TLS handshake timed out");
-                                return;
-                            }
-                        }
-                    }
-                    None => {
-                        let conn =
-                            builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        watcher.watch(conn.into_owned()).await
-                    }
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%remote, error = %e, "connection ended with an error");
-                }
-            });
-        }
-        drop(listener);
-
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
-        tracing::info!(
-            grace_secs = grace.as_secs(),
-            "shutting down: no new connections, finishing in-flight requests"
-        );
-        token.cancel();
-        let drained = tokio::time::timeout(grace, graceful.shutdown())
-            .await
-            .is_ok();
-        if !drained {
-            tracing::warn!("grace period over; closing the remaining connections");
+        match tls {
+            Some(acceptor) => serve_tls(listener, router, acceptor, shutdown, grace, &token).await,
+            None => serve_plain(listener, router, shutdown, grace, &token).await,
         }
         let stopped = tokio::time::timeout(grace, futures_util::future::join_all(tasks)).await;
         if stopped.is_err() {
@@ -175,5 +109,132 @@ impl App {
         self.backends.close().await;
         tracing::info!("stopped");
         Ok(())
+    }
+}
+
+/// Logs the start of the shutdown and cancels background work.
+fn shutting_down(grace: Duration, token: &CancellationToken) {
+    tracing::info!(
+        grace_secs = grace.as_secs(),
+        "shutting down: no new connections, finishing in-flight requests"
+    );
+    token.cancel();
+}
+
+/// Plain HTTP: the gateway's own HTTP/1.1 loop for common requests, with
+/// hyper taking over any connection it does not handle (h2c, upgrades,
+/// chunked or large uploads, malformed input): the proxied path costs what
+/// it costs in `jadugar_gateway::serve_service`.
+async fn serve_plain(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    token: &CancellationToken,
+) {
+    // Handlers read the peer through axum's `ConnectInfo`.
+    let service = tower::ServiceBuilder::new()
+        .map_request(|mut request: http::Request<RequestBody>| {
+            if let Some(&ClientAddr(remote)) = request.extensions().get::<ClientAddr>() {
+                request.extensions_mut().insert(ConnectInfo(remote));
+            }
+            request
+        })
+        .service(router);
+    let stopping = CancellationToken::new();
+    let signal = {
+        let stopping = stopping.clone();
+        async move {
+            shutdown.await;
+            stopping.cancel();
+        }
+    };
+    let serving = jadugar_gateway::serve_service(listener, service, signal);
+    let mut serving = std::pin::pin!(serving);
+    // Serving ends only after the signal (accept errors are retried), but
+    // may end at once if the signal came first.
+    let finished = tokio::select! {
+        result = &mut serving => Some(result),
+        () = stopping.cancelled() => None,
+    };
+    shutting_down(grace, token);
+    // The accept loop has stopped; idle connections close, busy ones after
+    // their current response.
+    let result = match finished {
+        Some(result) => Ok(result),
+        None => tokio::time::timeout(grace, serving).await,
+    };
+    match result {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "serving failed"),
+        Err(_) => tracing::warn!("grace period over; closing the remaining connections"),
+    }
+}
+
+/// TLS: every connection through hyper-util (HTTP/1.1 and HTTP/2 by ALPN).
+async fn serve_tls(
+    listener: TcpListener,
+    router: axum::Router,
+    tls: TlsAcceptor,
+    shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
+    token: &CancellationToken,
+) {
+    let builder = Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (stream, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            // Cheap per connection: the router is shared, only the
+            // peer address is added to each request.
+            tower::ServiceBuilder::new()
+                .map_request(move |mut request: http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(remote));
+                    request
+                })
+                .service(router.clone()),
+        );
+        let watcher = graceful.watcher();
+        let builder = builder.clone();
+        let acceptor = tls.clone();
+        tokio::spawn(async move {
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%remote, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    shutting_down(grace, token);
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("grace period over; closing the remaining connections");
     }
 }

@@ -577,3 +577,89 @@ async fn handlers_see_the_peer_address() {
     assert_eq!(res.text().await.unwrap(), "127.0.0.1");
     host.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn plain_http_serves_keep_alive_h2c_and_large_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = config_in(dir.path());
+    config.body_limit_bytes = 1 << 20;
+    let backends = Backends::open(&config).await.unwrap();
+    let echo = Router::new().route(
+        "/v1/test/echo",
+        axum::routing::post(|body: axum::body::Bytes| async move { body.len().to_string() }),
+    );
+    let app = App::builder(config, backends)
+        .mount("test", echo, Default::default())
+        .build();
+    let host = serve(app).await;
+
+    // HTTP/1.1 keep-alive: several requests on one connection, peer known.
+    let mut stream = tokio::net::TcpStream::connect(host.addr).await.unwrap();
+    for _ in 0..3 {
+        let head = b"GET /healthz HTTP/1.1\r\nhost: test\r\n\r\n";
+        tokio::io::AsyncWriteExt::write_all(&mut stream, head)
+            .await
+            .unwrap();
+        let response = read_response(&mut stream).await;
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.contains("x-request-id: "), "{response}");
+    }
+
+    // HTTP/2 with prior knowledge is handed to hyper.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let res = h2.get(host.url("/healthz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+
+    // A body above what the own loop buffers (64 KiB) and a chunked one
+    // reach the handler whole.
+    let client = reqwest::Client::new();
+    let large = vec![b'x'; 200 * 1024];
+    let res = client
+        .post(host.url("/v1/test/echo"))
+        .body(large)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), (200 * 1024).to_string());
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..100).map(|_| Ok(vec![b'a'; 1000])).collect();
+    let res = client
+        .post(host.url("/v1/test/echo"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.text().await.unwrap(), "100000");
+    host.shutdown().await.unwrap();
+}
+
+/// Reads one HTTP/1.1 response with a `content-length` from `stream`.
+async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = Vec::new();
+    loop {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed early");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse::<usize>().unwrap());
+            if buf.len() >= end + 4 + length {
+                return text;
+            }
+        }
+    }
+}

@@ -136,14 +136,15 @@ struct Conn {
 
 /// Serves requests on `io` with `service` until the connection closes,
 /// `cancel` fires while it is idle, or a request needs hyper.
-pub(crate) async fn serve_connection<F, Fut>(
+pub(crate) async fn serve_connection<F, Fut, B>(
     io: TcpStream,
     mut service: F,
     cancel: &CancellationToken,
 ) -> Outcome
 where
     F: FnMut(Request<RequestBody>) -> Fut,
-    Fut: Future<Output = Response<ProxyBody>>,
+    Fut: Future<Output = Response<B>>,
+    B: http_body::Body<Data = Bytes>,
 {
     let mut conn = Conn {
         io,
@@ -252,9 +253,9 @@ impl Conn {
 
     /// Runs the service's future while watching the connection: bytes the
     /// client pipelines are kept, its closing cancels the request.
-    async fn run<Fut>(&mut self, mut fut: Pin<&mut Fut>) -> Option<Response<ProxyBody>>
+    async fn run<Fut, B>(&mut self, mut fut: Pin<&mut Fut>) -> Option<Response<B>>
     where
-        Fut: Future<Output = Response<ProxyBody>>,
+        Fut: Future<Output = Response<B>>,
     {
         let mut watch = true;
         std::future::poll_fn(|cx| {
@@ -282,13 +283,16 @@ impl Conn {
     }
 
     /// Writes `res`: head and (usually) the whole body in one `writev`.
-    async fn write_response(
+    async fn write_response<B>(
         &mut self,
-        res: Response<ProxyBody>,
+        res: Response<B>,
         head_request: bool,
         close: bool,
-    ) -> io::Result<()> {
-        let (parts, mut body) = res.into_parts();
+    ) -> io::Result<()>
+    where
+        B: http_body::Body<Data = Bytes>,
+    {
+        let (parts, body) = res.into_parts();
         let status = parts.status;
         let bodiless = status.is_informational()
             || status == StatusCode::NO_CONTENT
@@ -350,6 +354,7 @@ impl Conn {
             drop(body);
             return write_all_vectored(&mut self.io, &mut [io::IoSlice::new(&self.write)]).await;
         }
+        let mut body = pin!(body);
         let chunked = length.is_none();
         let mut head_written = false;
         let mut sent: u64 = 0;
@@ -358,7 +363,11 @@ impl Conn {
         let mut ready = if body.is_end_stream() {
             Some(None)
         } else {
-            body.frame().now_or_never()
+            // The error itself is not kept (nor needs to be `Send`).
+            body.as_mut()
+                .frame()
+                .now_or_never()
+                .map(|frame| frame.map(|r| r.map_err(drop)))
         };
         loop {
             let frame = match ready.take() {
@@ -369,7 +378,7 @@ impl Conn {
                             .await?;
                         head_written = true;
                     }
-                    body.frame().await
+                    body.as_mut().frame().await.map(|r| r.map_err(drop))
                 }
             };
             let (data, end) = match frame {

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use futures_util::FutureExt as _;
 use futures_util::future::Either;
 use http::{Request, Response};
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt as _;
 
-use crate::proxy::body::{ProxyBody, RequestBody};
+use crate::proxy::body::RequestBody;
 use crate::{ClientAddr, Gateway};
 
 /// Serves `gateway` on `listener` (HTTP/1.1 with upgrades, and HTTP/2 with
@@ -65,9 +66,11 @@ pub async fn serve(
     .await
 }
 
-/// Serves any tower service over the gateway's request and response body
-/// types the way [`serve`] serves a [`Gateway`]: for a gateway composed
-/// with other layers (authentication, say). Each request carries its
+/// Serves any tower service taking the gateway's request body the way
+/// [`serve`] serves a [`Gateway`]: for a gateway composed with other layers
+/// (authentication, say), or a whole application whose fallback is the
+/// gateway (the `jadugar` host). Responses may have any body of [`Bytes`]
+/// chunks, [`ProxyBody`](crate::ProxyBody) or another. Each request carries its
 /// [`ClientAddr`] in its extensions. Each connection calls its own clone
 /// of `service`, without cloning it per request while it is ready at once
 /// (as a gateway behind authentication is); backpressure from layers such
@@ -89,17 +92,19 @@ pub async fn serve(
 /// jadugar_gateway::serve_service(listener, service, std::future::pending()).await
 /// # }
 /// ```
-pub async fn serve_service<S>(
+pub async fn serve_service<S, B>(
     listener: TcpListener,
     service: S,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()>
 where
-    S: tower::Service<Request<RequestBody>, Response = Response<ProxyBody>, Error = Infallible>
+    S: tower::Service<Request<RequestBody>, Response = Response<B>, Error = Infallible>
         + Clone
         + Send
         + 'static,
     S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     accept_loop(listener, shutdown, move |stream, peer, server| {
         let service = service.clone();
