@@ -123,8 +123,8 @@ fn shutting_down(grace: Duration, token: &CancellationToken) {
 
 /// Plain HTTP: the gateway's own HTTP/1.1 loop for common requests, with
 /// hyper taking over any connection it does not handle (h2c, upgrades,
-/// chunked or large uploads, malformed input): the proxied path costs what
-/// it costs in `jadugar_gateway::serve_service`.
+/// chunked or large uploads, malformed input): the server side of a
+/// request costs what it costs in `jadugar_gateway::serve_service`.
 async fn serve_plain(
     listener: TcpListener,
     router: axum::Router,
