@@ -289,15 +289,8 @@ async fn oversized_bodies_are_413_problems() {
     assert_eq!(res.status(), 413);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     // Without a declared length (chunked), the body is cut at the limit.
-    let chunks: Vec<Result<String, std::io::Error>> = vec![Ok("x".repeat(10)), Ok("y".repeat(10))];
-    let res = client
-        .post(host.url("/v1/test/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let chunks = vec!["x".repeat(10).into_bytes(), "y".repeat(10).into_bytes()];
+    let res = post_chunked(&client, &host.url("/v1/test/echo"), chunks).await;
     assert_eq!(res.status(), 413);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
     // A wrong method is a problem too, naming what is allowed.
@@ -625,16 +618,8 @@ async fn plain_http_serves_keep_alive_h2c_and_large_uploads() {
         .await
         .unwrap();
     assert_eq!(res.text().await.unwrap(), (200 * 1024).to_string());
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..100).map(|_| Ok(vec![b'a'; 1000])).collect();
-    let res = client
-        .post(host.url("/v1/test/echo"))
-        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-            chunks,
-        )))
-        .send()
-        .await
-        .unwrap();
+    let chunks = (0..100).map(|_| vec![b'a'; 1000]).collect();
+    let res = post_chunked(&client, &host.url("/v1/test/echo"), chunks).await;
     assert_eq!(res.text().await.unwrap(), "100000");
     host.shutdown().await.unwrap();
 }
@@ -662,4 +647,19 @@ async fn read_response(stream: &mut tokio::net::TcpStream) -> String {
             }
         }
     }
+}
+
+/// POSTs `chunks` to `url` as a body of unknown length (chunked).
+async fn post_chunked(
+    client: &reqwest::Client,
+    url: &str,
+    chunks: Vec<Vec<u8>>,
+) -> reqwest::Response {
+    let stream = futures_util::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+    client
+        .post(url)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap()
 }
