@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Repeatable instruction counts per request (valgrind callgrind) of one proxy.
 #
-#   benches/load/profile.sh plain|full|many-routes|nginx|upstream [REQUESTS]
+#   benches/load/profile.sh plain|full|many-routes|host|nginx|upstream [REQUESTS]
 #
 # Starts bench_upstream, the proxy under callgrind, sends 2,000 warm-up
 # requests (HTTP/1.1, 16 connections, h2load --h1), zeroes the counters,
@@ -12,10 +12,14 @@
 # BENCH_SKIP_BUILD=1 with CARGO_TARGET_DIR pointing at a release build).
 # PROFILE_KEEP=1 keeps the callgrind file (for cgsummary.py or kcachegrind).
 # BENCH_GATEWAY_ARGS adds arguments to bench_gateway (e.g. --access-log).
+# `host` profiles the `jadugar` binary (`cargo build --release -p
+# jadugar-host`) proxying one `[[gateway.routes]]` prefix route, one worker
+# thread, its data directory made natively first (argon2 is slow under
+# valgrind).
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
-what="${1:?usage: profile.sh plain|full|many-routes|nginx|upstream [REQUESTS]}"
+what="${1:?usage: profile.sh plain|full|many-routes|host|nginx|upstream [REQUESTS]}"
 requests="${2:-20000}"
 bin="${CARGO_TARGET_DIR:-$repo/target}/release"
 for tool in valgrind callgrind_control h2load curl; do
@@ -43,6 +47,26 @@ case "$what" in
         valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
             "$bin/bench_gateway" --mode "$what" --listen "127.0.0.1:$px_port" \
             --upstream "127.0.0.1:$up_port" --key-file "$work/key" ${BENCH_GATEWAY_ARGS:-} >"$work/proxy.log" 2>&1 &
+        ;;
+    host)
+        [ -x "$bin/jadugar" ] || { echo "profile.sh: $bin/jadugar missing (cargo build --release -p jadugar-host)" >&2; exit 1; }
+        cat >"$work/jadugar.toml" <<CONF
+listen = "127.0.0.1:$px_port"
+data_dir = "$work/data"
+log_level = "warn"
+[[gateway.routes]]
+id = "api"
+path = "/api"
+path_match = "prefix"
+upstream = { targets = ["http://127.0.0.1:$up_port"] }
+CONF
+        export JADUGAR_ADMIN_PASSWORD=profile-password-not-secret TOKIO_WORKER_THREADS=1
+        "$bin/jadugar" --config "$work/jadugar.toml" serve >"$work/init.log" 2>&1 &
+        init=$!
+        for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$px_port/healthz" && break; sleep 0.2; done
+        kill "$init"; wait "$init" 2>/dev/null || true
+        valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+            "$bin/jadugar" --config "$work/jadugar.toml" serve >"$work/proxy.log" 2>&1 &
         ;;
     nginx)
         mkdir -p "$work/tmp"

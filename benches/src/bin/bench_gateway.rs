@@ -68,6 +68,9 @@ struct Args {
     /// Where `full` mode writes the API key's secret.
     #[arg(long)]
     key_file: Option<PathBuf>,
+    /// Speak HTTP/2 (h2c, prior knowledge) to the upstream.
+    #[arg(long)]
+    upstream_h2: bool,
 }
 
 /// The `/api` route to the upstream.
@@ -82,6 +85,7 @@ fn config(args: &Args) -> jadugar_gateway::Config {
         ..jadugar_gateway::Config::default()
     };
     let mut route = api_route(&args.upstream);
+    route.upstream.http2 = args.upstream_h2;
     match args.mode {
         Mode::Plain => {}
         Mode::Full => {

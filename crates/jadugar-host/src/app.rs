@@ -19,6 +19,12 @@
 //! the request timeout (a component may ask for a longer one); the
 //! fallback times out per gateway route.
 //!
+//! With a fallback, a request outside [`RESERVED_PREFIXES`] goes straight
+//! to it, past the router: the host's layers wrap the whole service once
+//! ([`HostService`]), not each route, so a proxied request costs no route
+//! matching and no per-route service clones. Routes mounted outside the
+//! reserved prefixes are served only by an app without a fallback.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), jadugar_host::HostError> {
 //! use axum::{Router, routing::get};
@@ -36,30 +42,35 @@
 //! ```
 
 use std::convert::Infallible;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::Route;
 use axum::routing::get;
+use axum::{BoxError, Router};
+use futures_util::FutureExt as _;
+use futures_util::future::{CatchUnwind, Either, Map, Ready};
 use jadugar_core::Problem;
 use jadugar_core::request_id::RequestIdLayer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceBuilder;
 use tower::util::BoxCloneSyncService;
+use tower::{Layer, Service, ServiceBuilder};
 use utoipa::openapi::OpenApi;
 use utoipa::{OpenApi as _, ToSchema};
 
 use crate::backends::Backends;
 use crate::config::Config;
-use crate::telemetry::{AccessLogLayer, metrics_handle};
+use crate::telemetry::{AccessLogLayer, metrics_handle, panic_response, with_matched_route};
 
 /// Path prefixes the host and its components own; the fallback (the
 /// gateway) never sees them.
@@ -74,7 +85,7 @@ pub const RESERVED_PREFIXES: &[&str] = &[
 ];
 
 type Spawner = Box<dyn FnOnce(CancellationToken) -> Vec<JoinHandle<()>> + Send>;
-type Wrapper = Box<dyn FnOnce(Router) -> Router + Send>;
+type Wrapper<S> = Box<dyn FnOnce(S) -> S + Send>;
 type DocsRouter = Box<dyn FnOnce(OpenApi) -> Router + Send>;
 
 /// The service answering requests no route matched (the gateway).
@@ -88,7 +99,7 @@ pub struct AppBuilder {
     api: Router,
     openapi: OpenApi,
     spawners: Vec<Spawner>,
-    auth: Option<Wrapper>,
+    auth: Option<(Wrapper<Router>, Wrapper<FallbackService>)>,
     fallback: Option<FallbackService>,
     docs: Option<DocsRouter>,
     components: Vec<&'static str>,
@@ -149,16 +160,35 @@ impl AppBuilder {
     }
 
     /// Wraps every component route and the fallback (not the host's health
-    /// and metrics routes) with `wrap`, typically
-    /// `|router| router.layer(auth_layer)`.
-    pub fn authenticate(mut self, wrap: impl FnOnce(Router) -> Router + Send + 'static) -> Self {
-        self.auth = Some(Box::new(wrap));
+    /// and metrics routes) in `layer`, typically `jadugar_auth::AuthLayer`.
+    pub fn authenticate<L>(mut self, layer: L) -> Self
+    where
+        L: Layer<Route> + Layer<FallbackService> + Clone + Send + Sync + 'static,
+        <L as Layer<Route>>::Service: Service<axum::extract::Request, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <<L as Layer<Route>>::Service as Service<axum::extract::Request>>::Future: Send + 'static,
+        <L as Layer<FallbackService>>::Service: Service<axum::extract::Request, Response = Response, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        <<L as Layer<FallbackService>>::Service as Service<axum::extract::Request>>::Future:
+            Send + 'static,
+    {
+        let routes = layer.clone();
+        self.auth = Some((
+            Box::new(move |router: Router| router.layer(routes)),
+            Box::new(move |fallback| BoxCloneSyncService::new(layer.layer(fallback))),
+        ));
         self
     }
 
-    /// Answers every request outside [`RESERVED_PREFIXES`] that no route
-    /// matched with `service` (the gateway). The host puts no timeout on it:
-    /// the gateway times its upstreams out per route.
+    /// Answers every request outside [`RESERVED_PREFIXES`] with `service`
+    /// (the gateway), without routing. The host puts no timeout on it: the
+    /// gateway times its upstreams out per route.
     pub fn fallback(mut self, service: FallbackService) -> Self {
         self.fallback = Some(service);
         self
@@ -184,7 +214,6 @@ impl AppBuilder {
         let openapi_json =
             axum::body::Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
 
-        let fallback = self.fallback;
         let docs = match self.docs {
             Some(make) => with_timeout(
                 make(openapi.clone()),
@@ -212,13 +241,12 @@ impl AppBuilder {
             // Only the host's and components' routes: the gateway's
             // (proxied) responses are never rewritten.
             .route_layer(axum::middleware::map_response(problem_for_bare_errors))
-            .fallback(move |request: axum::extract::Request| {
-                let fallback = fallback.clone();
-                async move { route_fallback(fallback, request).await }
-            });
-        let api = match self.auth {
-            Some(wrap) => wrap(api),
-            None => api,
+            .fallback(not_found);
+        let (api, fallback) = match self.auth {
+            Some((wrap_routes, wrap_fallback)) => {
+                (wrap_routes(api), self.fallback.map(wrap_fallback))
+            }
+            None => (api, self.fallback),
         };
 
         let ops_state = OpsState {
@@ -233,16 +261,15 @@ impl AppBuilder {
             .with_state(Arc::new(ops_state));
 
         let default_timeout = Duration::from_secs(self.config.request_timeout_secs);
-        let router = with_timeout(ops, default_timeout).merge(api);
-        // `with_state` turns every handler (the fallback closure included)
-        // into a route once; a `Router` called as a service without it
-        // converts the matched handler, layers and all, on every request
-        // (about 60 allocations per proxied request).
-        let router = with_host_layers(router, &self.config).with_state(());
+        // `with_state` turns every handler (the fallback included) into a
+        // route once; a `Router` called as a service without it converts
+        // the matched handler, layers and all, on every request.
+        let router =
+            with_matched_route(with_timeout(ops, default_timeout).merge(api)).with_state(());
         App {
+            service: HostService::new(Dispatch { router, fallback }, &self.config),
             config: self.config,
             backends: self.backends,
-            router,
             spawners: self.spawners,
             openapi,
             components: self.components,
@@ -272,46 +299,182 @@ fn with_timeout(router: Router, timeout: Duration) -> Router {
     )
 }
 
-/// The request id, access log, panic catching and body limit around
-/// `router`.
-fn with_host_layers(router: Router, config: &Config) -> Router {
-    let limit = config.body_limit_bytes;
-    router
-        .layer(DefaultBodyLimit::max(limit))
-        .layer(tower_http::limit::RequestBodyLimitLayer::new(limit))
-        .layer(axum::middleware::from_fn_with_state(
-            limit,
-            reject_declared_oversize,
-        ))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send>| {
-                tracing::error!("a request handler panicked");
-                Problem::internal().into_response()
-            },
-        ))
-        .layer(AccessLogLayer)
-        .layer(RequestIdLayer::new())
+/// The whole HTTP service of an [`App`]: the request id, the access log,
+/// panic catching and the body size limit, once around the router and the
+/// fallback (see the [module docs](self)). Cheap to clone.
+#[derive(Clone)]
+pub struct HostService {
+    inner: BoxCloneSyncService<axum::extract::Request, Response, Infallible>,
 }
 
-/// A declared `Content-Length` over the limit is refused before anything
-/// reads the body. (Undeclared lengths are cut by `RequestBodyLimitLayer`.)
-async fn reject_declared_oversize(
-    State(limit): State<usize>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Problem::payload_too_large(format!(
-            "the request body exceeds the limit of {limit} bytes"
-        ))
-        .into_response();
+impl std::fmt::Debug for HostService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostService").finish_non_exhaustive()
     }
-    next.run(request).await
+}
+
+impl HostService {
+    fn new(dispatch: Dispatch, config: &Config) -> Self {
+        let limit = config.body_limit_bytes;
+        let service = ServiceBuilder::new()
+            .layer(RequestIdLayer::new())
+            .layer(AccessLogLayer)
+            .layer_fn(|inner| CatchPanic { inner })
+            .layer_fn(|inner| BodyLimit { inner, limit })
+            .layer(DefaultBodyLimit::max(limit))
+            .service(dispatch);
+        Self {
+            inner: BoxCloneSyncService::new(service),
+        }
+    }
+}
+
+impl<B> Service<http::Request<B>> for HostService
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = <BoxCloneSyncService<axum::extract::Request, Response, Infallible> as Service<
+        axum::extract::Request,
+    >>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        self.inner.call(request.map(Body::new))
+    }
+}
+
+/// Requests outside [`RESERVED_PREFIXES`] to the fallback, when there is
+/// one; the rest to the router.
+#[derive(Clone)]
+struct Dispatch {
+    router: Router,
+    fallback: Option<FallbackService>,
+}
+
+impl Service<axum::extract::Request> for Dispatch {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<
+        <Router as Service<axum::extract::Request>>::Future,
+        <FallbackService as Service<axum::extract::Request>>::Future,
+    >;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Both are always ready in practice; asking both keeps the
+        // contract whichever `call` picks.
+        if let Some(fallback) = &mut self.fallback {
+            std::task::ready!(fallback.poll_ready(cx))?;
+        }
+        Service::<axum::extract::Request>::poll_ready(&mut self.router, cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        match &mut self.fallback {
+            Some(fallback) if !is_reserved(request.uri().path()) => {
+                Either::Right(fallback.call(request))
+            }
+            _ => Either::Left(self.router.call(request)),
+        }
+    }
+}
+
+/// Whether `path` is one of [`RESERVED_PREFIXES`] or below one.
+fn is_reserved(path: &str) -> bool {
+    RESERVED_PREFIXES.iter().any(|prefix| {
+        path.strip_prefix(prefix)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    })
+}
+
+/// A panic in a handler becomes a 500 problem (logged) instead of a
+/// dropped connection.
+#[derive(Clone)]
+struct CatchPanic<S> {
+    inner: S,
+}
+
+type Caught<F> = Map<
+    CatchUnwind<AssertUnwindSafe<F>>,
+    fn(std::thread::Result<Result<Response, Infallible>>) -> Result<Response, Infallible>,
+>;
+
+impl<S> Service<axum::extract::Request> for CatchPanic<S>
+where
+    S: Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, Caught<S::Future>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let inner = &mut self.inner;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| inner.call(request))) {
+            Ok(future) => Either::Right(AssertUnwindSafe(future).catch_unwind().map(recover)),
+            Err(_) => Either::Left(futures_util::future::ready(Ok(panic_response()))),
+        }
+    }
+}
+
+fn recover(
+    result: std::thread::Result<Result<Response, Infallible>>,
+) -> Result<Response, Infallible> {
+    result.unwrap_or_else(|_| Ok(panic_response()))
+}
+
+/// The body size limit: a declared `Content-Length` over it is refused
+/// before anything reads the body; a body of unknown length is cut at it
+/// (axum's extractors answer 413; the gateway stops the upload).
+#[derive(Clone)]
+struct BodyLimit<S> {
+    inner: S,
+    limit: usize,
+}
+
+impl<S> Service<axum::extract::Request> for BodyLimit<S>
+where
+    S: Service<axum::extract::Request, Response = Response, Error = Infallible>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<Ready<Result<Response, Infallible>>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        let limit = self.limit;
+        let declared = request
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit as u64) {
+            let problem = Problem::payload_too_large(format!(
+                "the request body exceeds the limit of {limit} bytes"
+            ));
+            return Either::Left(futures_util::future::ready(Ok(problem.into_response())));
+        }
+        // A body whose exact length is known and within the limit (every
+        // body without one, say) needs no counting wrapper.
+        let known = request.body().size_hint().exact();
+        let request = if known.is_some_and(|len| len <= limit as u64) {
+            request
+        } else {
+            request.map(|body| Body::new(http_body_util::Limited::new(body, limit)))
+        };
+        Either::Right(self.inner.call(request))
+    }
 }
 
 /// Turns the framework's bare 405 and 413 into problems (keeping `Allow`).
@@ -348,36 +511,19 @@ async fn problem_for_bare_errors(response: Response) -> Response {
     }
 }
 
-async fn route_fallback(
-    fallback: Option<FallbackService>,
-    request: axum::extract::Request,
-) -> Response {
+/// No route: a 404 problem naming the path.
+async fn not_found(request: axum::extract::Request) -> Response {
     let path = request.uri().path();
-    let reserved = RESERVED_PREFIXES.iter().any(|prefix| {
-        path == *prefix
-            || path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.starts_with('/'))
-    });
-    match fallback {
-        Some(service) if !reserved => {
-            use tower::ServiceExt;
-            match service.oneshot(request).await {
-                Ok(response) => response,
-                Err(never) => match never {},
-            }
-        }
-        _ => Problem::not_found(format!("no route for {path}"))
-            .with_instance(path.to_owned())
-            .into_response(),
-    }
+    Problem::not_found(format!("no route for {path}"))
+        .with_instance(path.to_owned())
+        .into_response()
 }
 
-/// The built host: its router and background work.
+/// The built host: its service and background work.
 pub struct App {
     pub(crate) config: Arc<Config>,
     pub(crate) backends: Backends,
-    router: Router,
+    service: HostService,
     pub(crate) spawners: Vec<Spawner>,
     openapi: OpenApi,
     components: Vec<&'static str>,
@@ -409,8 +555,8 @@ impl App {
 
     /// The whole HTTP service, every layer included (for tests with
     /// `tower::ServiceExt::oneshot`, or to serve it yourself).
-    pub fn router(&self) -> Router {
-        self.router.clone()
+    pub fn service(&self) -> HostService {
+        self.service.clone()
     }
 
     /// The merged OpenAPI document served at `/openapi.json`.

@@ -78,7 +78,7 @@ pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
             jadugar_auth::http::openapi(),
         )
         .background(move |cancel| auth.spawn_background(cancel))
-        .authenticate(move |router| router.layer(auth_layer));
+        .authenticate(auth_layer);
 
     // registry: blocking queries wait up to `max_wait_secs` by design.
     let registry = jadugar_registry::Registry::from_backends(

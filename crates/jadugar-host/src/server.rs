@@ -32,7 +32,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::app::App;
+use crate::app::{App, HostService};
 use crate::config::TlsConfig;
 use crate::error::HostError;
 
@@ -96,11 +96,11 @@ impl App {
             tasks.extend(spawn(token.child_token()));
         }
 
-        let router = self.router();
+        let service = self.service();
         let grace = Duration::from_secs(self.config.shutdown_grace_secs);
         match tls {
-            Some(acceptor) => serve_tls(listener, router, acceptor, shutdown, grace, &token).await,
-            None => serve_plain(listener, router, shutdown, grace, &token).await,
+            Some(acceptor) => serve_tls(listener, service, acceptor, shutdown, grace, &token).await,
+            None => serve_plain(listener, service, shutdown, grace, &token).await,
         }
         let stopped = tokio::time::timeout(grace, futures_util::future::join_all(tasks)).await;
         if stopped.is_err() {
@@ -127,7 +127,7 @@ fn shutting_down(grace: Duration, token: &CancellationToken) {
 /// request costs what it costs in `jadugar_gateway::serve_service`.
 async fn serve_plain(
     listener: TcpListener,
-    router: axum::Router,
+    service: HostService,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
     token: &CancellationToken,
@@ -140,7 +140,7 @@ async fn serve_plain(
             }
             request
         })
-        .service(router);
+        .service(service);
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();
@@ -174,7 +174,7 @@ async fn serve_plain(
 /// TLS: every connection through hyper-util (HTTP/1.1 and HTTP/2 by ALPN).
 async fn serve_tls(
     listener: TcpListener,
-    router: axum::Router,
+    service: HostService,
     tls: TlsAcceptor,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
@@ -205,7 +205,7 @@ async fn serve_tls(
                     request.extensions_mut().insert(ConnectInfo(remote));
                     request
                 })
-                .service(router.clone()),
+                .service(service.clone()),
         );
         let watcher = graceful.watcher();
         let builder = builder.clone();

@@ -5,29 +5,35 @@
 //! latency, request id) under the target `jadugar::access` and records
 //! `http_requests_total` and `http_request_duration_seconds`, labelled by
 //! method, route (the matched route pattern, never the raw path, so label
-//! cardinality stays bounded; `unmatched` for the fallback) and status. The
-//! layer goes on the router (`Router::layer`), after routing, where the
-//! matched route is known. [`metrics_handle`] renders them.
+//! cardinality stays bounded; `unmatched` for the fallback) and status.
+//! The layer learns the route from the request when it goes on the router
+//! (`Router::layer`, after routing) or, when it wraps the router from
+//! outside, from the response: [`with_matched_route`] has each route copy
+//! it there. [`metrics_handle`] renders them.
 //!
 //! ```
-//! use jadugar_host::telemetry::{AccessLogLayer, metrics_handle};
+//! use jadugar_host::telemetry::{AccessLogLayer, metrics_handle, with_matched_route};
+//! use tower::Layer;
 //!
 //! let handle = metrics_handle();
-//! let app: axum::Router = axum::Router::new()
-//!     .route("/", axum::routing::get(|| async { "hi" }))
-//!     .layer(AccessLogLayer);
+//! let router: axum::Router =
+//!     with_matched_route(axum::Router::new().route("/", axum::routing::get(|| async { "hi" })));
+//! let app = AccessLogLayer.layer(router);
 //! let _text: String = handle.render(); // Prometheus text format
 //! # let _ = app;
 //! ```
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use axum::Router;
 use axum::extract::MatchedPath;
-use axum::response::Response;
+use axum::response::{IntoResponse as _, Response};
+use futures_util::FutureExt as _;
 use jadugar_core::request_id::RequestId;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, Service};
@@ -76,6 +82,32 @@ pub fn metrics_handle() -> PrometheusHandle {
         .clone()
 }
 
+/// `router` with each of its routes (not its fallback) putting its
+/// [`MatchedPath`] into the response's extensions, for an
+/// [`AccessLogLayer`] around the router. A handler's panic becomes a 500
+/// problem here, so that it is counted under its route.
+pub fn with_matched_route<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router.route_layer(axum::middleware::from_fn(
+        |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            let matched = request.extensions().get::<MatchedPath>().cloned();
+            let mut response = AssertUnwindSafe(next.run(request))
+                .catch_unwind()
+                .await
+                .unwrap_or_else(|_| panic_response());
+            if let Some(matched) = matched {
+                response.extensions_mut().insert(matched);
+            }
+            response
+        },
+    ))
+}
+
+/// What a request whose handler panicked gets: a logged 500 problem.
+pub(crate) fn panic_response() -> Response {
+    tracing::error!("a request handler panicked");
+    jadugar_core::Problem::internal().into_response()
+}
+
 /// Writes the access log line and request metrics; see the
 /// [module docs](self).
 #[derive(Debug, Clone, Copy, Default)]
@@ -115,7 +147,7 @@ where
         let route = request
             .extensions()
             .get::<MatchedPath>()
-            .map_or_else(|| "unmatched".to_owned(), |m| m.as_str().to_owned());
+            .map(|m| m.as_str().to_owned());
         let request_id = request
             .extensions()
             .get::<RequestId>()
@@ -136,6 +168,12 @@ where
                     request_id = %request_id,
                     "{method} {path} {status}"
                 );
+                let route = route
+                    .or_else(|| {
+                        let matched = response.extensions().get::<MatchedPath>()?;
+                        Some(matched.as_str().to_owned())
+                    })
+                    .unwrap_or_else(|| "unmatched".to_owned());
                 let labels = [
                     ("method", method.as_str().to_owned()),
                     ("route", route),

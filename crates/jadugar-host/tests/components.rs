@@ -133,6 +133,33 @@ async fn the_gateway_proxies_to_instances_found_in_the_registry() {
     assert_eq!(res.status(), 200);
     assert_eq!(res.text().await.unwrap(), "echo /echo/hello");
 
+    // Auth's layer wraps the gateway too: a route asking for a principal
+    // refuses the anonymous caller and lets the admin's token through.
+    let res = client
+        .post(host.url("/v1/gateway/routes"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({
+            "id": "private",
+            "path": "/private",
+            "path_match": "prefix",
+            "auth": "authenticated",
+            "upstream": {"service": "echo"}
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let res = client.get(host.url("/private/x")).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    let res = client
+        .get(host.url("/private/x"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "echo /private/x");
+
     host.shutdown().await.unwrap();
     upstream_task.abort();
 }

@@ -333,7 +333,7 @@ async fn slow_handlers_time_out_as_problems() {
         .build();
     let call = |path: &'static str| {
         tower::ServiceExt::oneshot(
-            app.router(),
+            app.service(),
             http::Request::get(path)
                 .body(axum::body::Body::empty())
                 .unwrap(),
@@ -378,6 +378,92 @@ async fn the_gateway_fallback_never_sees_reserved_paths() {
         let res = reqwest::get(host.url(path)).await.unwrap();
         assert_eq!(res.status(), 404, "{path}");
     }
+    host.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn panics_become_500_problems_and_requests_are_counted_by_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_in(dir.path());
+    let backends = Backends::open(&config).await.unwrap();
+    let component = Router::new()
+        .route("/v1/demo/items/{id}", get(|| async { "item" }))
+        .route(
+            "/v1/demo/boom",
+            get(|| async {
+                if true {
+                    panic!("handler bug");
+                }
+                "never"
+            }),
+        );
+    let gateway = Router::new()
+        .route(
+            "/shop/boom",
+            get(|| async {
+                if true {
+                    panic!("gateway bug");
+                }
+                "never"
+            }),
+        )
+        .fallback(|| async { "from the gateway" });
+    let app = App::builder(config, backends)
+        .mount("demo", component, Default::default())
+        .fallback(tower::util::BoxCloneSyncService::new(gateway))
+        .build();
+    let host = serve(app).await;
+    let client = reqwest::Client::new();
+
+    for path in ["/v1/demo/boom", "/shop/boom"] {
+        let res = client
+            .get(host.url(path))
+            .header("x-request-id", "boom-1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 500, "{path}");
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert_eq!(res.headers()["x-request-id"], "boom-1");
+    }
+    // The connection and the host live on.
+    for _ in 0..2 {
+        let res = client
+            .get(host.url("/v1/demo/items/7"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.text().await.unwrap(), "item");
+        let res = client.get(host.url("/shop/cart")).send().await.unwrap();
+        assert_eq!(res.text().await.unwrap(), "from the gateway");
+    }
+
+    // Component routes are labelled by pattern, proxied requests
+    // `unmatched` (never by raw path: the label set stays bounded).
+    let text = client
+        .get(host.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let count = |route: &str, status: &str| {
+        text.lines()
+            .find(|line| {
+                line.starts_with("http_requests_total{")
+                    && line.contains(&format!("route=\"{route}\""))
+                    && line.contains(&format!("status=\"{status}\""))
+            })
+            .and_then(|line| line.rsplit(' ').next())
+            .map(|n| n.parse::<u64>().unwrap())
+    };
+    assert_eq!(count("/v1/demo/items/{id}", "200"), Some(2), "{text}");
+    assert_eq!(count("/v1/demo/boom", "500"), Some(1), "{text}");
+    assert!(count("unmatched", "200").is_some_and(|n| n >= 2), "{text}");
+    assert!(!text.contains("/shop/cart"), "{text}");
+    assert!(!text.contains("/v1/demo/items/7"), "{text}");
+
     host.shutdown().await.unwrap();
 }
 
