@@ -318,7 +318,7 @@ impl HostService {
         let limit = config.body_limit_bytes;
         let service = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
-            .layer(AccessLogLayer)
+            .layer(AccessLogLayer::new())
             .layer_fn(|inner| CatchPanic { inner })
             .layer_fn(|inner| BodyLimit { inner, limit })
             .layer(DefaultBodyLimit::max(limit))

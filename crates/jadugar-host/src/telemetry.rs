@@ -18,15 +18,16 @@
 //! let handle = metrics_handle();
 //! let router: axum::Router =
 //!     with_matched_route(axum::Router::new().route("/", axum::routing::get(|| async { "hi" })));
-//! let app = AccessLogLayer.layer(router);
+//! let app = AccessLogLayer::new().layer(router);
 //! let _text: String = handle.render(); // Prometheus text format
 //! # let _ = app;
 //! ```
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -34,6 +35,7 @@ use axum::Router;
 use axum::extract::MatchedPath;
 use axum::response::{IntoResponse as _, Response};
 use futures_util::FutureExt as _;
+use http::Method;
 use jadugar_core::request_id::RequestId;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tower::{Layer, Service};
@@ -110,14 +112,30 @@ pub(crate) fn panic_response() -> Response {
 
 /// Writes the access log line and request metrics; see the
 /// [module docs](self).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct AccessLogLayer;
+///
+/// The layer keeps the metric handles of each method, route and status it
+/// has seen (from the recorder installed at that time), so a request costs
+/// no metric key allocation and no registry lookup.
+#[derive(Debug, Clone, Default)]
+pub struct AccessLogLayer {
+    metrics: Arc<RequestMetrics>,
+}
+
+impl AccessLogLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 impl<S> Layer<S> for AccessLogLayer {
     type Service = AccessLog<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AccessLog { inner }
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
     }
 }
 
@@ -125,6 +143,56 @@ impl<S> Layer<S> for AccessLogLayer {
 #[derive(Debug, Clone)]
 pub struct AccessLog<S> {
     inner: S,
+    metrics: Arc<RequestMetrics>,
+}
+
+/// The request counter and latency histogram of one label set.
+#[derive(Debug, Clone)]
+struct Handles {
+    requests: metrics::Counter,
+    duration: metrics::Histogram,
+}
+
+/// [`Handles`] by method and status.
+type ByStatus = HashMap<(Method, u16), Handles>;
+
+/// [`Handles`] by route, then method and status (routes are the router's
+/// patterns and `unmatched`: a bounded set).
+#[derive(Debug, Default)]
+struct RequestMetrics {
+    by_route: RwLock<HashMap<Box<str>, ByStatus>>,
+}
+
+impl RequestMetrics {
+    fn record(&self, method: &Method, route: &str, status: u16, seconds: f64) {
+        let known = self
+            .by_route
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(route)
+            .and_then(|by_status| by_status.get(&(method.clone(), status)))
+            .cloned();
+        let handles = known.unwrap_or_else(|| {
+            let labels = [
+                ("method", method.as_str().to_owned()),
+                ("route", route.to_owned()),
+                ("status", status.to_string()),
+            ];
+            let handles = Handles {
+                requests: metrics::counter!("http_requests_total", &labels),
+                duration: metrics::histogram!("http_request_duration_seconds", &labels),
+            };
+            self.by_route
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(route.into())
+                .or_default()
+                .insert((method.clone(), status), handles.clone());
+            handles
+        });
+        handles.requests.increment(1);
+        handles.duration.record(seconds);
+    }
 }
 
 impl<S, B> Service<http::Request<B>> for AccessLog<S>
@@ -143,45 +211,39 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let start = Instant::now();
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let route = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(|m| m.as_str().to_owned());
-        let request_id = request
-            .extensions()
-            .get::<RequestId>()
-            .map(|id| id.as_str().to_owned())
-            .unwrap_or_default();
+        let route = request.extensions().get::<MatchedPath>().cloned();
+        // The path and request id are copied only for a line to write.
+        let line = tracing::enabled!(target: "jadugar::access", tracing::Level::INFO).then(|| {
+            let request_id = request
+                .extensions()
+                .get::<RequestId>()
+                .map(|id| id.as_str().to_owned())
+                .unwrap_or_default();
+            (request.uri().path().to_owned(), request_id)
+        });
         let future = self.inner.call(request);
+        let metrics = self.metrics.clone();
         Box::pin(async move {
             let result = future.await;
             let latency = start.elapsed();
             if let Ok(response) = &result {
                 let status = response.status().as_u16();
-                tracing::info!(
-                    target: "jadugar::access",
-                    method = %method,
-                    path = %path,
-                    status,
-                    latency_ms = latency.as_secs_f64() * 1000.0,
-                    request_id = %request_id,
-                    "{method} {path} {status}"
-                );
+                if let Some((path, request_id)) = line {
+                    tracing::info!(
+                        target: "jadugar::access",
+                        method = %method,
+                        path = %path,
+                        status,
+                        latency_ms = latency.as_secs_f64() * 1000.0,
+                        request_id = %request_id,
+                        "{method} {path} {status}"
+                    );
+                }
                 let route = route
-                    .or_else(|| {
-                        let matched = response.extensions().get::<MatchedPath>()?;
-                        Some(matched.as_str().to_owned())
-                    })
-                    .unwrap_or_else(|| "unmatched".to_owned());
-                let labels = [
-                    ("method", method.as_str().to_owned()),
-                    ("route", route),
-                    ("status", status.to_string()),
-                ];
-                metrics::counter!("http_requests_total", &labels).increment(1);
-                metrics::histogram!("http_request_duration_seconds", &labels)
-                    .record(latency.as_secs_f64());
+                    .as_ref()
+                    .or_else(|| response.extensions().get::<MatchedPath>())
+                    .map_or("unmatched", MatchedPath::as_str);
+                metrics.record(&method, route, status, latency.as_secs_f64());
             }
             result
         })
