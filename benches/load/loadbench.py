@@ -302,6 +302,7 @@ class Bench:
             ("jadugar-plain", "5 jadugar plain"),
             ("jadugar-full", "6 jadugar auth+limit+transform"),
             ("jadugar-many", "7 jadugar 10k routes"),
+            ("jadugar-host", "8 jadugar host binary, plain route"),
         ]
         wanted = self.args.targets.split(",") if self.args.targets else [k for k, _ in keys]
         unknown = set(wanted) - {k for k, _ in keys}
@@ -325,6 +326,7 @@ class Bench:
             "nginx": self.start_nginx,
             "haproxy": self.start_haproxy,
             "caddy": self.start_caddy,
+            "jadugar-host": self.start_jadugar_host,
         }.get(target.key, self.start_jadugar)
         starter(target, d, logs_on)
         if target.unavailable:
@@ -506,6 +508,32 @@ http://127.0.0.1:{target.h1_port} {{
                     die(f"bench_gateway --mode full wrote no API key; its log:\n{tail(target.logfile)}")
                 time.sleep(0.1)
             self.api_key = key_file.read_text().strip()
+
+    def start_jadugar_host(self, target: Target, d: Path, logs_on: bool) -> None:
+        """The `jadugar` binary as users run it: one `[[gateway.routes]]`
+        prefix route, one worker thread, its own access log and metrics."""
+        exe = self.bin_dir / "jadugar"
+        if not exe.exists():
+            target.unavailable = "jadugar not built"
+            return
+        target.h2_port = target.h1_port
+        config = d / "jadugar.toml"
+        config.write_text(
+            f'listen = "127.0.0.1:{target.h1_port}"\n'
+            f'data_dir = "{d / "data"}"\n'
+            f'log_level = "{"info" if logs_on else "warn"}"\n'
+            "[[gateway.routes]]\n"
+            'id = "api"\npath = "/api"\npath_match = "prefix"\n'
+            f'upstream = {{ targets = ["http://127.0.0.1:{self.upstream_port}"] }}\n'
+        )
+        if logs_on:
+            target.access_logs.append(target.logfile)
+        env = dict(os.environ, TOKIO_WORKER_THREADS="1", JADUGAR_ADMIN_PASSWORD="load-benchmark-admin")
+        target.proc = spawn(
+            pinned(self.proxy_core, [str(exe), "--config", str(config), "serve"]),
+            target.logfile,
+            env=env,
+        )
 
     # ---- load generators ----
 
@@ -710,7 +738,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bin-dir", required=True, help="directory holding bench_upstream (and bench_gateway)")
     parser.add_argument("--targets", default=os.environ.get("BENCH_TARGETS", ""),
-                        help="comma-separated subset of direct,nginx,haproxy,caddy,jadugar-plain,jadugar-full,jadugar-many")
+                        help="comma-separated subset of direct,nginx,haproxy,caddy,jadugar-plain,jadugar-full,jadugar-many,jadugar-host")
     parser.add_argument("--log-pass", choices=["none", "1k", "all"], default=os.environ.get("BENCH_LOG_PASS", "1k"),
                         help="second pass with access logs on: none, the 1 KiB HTTP/1.1 scenario (default), or all scenarios")
     parser.add_argument("--out", default=os.environ.get("BENCH_OUT", ""), help="also write the table to this file")

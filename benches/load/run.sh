@@ -4,7 +4,7 @@
 #   benches/load/run.sh [--targets nginx,jadugar-plain,...] [--log-pass none|1k|all] [--out FILE]
 #
 # 1. installs what is missing from Debian (nginx, haproxy, caddy, wrk, h2load);
-# 2. builds bench_upstream and bench_gateway in release;
+# 2. builds bench_upstream, bench_gateway and the jadugar binary in release;
 # 3. runs benches/load/loadbench.py, which prints one markdown table.
 # Environment: BENCH_DURATION (s, default 10), BENCH_WARMUP (2), BENCH_REPS (3),
 # BENCH_CONNECTIONS (64), BENCH_THREADS (1), BENCH_H2_CLIENTS (16),
@@ -53,6 +53,11 @@ if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
     if ! cargo build --release -p jadugar-benches --bin bench_gateway >&2; then
         echo "run.sh: WARNING: bench_gateway does not build; the jadugar rows will say 'not run'" >&2
         rm -f "$bin_dir/bench_gateway"
+    fi
+    echo "run.sh: building jadugar (release)" >&2
+    if ! cargo build --release -p jadugar-host >&2; then
+        echo "run.sh: WARNING: jadugar does not build; the host row will say 'not run'" >&2
+        rm -f "$bin_dir/jadugar"
     fi
 fi
 [ -x "$bin_dir/bench_upstream" ] || fail "$bin_dir/bench_upstream missing"

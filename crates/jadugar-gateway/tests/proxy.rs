@@ -392,3 +392,35 @@ async fn mounts_as_the_fallback_of_an_axum_app() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+/// A client whose body fails mid-way (it went away, say) is no fault of
+/// the upstream's: however many do so, the instance is never ejected.
+#[tokio::test]
+async fn failing_client_bodies_never_eject_an_instance() {
+    let (up, hits) = echo("a").await;
+    let mut r = route("r", "/x", &[up]);
+    r.upstream.outlier.consecutive_failures = 2;
+    let gw = gateway(vec![r]).await;
+    for _ in 0..5 {
+        let chunks = futures_util::stream::iter([
+            Ok(http_body::Frame::data(Bytes::from_static(b"partial"))),
+            Err(std::io::Error::other("client went away")),
+        ]);
+        let mut req = http::Request::post("/x")
+            .body(http_body_util::StreamBody::new(chunks))
+            .unwrap();
+        req.extensions_mut().insert(jadugar_gateway::ClientAddr(
+            "10.9.8.7:5555".parse().unwrap(),
+        ));
+        let res = gw.handle(req).await;
+        assert_eq!(res.status(), 400);
+    }
+    for _ in 0..3 {
+        assert_eq!(
+            call(&gw, get("/x")).await.0,
+            200,
+            "the instance is still in"
+        );
+    }
+    assert!(hits.load(Ordering::SeqCst) >= 3);
+}

@@ -64,6 +64,10 @@ enum Failure {
     Connect,
     Timeout,
     Upstream,
+    /// The client's request body failed mid-way (the client went away, or
+    /// sent a malformed body): no fault of the upstream's, so outlier
+    /// detection never counts it (or any client could eject an instance).
+    ClientBody,
 }
 
 /// Serves one request end to end.
@@ -376,7 +380,9 @@ fn route_and_proxy<'a>(
                 }
             }
             Err(failure) => {
-                route.metrics.upstream_errors.increment(1);
+                if !matches!(failure, Failure::ClientBody) {
+                    route.metrics.upstream_errors.increment(1);
+                }
                 let name = route.pool.name();
                 let p = match failure {
                     Failure::NoInstance => {
@@ -389,6 +395,9 @@ fn route_and_proxy<'a>(
                     Failure::Connect => bad_gateway(name, "connection failed"),
                     Failure::Timeout => gateway_timeout(name),
                     Failure::Upstream => bad_gateway(name, "the request failed"),
+                    Failure::ClientBody => {
+                        Problem::bad_request("the request body could not be read to its end")
+                    }
                 };
                 problem(&p)
             }
@@ -609,6 +618,10 @@ fn send<'a>(
                         tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream connect failed");
                         Err(Failure::Connect)
                     }
+                    Ok(Err(pool::PoolError::Request(h1::ExchangeError::Body(e)))) => {
+                        tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "the client's request body failed");
+                        Err(Failure::ClientBody)
+                    }
                     Ok(Err(pool::PoolError::Request(e))) => {
                         tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
                         Err(Failure::Upstream)
@@ -666,12 +679,24 @@ async fn via_client(
         // The upgrade handle stays in the extensions.
         Ok(Ok(res)) => Ok(res.map(ProxyBody::Upstream)),
         Ok(Err(e)) if e.is_connect() => Err(Failure::Connect),
+        Ok(Err(e)) if is_client_body_error(&e) => {
+            tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "the client's request body failed");
+            Err(Failure::ClientBody)
+        }
         Ok(Err(e)) => {
             tracing::debug!(route = %route.id, instance = %backend.label, error = %e, "upstream request failed");
             Err(Failure::Upstream)
         }
         Err(_) => Err(Failure::Timeout),
     }
+}
+
+/// Whether hyper-util's client failed on the request body it was given
+/// (hyper calls such errors the user's), not on the upstream.
+fn is_client_body_error(error: &hyper_util::client::legacy::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<hyper::Error>())
+        .is_some_and(|error| error.is_user() || error.is_body_write_aborted())
 }
 
 /// The request for one attempt on `backend` through hyper-util's client
@@ -731,6 +756,7 @@ fn observe(
             backend.outlier.on_success();
             backend.observe_at(latency, now_ms);
         }
+        Err(Failure::ClientBody) => {}
         Err(_) => failed(backend),
     }
 }
