@@ -211,8 +211,10 @@ pub enum Balance {
 }
 
 /// Passive outlier detection: eject an instance after consecutive failures
-/// (connect errors, timeouts, 502/503/504), re-admit it after a back-off
-/// that doubles with each ejection.
+/// (connect errors, timeouts, broken exchanges, 502/503/504), re-admit it
+/// after a back-off that doubles with each ejection. A client whose own
+/// request body fails (it went away mid-upload, say) is not the instance's
+/// failure and never counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutlierSpec {

@@ -249,9 +249,17 @@ impl AppBuilder {
             None => (api, self.fallback),
         };
 
+        let prometheus = metrics_handle();
+        let upkeep = prometheus.clone();
+        let mut spawners = self.spawners;
+        spawners.push(Box::new(move |cancel| {
+            vec![tokio::spawn(crate::telemetry::metrics_upkeep(
+                upkeep, cancel,
+            ))]
+        }));
         let ops_state = OpsState {
             backends: self.backends.clone(),
-            metrics: metrics_handle(),
+            metrics: prometheus,
         };
         let ops = Router::new()
             .route("/healthz", get(healthz))
@@ -270,7 +278,7 @@ impl AppBuilder {
             service: HostService::new(Dispatch { router, fallback }, &self.config),
             config: self.config,
             backends: self.backends,
-            spawners: self.spawners,
+            spawners,
             openapi,
             components: self.components,
         }
