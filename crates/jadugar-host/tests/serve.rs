@@ -81,14 +81,7 @@ async fn request_ids_problems_openapi_and_metrics() {
     }
 
     // Requests are counted, by route pattern.
-    let text = client
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = host.text("/metrics").await;
     assert!(text.contains("http_requests_total"), "{text}");
     assert!(text.contains("route=\"/healthz\""), "{text}");
     assert!(text.contains("http_request_duration_seconds"), "{text}");
@@ -440,14 +433,7 @@ async fn panics_become_500_problems_and_requests_are_counted_by_route() {
 
     // Component routes are labelled by pattern, proxied requests
     // `unmatched` (never by raw path: the label set stays bounded).
-    let text = client
-        .get(host.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = host.text("/metrics").await;
     let count = |route: &str, status: &str| {
         text.lines()
             .find(|line| {

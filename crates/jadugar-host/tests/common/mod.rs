@@ -21,6 +21,16 @@ impl Running {
         format!("http://{}{path}", self.addr)
     }
 
+    /// The body of `GET path`, as text.
+    pub(crate) async fn text(&self, path: &str) -> String {
+        reqwest::get(self.url(path))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Triggers shutdown (as SIGTERM would) and waits for `run` to return.
     pub(crate) async fn shutdown(mut self) -> Result<(), HostError> {
         if let Some(stop) = self.stop.take() {
