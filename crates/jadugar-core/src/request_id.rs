@@ -44,8 +44,12 @@ tokio::task_local! {
 }
 
 /// The id of one request.
+///
+/// Held as its header value (validated visible ASCII), so that the request
+/// header, the extension and the response header share one buffer: cloning
+/// an id copies nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RequestId(String);
+pub struct RequestId(HeaderValue);
 
 impl RequestId {
     /// A fresh UUIDv7 id.
@@ -61,17 +65,29 @@ impl RequestId {
         let mut random = [0u8; 10];
         rand::thread_rng().fill_bytes(&mut random);
         let id = uuid::Builder::from_unix_timestamp_millis(millis, &random).into_uuid();
-        let mut text = uuid::Uuid::encode_buffer();
-        Self(id.hyphenated().encode_lower(&mut text).to_owned())
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        id.hyphenated().encode_lower(&mut text);
+        // The buffer becomes the shared one without another copy.
+        match HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(text)) {
+            Ok(value) => Self(value),
+            // Unreachable (a UUID's text is hex and hyphens); never panic.
+            Err(_) => Self(HeaderValue::from_static("invalid-uuid")),
+        }
     }
 
     /// Keeps `value` if it is a valid id: 1 to [`MAX_LEN`] bytes of visible
     /// ASCII.
     pub fn parse(value: &str) -> Option<Self> {
-        let valid = !value.is_empty()
-            && value.len() <= MAX_LEN
-            && value.bytes().all(|b| b.is_ascii_graphic());
-        valid.then(|| Self(value.to_owned()))
+        if !valid(value.as_bytes()) {
+            return None;
+        }
+        HeaderValue::from_str(value).ok().map(Self)
+    }
+
+    /// Keeps a caller's `x-request-id` header if it is a valid id, sharing
+    /// its buffer.
+    pub fn from_header(value: &HeaderValue) -> Option<Self> {
+        valid(value.as_bytes()).then(|| Self(value.clone()))
     }
 
     /// The id as a header value, reusing its text (no copy).
@@ -82,12 +98,13 @@ impl RequestId {
     /// assert_eq!(id.into_header_value().unwrap(), text.as_str());
     /// ```
     pub fn into_header_value(self) -> Option<http::HeaderValue> {
-        http::HeaderValue::from_maybe_shared(bytes::Bytes::from(self.0)).ok()
+        Some(self.0)
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        // Always text: only visible ASCII is ever kept.
+        self.0.to_str().unwrap_or_default()
     }
 
     /// Runs `fut` with this id as [`current`].
@@ -98,13 +115,18 @@ impl RequestId {
 
 impl std::fmt::Display for RequestId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
+}
+
+/// 1 to [`MAX_LEN`] bytes of visible ASCII.
+fn valid(value: &[u8]) -> bool {
+    !value.is_empty() && value.len() <= MAX_LEN && value.iter().all(u8::is_ascii_graphic)
 }
 
 /// The id of the request being served by this task, if any.
 pub fn current() -> Option<String> {
-    CURRENT.try_with(|id| id.0.clone()).ok()
+    CURRENT.try_with(|id| id.as_str().to_owned()).ok()
 }
 
 /// Keeps or generates `x-request-id`; see the [module docs](self).
@@ -149,20 +171,15 @@ where
         let id = req
             .headers()
             .get(&HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(RequestId::parse)
+            .and_then(RequestId::from_header)
             .unwrap_or_else(RequestId::generate);
-        if let Ok(value) = HeaderValue::from_str(id.as_str()) {
-            req.headers_mut().insert(HEADER, value);
-        }
+        req.headers_mut().insert(HEADER, id.0.clone());
         req.extensions_mut().insert(id.clone());
         let fut = self.inner.call(req);
-        let header = HeaderValue::from_str(id.as_str()).ok();
+        let header = id.0.clone();
         Box::pin(id.scope(async move {
             let mut res = fut.await?;
-            if let Some(value) = header {
-                res.headers_mut().insert(HEADER, value);
-            }
+            res.headers_mut().insert(HEADER, header);
             Ok(res)
         }))
     }
@@ -180,6 +197,23 @@ mod tests {
         assert_eq!(parsed.get_version_num(), 7);
         assert_ne!(a, b);
         assert!(RequestId::parse(a.as_str()).is_some());
+    }
+
+    #[test]
+    fn header_ids_are_kept_only_when_valid() {
+        let kept = RequestId::from_header(&HeaderValue::from_static("abc-123")).unwrap();
+        assert_eq!(kept.as_str(), "abc-123");
+        let opaque = HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap();
+        assert!(RequestId::from_header(&opaque).is_none());
+        assert!(RequestId::from_header(&HeaderValue::from_static("has space")).is_none());
+        let long = HeaderValue::from_str(&"x".repeat(MAX_LEN + 1)).unwrap();
+        assert!(RequestId::from_header(&long).is_none());
+        let generated = RequestId::generate();
+        assert_eq!(generated.to_string().len(), 36);
+        assert_eq!(
+            generated.clone().into_header_value().unwrap(),
+            generated.as_str()
+        );
     }
 
     #[test]
