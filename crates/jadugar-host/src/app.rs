@@ -211,6 +211,11 @@ impl AppBuilder {
     pub fn build(self) -> App {
         let mut openapi = HostApi::openapi();
         openapi.merge(self.openapi);
+        if self.fallback.is_some() {
+            for path in shadowed_paths(&openapi) {
+                tracing::warn!(%path, "a mounted route outside the reserved prefixes is never reached: the fallback answers it");
+            }
+        }
         let openapi_json =
             axum::body::Bytes::from(serde_json::to_vec(&openapi).unwrap_or_default());
 
@@ -390,6 +395,17 @@ impl Service<axum::extract::Request> for Dispatch {
             _ => Either::Left(self.router.call(request)),
         }
     }
+}
+
+/// The documented paths a fallback would answer instead of their routes.
+fn shadowed_paths(openapi: &OpenApi) -> Vec<&str> {
+    openapi
+        .paths
+        .paths
+        .keys()
+        .map(String::as_str)
+        .filter(|path| !is_reserved(path))
+        .collect()
 }
 
 /// Whether `path` is one of [`RESERVED_PREFIXES`] or below one.
@@ -683,4 +699,45 @@ async fn metrics(State(state): State<Arc<OpsState>>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
     );
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_prefixes_match_whole_segments() {
+        for path in [
+            "/v1",
+            "/v1/auth/login",
+            "/healthz",
+            "/docs/",
+            "/.well-known/jwks.json",
+        ] {
+            assert!(is_reserved(path), "{path}");
+        }
+        for path in [
+            "/",
+            "/v10/x",
+            "/v1x",
+            "/healthzz",
+            "/shop/v1",
+            "/metrics-old",
+        ] {
+            assert!(!is_reserved(path), "{path}");
+        }
+    }
+
+    #[test]
+    fn documented_routes_outside_the_reserved_prefixes_are_reported() {
+        let mut openapi = HostApi::openapi();
+        let extra: OpenApi = serde_json::from_value(serde_json::json!({
+            "openapi": "3.1.0",
+            "info": {"title": "t", "version": "1"},
+            "paths": {"/hello": {}, "/v1/hello": {}}
+        }))
+        .unwrap_or_default();
+        openapi.merge(extra);
+        assert_eq!(shadowed_paths(&openapi), vec!["/hello"]);
+    }
 }
