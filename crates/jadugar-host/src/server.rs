@@ -198,7 +198,7 @@ async fn serve_tls(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(
-            // Cheap per connection: the router is shared, only the
+            // Cheap per connection: the service is shared, only the
             // peer address is added to each request.
             tower::ServiceBuilder::new()
                 .map_request(move |mut request: http::Request<hyper::body::Incoming>| {

@@ -115,19 +115,23 @@ async fn the_gateway_proxies_to_instances_found_in_the_registry() {
         .unwrap();
     assert!(res.status().is_success(), "{}", res.text().await.unwrap());
     // ...and route /echo to the registry service through the gateway.
-    let res = client
-        .post(host.url("/v1/gateway/routes"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({
-            "id": "echo",
-            "path": "/echo",
-            "path_match": "prefix",
-            "upstream": {"service": "echo"}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    let create_route = |route: serde_json::Value| {
+        let request = client
+            .post(host.url("/v1/gateway/routes"))
+            .bearer_auth(&token)
+            .json(&route);
+        async move {
+            let res = request.send().await.unwrap();
+            assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+        }
+    };
+    create_route(serde_json::json!({
+        "id": "echo",
+        "path": "/echo",
+        "path_match": "prefix",
+        "upstream": {"service": "echo"}
+    }))
+    .await;
 
     let res = client.get(host.url("/echo/hello")).send().await.unwrap();
     assert_eq!(res.status(), 200);
@@ -135,20 +139,14 @@ async fn the_gateway_proxies_to_instances_found_in_the_registry() {
 
     // Auth's layer wraps the gateway too: a route asking for a principal
     // refuses the anonymous caller and lets the admin's token through.
-    let res = client
-        .post(host.url("/v1/gateway/routes"))
-        .bearer_auth(&token)
-        .json(&serde_json::json!({
-            "id": "private",
-            "path": "/private",
-            "path_match": "prefix",
-            "auth": "authenticated",
-            "upstream": {"service": "echo"}
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert!(res.status().is_success(), "{}", res.text().await.unwrap());
+    create_route(serde_json::json!({
+        "id": "private",
+        "path": "/private",
+        "path_match": "prefix",
+        "auth": "authenticated",
+        "upstream": {"service": "echo"}
+    }))
+    .await;
     let res = client.get(host.url("/private/x")).send().await.unwrap();
     assert_eq!(res.status(), 401);
     let res = client

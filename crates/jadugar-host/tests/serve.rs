@@ -374,6 +374,11 @@ async fn the_gateway_fallback_never_sees_reserved_paths() {
     host.shutdown().await.unwrap();
 }
 
+/// A handler with a bug.
+async fn boom() -> &'static str {
+    panic!("handler bug")
+}
+
 #[tokio::test]
 async fn panics_become_500_problems_and_requests_are_counted_by_route() {
     let dir = tempfile::tempdir().unwrap();
@@ -381,25 +386,9 @@ async fn panics_become_500_problems_and_requests_are_counted_by_route() {
     let backends = Backends::open(&config).await.unwrap();
     let component = Router::new()
         .route("/v1/demo/items/{id}", get(|| async { "item" }))
-        .route(
-            "/v1/demo/boom",
-            get(|| async {
-                if true {
-                    panic!("handler bug");
-                }
-                "never"
-            }),
-        );
+        .route("/v1/demo/boom", get(boom));
     let gateway = Router::new()
-        .route(
-            "/shop/boom",
-            get(|| async {
-                if true {
-                    panic!("gateway bug");
-                }
-                "never"
-            }),
-        )
+        .route("/shop/boom", get(boom))
         .fallback(|| async { "from the gateway" });
     let app = App::builder(config, backends)
         .mount("demo", component, Default::default())
