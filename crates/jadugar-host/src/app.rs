@@ -42,6 +42,7 @@
 //! ```
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -49,7 +50,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
 use axum::error_handling::HandleErrorLayer;
-use axum::extract::{DefaultBodyLimit, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::Route;
@@ -59,6 +60,7 @@ use futures_util::FutureExt as _;
 use futures_util::future::{CatchUnwind, Either, Map, Ready};
 use jadugar_core::Problem;
 use jadugar_core::request_id::RequestIdLayer;
+use jadugar_gateway::ClientAddr;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use tokio::task::JoinHandle;
@@ -392,9 +394,22 @@ impl Service<axum::extract::Request> for Dispatch {
             Some(fallback) if !is_reserved(request.uri().path()) => {
                 Either::Right(fallback.call(request))
             }
-            _ => Either::Left(self.router.call(request)),
+            _ => Either::Left(self.router.call(with_connect_info(request))),
         }
     }
+}
+
+/// Gives a routed request axum's `ConnectInfo` (which handlers read the
+/// peer from) when the server put only the gateway's [`ClientAddr`] there;
+/// the fallback reads `ClientAddr` and does without.
+fn with_connect_info(mut request: axum::extract::Request) -> axum::extract::Request {
+    let extensions = request.extensions_mut();
+    if extensions.get::<ConnectInfo<SocketAddr>>().is_none()
+        && let Some(&ClientAddr(remote)) = extensions.get::<ClientAddr>()
+    {
+        extensions.insert(ConnectInfo(remote));
+    }
+    request
 }
 
 /// The documented paths a fallback would answer instead of their routes.

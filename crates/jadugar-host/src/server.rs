@@ -25,7 +25,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use jadugar_gateway::{ClientAddr, RequestBody};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
@@ -132,15 +131,6 @@ async fn serve_plain(
     grace: Duration,
     token: &CancellationToken,
 ) {
-    // Handlers read the peer through axum's `ConnectInfo`.
-    let service = tower::ServiceBuilder::new()
-        .map_request(|mut request: http::Request<RequestBody>| {
-            if let Some(&ClientAddr(remote)) = request.extensions().get::<ClientAddr>() {
-                request.extensions_mut().insert(ConnectInfo(remote));
-            }
-            request
-        })
-        .service(service);
     let stopping = CancellationToken::new();
     let signal = {
         let stopping = stopping.clone();
