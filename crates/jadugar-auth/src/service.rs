@@ -775,7 +775,7 @@ impl AuthService {
             .map_err(store_err)?;
         self.audit(
             "user.create",
-            actor.map(|a| a.subject.as_str()),
+            actor.map(|a| a.subject.as_ref()),
             Some(&user.id.to_string()),
             &RequestMeta::default(),
             true,
@@ -854,7 +854,7 @@ impl AuthService {
 
     /// A user. The user themself, or `auth:users:read`.
     pub async fn get_user(&self, actor: &Principal, id: UserId) -> Result<User, Error> {
-        if actor.subject != id.to_string() {
+        if *actor.subject != *id.to_string() {
             need(actor, PERM_USERS_READ)?;
         }
         Ok(self.load_user(id).await?.user)
@@ -1132,7 +1132,7 @@ impl AuthService {
         }
         self.audit(
             "password.require_change",
-            actor.map(|a| a.subject.as_str()),
+            actor.map(|a| a.subject.as_ref()),
             Some(&id.to_string()),
             &RequestMeta::default(),
             true,
@@ -1403,7 +1403,7 @@ impl AuthService {
             (None, None) => return Err(Error::field("owner", "is required")),
         };
         if let Some(a) = actor
-            && a.subject != owner_id.to_string()
+            && *a.subject != *owner_id.to_string()
         {
             need(a, PERM_KEYS_WRITE)?;
         }
@@ -1476,7 +1476,7 @@ impl AuthService {
             .map_err(store_err)?;
         self.audit(
             "apikey.create",
-            actor.map(|a| a.subject.as_str()),
+            actor.map(|a| a.subject.as_ref()),
             Some(&key.id.to_string()),
             &RequestMeta::default(),
             true,
@@ -1540,7 +1540,7 @@ impl AuthService {
             .get_api_key(id)
             .await?
             .ok_or(Error::NotFound("api key"))?;
-        if actor.subject != record.key.owner.to_string() {
+        if *actor.subject != *record.key.owner.to_string() {
             need(actor, PERM_KEYS_WRITE)?;
         }
         self.inner.store.revoke_api_key(id, self.now()).await?;
@@ -2127,7 +2127,7 @@ impl AuthService {
             self.revoke_session_internal(id).await?;
             self.audit(
                 "logout",
-                principal.map(|p| p.subject.as_str()),
+                principal.map(|p| p.subject.as_ref()),
                 Some(&id.to_string()),
                 meta,
                 true,
@@ -2198,7 +2198,7 @@ impl AuthService {
             .get_session(id)
             .await?
             .ok_or(Error::NotFound("session"))?;
-        if actor.subject != session.user_id.to_string() {
+        if *actor.subject != *session.user_id.to_string() {
             need(actor, PERM_SESSIONS_ADMIN)?;
         }
         self.revoke_session_internal(id).await?;

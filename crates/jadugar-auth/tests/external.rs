@@ -58,7 +58,7 @@ async fn external_issuer_tokens_with_rate_limited_jwks_refresh() {
     let claims = |aud: &str, jti: &str| json!({"iss": "http://idp.test", "aud": aud, "sub": "alice", "exp": now + 300, "iat": now, "jti": jti});
     let token = idp.sign_claims_for_tests(&claims("idp-aud", "1")).unwrap();
     let p = auth.validate_token(&token).await.unwrap();
-    assert_eq!(p.subject, "http://idp.test|alice");
+    assert_eq!(&*p.subject, "http://idp.test|alice");
     assert!(p.can("reports:read") && !p.can("reports:write"));
     assert_eq!(fetches.load(Ordering::SeqCst), 1);
     let wrong_aud = idp.sign_claims_for_tests(&claims("other", "2")).unwrap();

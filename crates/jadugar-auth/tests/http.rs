@@ -46,7 +46,8 @@ async fn setup(config: Config) -> (AuthService, Router) {
     let app = api::router(auth.clone())
         .route(
             "/private",
-            get(|p: Principal| async move { p.subject }).route_layer(require("reports:read")),
+            get(|p: Principal| async move { p.subject.to_string() })
+                .route_layer(require("reports:read")),
         )
         .route(
             "/open",

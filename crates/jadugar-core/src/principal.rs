@@ -45,11 +45,13 @@ pub enum PrincipalKind {
 
 /// An authenticated caller: subject, kind, roles and effective permissions.
 ///
-/// Cheap to clone: the lists are shared.
+/// Cheap to clone: every field is shared or copied, nothing is allocated
+/// (authentication clones a cached principal into each request).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Principal {
     /// The stable id of the caller (user id, API key id, service name).
-    pub subject: String,
+    #[schema(value_type = String)]
+    pub subject: Arc<str>,
     /// What kind of caller this is.
     pub kind: PrincipalKind,
     /// Role names held.
@@ -60,15 +62,17 @@ pub struct Principal {
     pub permissions: Arc<[String]>,
     /// The session this request belongs to, for session-based callers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub session_id: Option<Arc<str>>,
     /// The user who owns an API key, or who a service acts for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
+    #[schema(value_type = Option<String>)]
+    pub owner: Option<Arc<str>>,
 }
 
 impl Principal {
     /// A principal with no roles and no permissions.
-    pub fn new(subject: impl Into<String>, kind: PrincipalKind) -> Self {
+    pub fn new(subject: impl Into<Arc<str>>, kind: PrincipalKind) -> Self {
         Self {
             subject: subject.into(),
             kind,
@@ -100,13 +104,13 @@ impl Principal {
     }
 
     /// Sets the session id.
-    pub fn with_session(mut self, session_id: impl Into<String>) -> Self {
+    pub fn with_session(mut self, session_id: impl Into<Arc<str>>) -> Self {
         self.session_id = Some(session_id.into());
         self
     }
 
     /// Sets the owner.
-    pub fn with_owner(mut self, owner: impl Into<String>) -> Self {
+    pub fn with_owner(mut self, owner: impl Into<Arc<str>>) -> Self {
         self.owner = Some(owner.into());
         self
     }

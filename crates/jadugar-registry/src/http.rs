@@ -349,7 +349,7 @@ fn filter_from(query: &InstancesQuery) -> Result<InstanceFilter, Problem> {
 }
 
 fn subject(principal: &Principal) -> Option<String> {
-    Some(principal.subject.clone())
+    Some(principal.subject.to_string())
 }
 
 fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {

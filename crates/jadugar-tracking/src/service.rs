@@ -177,7 +177,7 @@ impl Tracking {
     ) -> Option<Write> {
         key.map(|key| Write::Idempotency {
             record: IdempotencyRecord {
-                subject: p.subject.clone(),
+                subject: p.subject.to_string(),
                 key: key.to_owned(),
                 fingerprint: fingerprint.to_owned(),
                 status: 201,
@@ -252,7 +252,7 @@ impl Tracking {
             id: ActivityId::new(),
             project_id: project,
             task_id: task,
-            actor: p.subject.clone(),
+            actor: p.subject.to_string(),
             at: self.now(),
             action: action.to_owned(),
             changes,
@@ -301,7 +301,7 @@ impl Tracking {
             name: input.name.trim().to_owned(),
             description: input.description,
             workflow: input.workflow.unwrap_or_default(),
-            created_by: p.subject.clone(),
+            created_by: p.subject.to_string(),
             created_at: now,
             updated_at: now,
             version: 1,
@@ -458,7 +458,7 @@ impl Tracking {
             start_date: input.start_date,
             due_date: input.due_date,
             state: MilestoneState::Open,
-            created_by: p.subject.clone(),
+            created_by: p.subject.to_string(),
             created_at: now,
             updated_at: now,
             version: 1,
@@ -673,8 +673,8 @@ impl Tracking {
             status: status.key.clone(),
             category: status.category,
             assignees: assignees.clone(),
-            created_by: p.subject.clone(),
-            updated_by: p.subject.clone(),
+            created_by: p.subject.to_string(),
+            updated_by: p.subject.to_string(),
             created_at: now,
             updated_at: now,
             version: 1,
@@ -690,7 +690,7 @@ impl Tracking {
                 .await?,
         ];
         let mut watchers: BTreeSet<String> = assignees.iter().cloned().collect();
-        watchers.insert(p.subject.clone());
+        watchers.insert(p.subject.to_string());
         for w in &watchers {
             writes.push(Write::Watch {
                 task_id: id,
@@ -908,7 +908,7 @@ impl Tracking {
         if !changes.is_empty() {
             new.version = old.version + 1;
             new.updated_at = self.now();
-            new.updated_by = p.subject.clone();
+            new.updated_by = p.subject.to_string();
         }
         Ok((new, changes))
     }
@@ -1093,7 +1093,7 @@ impl Tracking {
         recipients: impl Iterator<Item = &'a String>,
     ) -> Vec<Notification> {
         recipients
-            .filter(|r| **r != p.subject)
+            .filter(|r| r.as_str() != &*p.subject)
             .map(|r| Notification {
                 id: NotificationId::new(),
                 recipient: r.clone(),
@@ -1101,7 +1101,7 @@ impl Tracking {
                 task_id: Some(task.id),
                 kind: kind.to_owned(),
                 summary: summary.clone(),
-                actor: p.subject.clone(),
+                actor: p.subject.to_string(),
                 created_at: self.now(),
                 read_at: None,
             })
@@ -1164,7 +1164,7 @@ impl Tracking {
         p: &Principal,
         mut filter: TaskFilter,
     ) -> Result<Page<Task>, Error> {
-        filter.assignee = Some(p.subject.clone());
+        filter.assignee = Some(p.subject.to_string());
         self.list_tasks(p, filter).await
     }
 
@@ -1292,7 +1292,7 @@ impl Tracking {
             id: CommentId::new(),
             task_id,
             project_id: task.project_id,
-            author: p.subject.clone(),
+            author: p.subject.to_string(),
             body: input.body,
             created_at: self.now(),
         };
@@ -1359,7 +1359,7 @@ impl Tracking {
     /// Starts (`true`) or stops watching a task.
     pub async fn watch(&self, p: &Principal, task_id: TaskId, on: bool) -> Result<(), Error> {
         self.task_for(p, task_id, Level::Read).await?;
-        let subject = p.subject.clone();
+        let subject = p.subject.to_string();
         let write = if on {
             Write::Watch { task_id, subject }
         } else {
@@ -1470,7 +1470,7 @@ impl Tracking {
             description: input.description,
             enabled: true,
             disabled_reason: None,
-            created_by: p.subject.clone(),
+            created_by: p.subject.to_string(),
             created_at: now,
             updated_at: now,
             secrets: vec![sealed],
