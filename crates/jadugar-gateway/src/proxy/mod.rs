@@ -422,11 +422,35 @@ fn set_forwarded_for(headers: &mut http::HeaderMap, ip: IpAddr, trust: bool) {
     };
     let value = match prior {
         Some(prior) => HeaderValue::from_str(&format!("{prior}, {ip}")),
-        None => ip_header_value(ip),
+        None => last_ip_header_value(ip),
     };
     if let Ok(v) = value {
         headers.insert(headers::X_FORWARDED_FOR, v);
     }
+}
+
+/// [`ip_header_value`], remembering the last address formatted on this
+/// thread: requests served through `serve_service` carry only the client's
+/// address, and consecutive requests mostly come from the same few clients
+/// (a connection's keep-alive requests, a load balancer in front), so a
+/// repeat costs a comparison and a reference count instead of formatting and
+/// an allocation.
+fn last_ip_header_value(ip: IpAddr) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(IpAddr, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = &*last
+            && *cached == ip
+        {
+            return Ok(value.clone());
+        }
+        let value = ip_header_value(ip)?;
+        *last = Some((ip, value.clone()));
+        Ok(value)
+    })
 }
 
 /// `ip` as a header value, formatted on the stack (no `String`).
@@ -873,5 +897,10 @@ mod tests {
         assert_eq!(h[headers::X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2");
         set_forwarded_for(&mut h, "10.0.0.3".parse().unwrap(), false);
         assert_eq!(h[headers::X_FORWARDED_FOR], "10.0.0.3");
+        // The remembered address is replaced, never served for another.
+        for ip in ["10.0.0.3", "10.0.0.4", "10.0.0.3", "::1", "::1", "10.0.0.4"] {
+            set_forwarded_for(&mut h, ip.parse().unwrap(), false);
+            assert_eq!(h[headers::X_FORWARDED_FOR], ip);
+        }
     }
 }
