@@ -156,12 +156,11 @@ pub struct RequestIdService<S> {
 
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequestIdService<S>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = RequestIdFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -175,13 +174,47 @@ where
             .unwrap_or_else(RequestId::generate);
         req.headers_mut().insert(HEADER, id.0.clone());
         req.extensions_mut().insert(id.clone());
-        let fut = self.inner.call(req);
-        let header = id.0.clone();
-        Box::pin(id.scope(async move {
-            let mut res = fut.await?;
+        let header = Some(id.0.clone());
+        // Called inside the scope too: an inner service that answers at
+        // once (a refusal, say) already sees the id in `current`.
+        let inner = CURRENT.sync_scope(id.clone(), || self.inner.call(req));
+        RequestIdFuture {
+            inner: CURRENT.scope(id, inner),
+            header,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequestIdService`]: the inner future in the
+    /// id's scope, echoing the id on the response. A named type rather than
+    /// a boxed one: this runs on every request.
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: tokio::task::futures::TaskLocalFuture<RequestId, F>,
+        header: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<ResBody>, E>>,
+{
+    type Output = Result<Response<ResBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(header) = this.header.take() {
             res.headers_mut().insert(HEADER, header);
-            Ok(res)
-        }))
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+impl<F> std::fmt::Debug for RequestIdFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestIdFuture").finish_non_exhaustive()
     }
 }
 
@@ -214,6 +247,41 @@ mod tests {
             generated.clone().into_header_value().unwrap(),
             generated.as_str()
         );
+    }
+
+    #[test]
+    fn the_id_is_current_while_the_inner_service_is_called_and_polled() {
+        use tower::ServiceExt as _;
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let svc = RequestIdLayer::new().layer(tower::service_fn(move |_req: Request<()>| {
+            // `call` of a service_fn runs the closure: a synchronous answer
+            // (a refusal problem, say) sees the id here.
+            log.lock().unwrap().push(current());
+            let log = log.clone();
+            async move {
+                tokio::task::yield_now().await;
+                log.lock().unwrap().push(current());
+                Ok::<_, std::convert::Infallible>(Response::new(()))
+            }
+        }));
+        let req = Request::builder()
+            .header(HEADER, "abc-123")
+            .body(())
+            .unwrap();
+        let res = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(svc.oneshot(req))
+            .unwrap();
+        assert_eq!(res.headers()[HEADER], "abc-123");
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 2);
+        assert!(
+            seen.iter().all(|id| id.as_deref() == Some("abc-123")),
+            "{seen:?}"
+        );
+        assert_eq!(current(), None);
     }
 
     #[test]

@@ -59,7 +59,7 @@ use axum::{BoxError, Router};
 use futures_util::FutureExt as _;
 use futures_util::future::{CatchUnwind, Either, Map, Ready};
 use jadugar_core::Problem;
-use jadugar_core::request_id::RequestIdLayer;
+use jadugar_core::request_id::{RequestIdLayer, RequestIdService};
 use jadugar_gateway::ClientAddr;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
@@ -72,7 +72,9 @@ use utoipa::{OpenApi as _, ToSchema};
 
 use crate::backends::Backends;
 use crate::config::Config;
-use crate::telemetry::{AccessLogLayer, metrics_handle, panic_response, with_matched_route};
+use crate::telemetry::{
+    AccessLog, AccessLogLayer, metrics_handle, panic_response, with_matched_route,
+};
 
 /// Path prefixes the host and its components own; the fallback (the
 /// gateway) never sees them.
@@ -282,7 +284,7 @@ impl AppBuilder {
         let router =
             with_matched_route(with_timeout(ops, default_timeout).merge(api)).with_state(());
         App {
-            service: HostService::new(Dispatch { router, fallback }, &self.config),
+            service: HostService::new(router, fallback, &self.config),
             config: self.config,
             backends: self.backends,
             spawners,
@@ -317,10 +319,19 @@ fn with_timeout(router: Router, timeout: Duration) -> Router {
 /// The whole HTTP service of an [`App`]: the request id, the access log,
 /// panic catching and the body size limit, once around the router and the
 /// fallback (see the [module docs](self)). Cheap to clone.
+///
+/// Its layers are named types, not boxed: a request through the fallback
+/// (the gateway) allocates no future of the host's own.
 #[derive(Clone)]
 pub struct HostService {
-    inner: BoxCloneSyncService<axum::extract::Request, Response, Infallible>,
+    inner: HostLayers,
 }
+
+type HostLayers = RequestIdService<AccessLog<CatchPanic<BodyLimit<Dispatch>>>>;
+
+/// The router with axum's body limit for its extractors, boxed because the
+/// limit's service type is private to axum.
+type LimitedRouter = BoxCloneSyncService<axum::extract::Request, Response, Infallible>;
 
 impl std::fmt::Debug for HostService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -329,18 +340,18 @@ impl std::fmt::Debug for HostService {
 }
 
 impl HostService {
-    fn new(dispatch: Dispatch, config: &Config) -> Self {
+    fn new(router: Router, fallback: Option<FallbackService>, config: &Config) -> Self {
         let limit = config.body_limit_bytes;
-        let service = ServiceBuilder::new()
+        // Only the router's extractors read axum's limit: requests for the
+        // fallback do without its extension.
+        let router = BoxCloneSyncService::new(DefaultBodyLimit::max(limit).layer(router));
+        let inner = ServiceBuilder::new()
             .layer(RequestIdLayer::new())
             .layer(AccessLogLayer::new())
             .layer_fn(|inner| CatchPanic { inner })
             .layer_fn(|inner| BodyLimit { inner, limit })
-            .layer(DefaultBodyLimit::max(limit))
-            .service(dispatch);
-        Self {
-            inner: BoxCloneSyncService::new(service),
-        }
+            .service(Dispatch { router, fallback });
+        Self { inner }
     }
 }
 
@@ -351,16 +362,38 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = <BoxCloneSyncService<axum::extract::Request, Response, Infallible> as Service<
-        axum::extract::Request,
-    >>::Future;
+    type Future = HostFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        self.inner.call(request.map(Body::new))
+        HostFuture {
+            inner: self.inner.call(request.map(Body::new)),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`HostService`].
+    pub struct HostFuture {
+        #[pin]
+        inner: <HostLayers as Service<axum::extract::Request>>::Future,
+    }
+}
+
+impl std::fmt::Debug for HostFuture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostFuture").finish_non_exhaustive()
+    }
+}
+
+impl Future for HostFuture {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.project().inner.poll(cx)
     }
 }
 
@@ -368,7 +401,7 @@ where
 /// one; the rest to the router.
 #[derive(Clone)]
 struct Dispatch {
-    router: Router,
+    router: LimitedRouter,
     fallback: Option<FallbackService>,
 }
 
@@ -376,7 +409,7 @@ impl Service<axum::extract::Request> for Dispatch {
     type Response = Response;
     type Error = Infallible;
     type Future = Either<
-        <Router as Service<axum::extract::Request>>::Future,
+        <LimitedRouter as Service<axum::extract::Request>>::Future,
         <FallbackService as Service<axum::extract::Request>>::Future,
     >;
 
@@ -386,7 +419,7 @@ impl Service<axum::extract::Request> for Dispatch {
         if let Some(fallback) = &mut self.fallback {
             std::task::ready!(fallback.poll_ready(cx))?;
         }
-        Service::<axum::extract::Request>::poll_ready(&mut self.router, cx)
+        self.router.poll_ready(cx)
     }
 
     fn call(&mut self, request: axum::extract::Request) -> Self::Future {

@@ -216,12 +216,11 @@ impl RequestMetrics {
 
 impl<S, B> Service<http::Request<B>> for AccessLog<S>
 where
-    S: Service<http::Request<B>, Response = Response> + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<http::Request<B>, Response = Response>,
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+    type Future = AccessLogFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -240,31 +239,82 @@ where
                 .unwrap_or_default();
             (request.uri().path().to_owned(), request_id)
         });
-        let future = self.inner.call(request);
-        let metrics = self.metrics.clone();
-        Box::pin(async move {
-            let result = future.await;
-            let latency = start.elapsed();
-            if let Ok(response) = &result {
-                let status = response.status().as_u16();
-                if let Some((path, request_id)) = line {
-                    tracing::info!(
-                        target: "jadugar::access",
-                        method = %method,
-                        path = %path,
-                        status,
-                        latency_ms = latency.as_secs_f64() * 1000.0,
-                        request_id = %request_id,
-                        "{method} {path} {status}"
-                    );
-                }
-                let route = route
-                    .as_ref()
-                    .or_else(|| response.extensions().get::<MatchedPath>())
-                    .map_or("unmatched", MatchedPath::as_str);
-                metrics.record(&method, route, status, latency.as_secs_f64());
-            }
-            result
-        })
+        AccessLogFuture {
+            inner: self.inner.call(request),
+            done: Some(Pending {
+                start,
+                method,
+                route,
+                line,
+                metrics: self.metrics.clone(),
+            }),
+        }
+    }
+}
+
+/// What [`AccessLogFuture`] records when its response is ready.
+struct Pending {
+    start: Instant,
+    method: Method,
+    route: Option<MatchedPath>,
+    line: Option<(String, String)>,
+    metrics: Arc<RequestMetrics>,
+}
+
+impl Pending {
+    fn record(self, response: &Response) {
+        let latency = self.start.elapsed();
+        let status = response.status().as_u16();
+        let method = &self.method;
+        if let Some((path, request_id)) = &self.line {
+            tracing::info!(
+                target: "jadugar::access",
+                method = %method,
+                path = %path,
+                status,
+                latency_ms = latency.as_secs_f64() * 1000.0,
+                request_id = %request_id,
+                "{method} {path} {status}"
+            );
+        }
+        let route = self
+            .route
+            .as_ref()
+            .or_else(|| response.extensions().get::<MatchedPath>())
+            .map_or("unmatched", MatchedPath::as_str);
+        self.metrics
+            .record(method, route, status, latency.as_secs_f64());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`AccessLog`]: a named type rather than a
+    /// boxed one, as it runs on every request.
+    pub struct AccessLogFuture<F> {
+        #[pin]
+        inner: F,
+        done: Option<Pending>,
+    }
+}
+
+impl<F> std::fmt::Debug for AccessLogFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLogFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, E> Future for AccessLogFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(done)) = (&result, this.done.take()) {
+            done.record(response);
+        }
+        Poll::Ready(result)
     }
 }
