@@ -82,6 +82,10 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
+/// The API-key header, as a constant: a name given as a string is parsed
+/// on every lookup.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+
 enum Credential<'a> {
     None,
     Jwt(&'a str),
@@ -118,7 +122,7 @@ fn credential<'a>(
             Credential::Jwt(token)
         });
     }
-    if let Some(value) = headers.get("x-api-key") {
+    if let Some(value) = headers.get(X_API_KEY) {
         if value.len() > max {
             return Err(Error::Unauthenticated("credential too large"));
         }
