@@ -39,7 +39,7 @@ mod layer;
 #[cfg(feature = "redis")]
 mod shared;
 
-use std::hash::{BuildHasher, Hash};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash};
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::{Arc, Weak};
@@ -179,7 +179,41 @@ pub fn extract_key<'a>(
     }
 }
 
-type Keyed = Governor<u64, DefaultKeyedStateStore<u64>, DefaultClock, StateInformationMiddleware>;
+type Keyed = Governor<
+    u64,
+    DefaultKeyedStateStore<u64, BuildHasherDefault<Prehashed>>,
+    DefaultClock,
+    StateInformationMiddleware,
+>;
+
+/// The hasher of the limiter's map, whose keys are already the
+/// random-keyed SipHash of the request's key ([`LocalLimiter::check`]):
+/// hashing them again would only cost time.
+#[derive(Debug, Default, Clone, Copy)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not reached for `u64` keys; folded in anyway to stay a hasher.
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+}
+
+/// An empty keyed limiter of `quota`.
+fn keyed(quota: Quota) -> Keyed {
+    Governor::dashmap_with_hasher(quota, BuildHasherDefault::default())
+        .with_middleware::<StateInformationMiddleware>()
+}
 
 /// The in-process GCRA limiter of one route.
 pub struct LocalLimiter {
@@ -217,7 +251,7 @@ impl LocalLimiter {
         let quota = Quota::with_period(emission)
             .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
             .allow_burst(nz_burst);
-        let governor = Governor::keyed(quota).with_middleware::<StateInformationMiddleware>();
+        let governor = keyed(quota);
         let limiter = Arc::new(Self {
             governor: arc_swap::ArcSwap::from_pointee(governor),
             quota,
@@ -256,9 +290,7 @@ impl LocalLimiter {
                 cap = self.max_keys,
                 "rate limiter key cap exceeded; state reset"
             );
-            self.governor.store(Arc::new(
-                Governor::keyed(self.quota).with_middleware::<StateInformationMiddleware>(),
-            ));
+            self.governor.store(Arc::new(keyed(self.quota)));
         } else {
             governor.shrink_to_fit();
         }
