@@ -683,6 +683,11 @@ def fmt(value: float, digits: int = 2) -> str:
     return f"{value:,.{digits}f}"
 
 
+# Below this ratio of the direct row's requests/s to nginx's, the client
+# side (not the proxies) limits how far the req/s ratios can spread.
+CLIENT_BOUND = 1.25
+
+
 def render(results: dict, targets: list[Target], scens: list[Scenario], header: list[str]) -> str:
     lines = list(header)
     lines.append("")
@@ -691,6 +696,18 @@ def render(results: dict, targets: list[Target], scens: list[Scenario], header: 
     notes = []
     for scen in scens:
         base = results.get((scen, "nginx"))
+        direct = results.get((scen, "direct"))
+        if isinstance(base, list) and isinstance(direct, list):
+            # wrk and the upstream share a core with each other in every
+            # row: what they reach alone bounds what any proxy can show.
+            direct_rps = statistics.median(r["rps"] for r in direct)
+            base_rps = statistics.median(r["rps"] for r in base)
+            if base_rps and direct_rps < CLIENT_BOUND * base_rps:
+                notes.append(
+                    f"client-bound: {scen.name}: wrk and the upstream alone reach {fmt(direct_rps, 0)} req/s, "
+                    f"{direct_rps / base_rps:.2f}x nginx's, and they do the same work behind any proxy: "
+                    "req/s ratios cannot spread much above that here; compare the CPU column"
+                )
         for target in targets:
             if scen.logs_on and target.key == "direct":
                 continue
