@@ -108,7 +108,7 @@ impl RequestId {
     }
 
     /// Runs `fut` with this id as [`current`].
-    pub fn scope<F: Future>(self, fut: F) -> impl Future<Output = F::Output> {
+    pub fn scope<F: Future>(self, fut: F) -> tokio::task::futures::TaskLocalFuture<Self, F> {
         CURRENT.scope(self, fut)
     }
 }
@@ -179,7 +179,7 @@ where
         // once (a refusal, say) already sees the id in `current`.
         let inner = CURRENT.sync_scope(id.clone(), || self.inner.call(req));
         RequestIdFuture {
-            inner: CURRENT.scope(id, inner),
+            inner: id.scope(inner),
             header,
         }
     }
