@@ -68,12 +68,39 @@ pub const RESET: HeaderName = HeaderName::from_static("ratelimit-reset");
 /// Default hard cap on distinct keys kept in process per limiter.
 pub const DEFAULT_MAX_KEYS: usize = 2_000_000;
 
+/// Numbers below this are formatted once per process (see [`number`]).
+const SHARED_NUMBERS: u64 = 1024;
+
+/// [`number`] for a value that repeats from response to response (a
+/// route's limit): the last one made on this thread is kept, so a limit
+/// above the shared small numbers costs a comparison and a reference count
+/// instead of formatting and an allocation per response.
+fn repeated_number(n: u64) -> HeaderValue {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(u64, HeaderValue)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    if n < SHARED_NUMBERS {
+        return number(n);
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if let Some((cached, value)) = &*last
+            && *cached == n
+        {
+            return value.clone();
+        }
+        let value = number(n);
+        *last = Some((n, value.clone()));
+        value
+    })
+}
+
 /// `n` as a header value; the small numbers most limits and resets use are
 /// formatted once and shared, not allocated per response.
 fn number(n: u64) -> HeaderValue {
-    const SHARED: usize = 1024;
     static VALUES: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
-    let values = VALUES.get_or_init(|| (0..SHARED as u64).map(HeaderValue::from).collect());
+    let values = VALUES.get_or_init(|| (0..SHARED_NUMBERS).map(HeaderValue::from).collect());
     usize::try_from(n)
         .ok()
         .and_then(|i| values.get(i))
@@ -108,7 +135,7 @@ impl Decision {
         if self.degraded {
             return;
         }
-        headers.insert(LIMIT, number(u64::from(self.limit)));
+        headers.insert(LIMIT, repeated_number(u64::from(self.limit)));
         headers.insert(REMAINING, number(u64::from(self.remaining)));
         headers.insert(RESET, number(self.reset_secs));
         if !self.allowed {
@@ -380,6 +407,23 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_repeated_number_is_never_a_stale_one() {
+        for n in [
+            5u64,
+            2048,
+            2048,
+            1_000_000_000,
+            2048,
+            7,
+            2048,
+            u64::MAX,
+            u64::MAX,
+        ] {
+            assert_eq!(repeated_number(n), n.to_string());
+        }
+    }
 
     #[test]
     fn header_numbers_small_and_large() {
