@@ -2558,13 +2558,18 @@ fn parse_api_key(text: &str) -> Option<(u64, &str)> {
     }
     let (public, secret) = rest.split_at(PUBLIC_ID_LEN);
     let secret = secret.strip_prefix('_')?;
-    if !public
-        .bytes()
-        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-    {
-        return None;
+    // Checked and decoded in one pass (lowercase hex only): this runs on
+    // every request that presents a key.
+    let mut number: u64 = 0;
+    for b in public.bytes() {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        number = (number << 4) | u64::from(digit);
     }
-    Some((u64::from_str_radix(public, 16).ok()?, secret))
+    Some((number, secret))
 }
 
 fn parse_refresh(token: &str) -> Option<(SessionId, i64, &str)> {
@@ -2584,7 +2589,14 @@ mod tests {
 
     #[test]
     fn key_text_parsing() {
-        assert!(parse_api_key("jdg_0123456789abcdef_secret").is_some());
+        assert_eq!(
+            parse_api_key("jdg_0123456789abcdef_secret"),
+            Some((0x0123_4567_89ab_cdef, "secret"))
+        );
+        assert_eq!(
+            parse_api_key("jdg_ffffffffffffffff_s"),
+            Some((u64::MAX, "s"))
+        );
         for bad in [
             "",
             "jdg_",
