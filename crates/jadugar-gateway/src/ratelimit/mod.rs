@@ -407,6 +407,7 @@ impl RateLimiter {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
 
     #[test]
     fn a_repeated_number_is_never_a_stale_one() {
@@ -445,7 +446,6 @@ mod tests {
         assert_eq!(h[RESET], "60");
         assert_eq!(h[http::header::RETRY_AFTER], "7");
     }
-    use super::*;
 
     fn spec(requests: u32, per_secs: u32) -> RateLimitSpec {
         RateLimitSpec {
