@@ -26,6 +26,7 @@
 //! ```
 
 pub mod clock;
+pub mod conditional;
 pub mod cursor;
 pub mod discovery;
 pub mod id;

@@ -39,6 +39,7 @@
 //! # });
 //! ```
 
+use jadugar_core::conditional::if_match_version;
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::time::Duration;
@@ -350,24 +351,6 @@ fn filter_from(query: &InstancesQuery) -> Result<InstanceFilter, Problem> {
 
 fn subject(principal: &Principal) -> Option<String> {
     Some(principal.subject.to_string())
-}
-
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, Problem> {
-    let Some(value) = headers.get(http::header::IF_MATCH) else {
-        return Ok(None);
-    };
-    value
-        .to_str()
-        .ok()
-        .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
-        .and_then(|v| v.parse().ok())
-        .map(Some)
-        .ok_or_else(|| {
-            Problem::validation(vec![FieldError::new(
-                "If-Match",
-                "a version number, e.g. \"3\"",
-            )])
-        })
 }
 
 /// Lists services with instance counts.
@@ -755,7 +738,7 @@ async fn config_put(
     principal.require("config:write")?;
     let mut put: ConfigPut = parse_body(&body)?;
     if put.expected_version.is_none() {
-        put.expected_version = if_match(&headers)?;
+        put.expected_version = if_match_version(&headers)?;
     }
     let entry = registry
         .config_put(&namespace, &key, put, subject(&principal))
@@ -778,7 +761,7 @@ async fn config_delete(
     let query: DeleteQuery = parse_query(raw)?;
     let expected = match query.version {
         Some(v) => Some(v),
-        None => if_match(&headers)?,
+        None => if_match_version(&headers)?,
     };
     let entry = registry
         .config_delete(&namespace, &key, expected, subject(&principal))

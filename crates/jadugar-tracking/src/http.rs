@@ -31,6 +31,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use jadugar_core::conditional::if_match_version;
 use jadugar_core::{FieldError, Page, PageRequest, Principal, Problem};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -131,20 +132,6 @@ fn page_of(limit: Option<u32>, cursor: Option<String>) -> Result<PageRequest, Pr
 fn id<T: std::str::FromStr>(raw: &str, what: &str) -> Result<T, Problem> {
     raw.parse()
         .map_err(|_| Problem::not_found(format!("no such {what}")))
-}
-
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
-    let Some(v) = headers.get(header::IF_MATCH) else {
-        return Ok(None);
-    };
-    let text = v.to_str().unwrap_or_default().trim();
-    if text == "*" {
-        return Ok(None);
-    }
-    let bare = text.trim_start_matches("W/").trim_matches('"');
-    bare.parse()
-        .map(Some)
-        .map_err(|_| Problem::precondition_failed("If-Match names no version of this resource"))
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, Problem> {
@@ -343,7 +330,7 @@ async fn update_project(
     JsonBody(patch): JsonBody<ProjectPatch>,
 ) -> Res {
     let project = t
-        .update_project(&p, id(&pid, "project")?, patch, if_match(&headers)?)
+        .update_project(&p, id(&pid, "project")?, patch, if_match_version(&headers)?)
         .await?;
     Ok(with_etag(StatusCode::OK, project.version, &project))
 }
@@ -410,7 +397,12 @@ async fn update_milestone(
     JsonBody(patch): JsonBody<MilestonePatch>,
 ) -> Res {
     let m = t
-        .update_milestone(&p, id(&mid, "milestone")?, patch, if_match(&headers)?)
+        .update_milestone(
+            &p,
+            id(&mid, "milestone")?,
+            patch,
+            if_match_version(&headers)?,
+        )
         .await?;
     Ok(with_etag(StatusCode::OK, m.milestone.version, &m))
 }
@@ -485,7 +477,7 @@ async fn update_task(
     JsonBody(patch): JsonBody<TaskPatch>,
 ) -> Res {
     let task = t
-        .update_task(&p, id(&tid, "task")?, patch, if_match(&headers)?)
+        .update_task(&p, id(&tid, "task")?, patch, if_match_version(&headers)?)
         .await?;
     Ok(with_etag(StatusCode::OK, task.version, &task))
 }
