@@ -179,7 +179,10 @@ pub struct CreatedKey {
 }
 
 /// Creates a user as the system actor, with the host's configuration and
-/// backends (running auth's migrations first).
+/// backends (running auth's migrations first). On an empty store the first
+/// admin is created before the user; should the user then be refused, the
+/// error's message carries the admin's one-time password, which would
+/// otherwise be lost.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), jadugar_host::HostError> {
@@ -211,45 +214,64 @@ pub async fn create_user(config: &Config, spec: UserSpec) -> Result<CreatedUser,
             .await
             .map_err(auth_error)?
             .map(|admin| (admin.email, admin.generated_password));
-        let user = auth
-            .create_user(
-                None,
-                jadugar_auth::service::NewUser {
-                    email: spec.email,
-                    display_name: spec.display_name,
-                    password,
-                    roles: spec.roles,
-                },
-            )
-            .await
-            .map_err(|e| match e {
-                jadugar_auth::Error::Conflict(_)
-                | jadugar_auth::Error::Store(jadugar_auth::store::StoreError::Conflict(_)) => {
-                    HostError::Auth("email: a user with this email already exists".into())
-                }
-                other => auth_error(other),
-            })?;
-        if generated.is_some() {
-            // Through the service: it rereads and retries when the user
-            // changed meanwhile, where a write straight to the versioned
-            // store would fail Stale.
-            auth.require_password_change(None, user.id)
+        let created = async {
+            let user = auth
+                .create_user(
+                    None,
+                    jadugar_auth::service::NewUser {
+                        email: spec.email,
+                        display_name: spec.display_name,
+                        password,
+                        roles: spec.roles,
+                    },
+                )
                 .await
                 .map_err(|e| match e {
-                    jadugar_auth::Error::NotFound(_) => HostError::Auth(format!(
-                        "user {} was deleted before the generated password could be \
-                         marked for change",
-                        user.email
-                    )),
+                    jadugar_auth::Error::Conflict(_)
+                    | jadugar_auth::Error::Store(jadugar_auth::store::StoreError::Conflict(_)) => {
+                        HostError::Auth("email: a user with this email already exists".into())
+                    }
                     other => auth_error(other),
                 })?;
+            if generated.is_some() {
+                // Through the service: it rereads and retries when the user
+                // changed meanwhile, where a write straight to the versioned
+                // store would fail Stale.
+                auth.require_password_change(None, user.id)
+                    .await
+                    .map_err(|e| match e {
+                        jadugar_auth::Error::NotFound(_) => HostError::Auth(format!(
+                            "user {} was deleted before the generated password could be \
+                             marked for change",
+                            user.email
+                        )),
+                        other => auth_error(other),
+                    })?;
+            }
+            Ok::<_, HostError>(user)
         }
-        Ok(CreatedUser {
-            id: user.id.to_string(),
-            email: user.email,
-            generated_password: generated,
-            bootstrapped_admin,
-        })
+        .await;
+        match created {
+            Ok(user) => Ok(CreatedUser {
+                id: user.id.to_string(),
+                email: user.email,
+                generated_password: generated,
+                bootstrapped_admin,
+            }),
+            // The first admin exists now whatever became of the user: its
+            // one-time password must reach the operator even so.
+            Err(error) => Err(match bootstrapped_admin {
+                Some((admin, Some(admin_password))) => HostError::Auth(format!(
+                    "{error}\nthe store was empty: the first admin, {admin}, was created \
+                     with the one-time password {admin_password} (it must be changed at \
+                     first login)"
+                )),
+                Some((admin, None)) => HostError::Auth(format!(
+                    "{error}\nthe store was empty: the first admin, {admin}, was created"
+                )),
+                None => error,
+            }),
+        }
     })
     .await
 }

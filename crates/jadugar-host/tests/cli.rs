@@ -477,6 +477,39 @@ fn user_and_api_key_from_the_cli_authenticate_against_serve() {
     assert!(!stderr.contains("Created the first admin"), "{stderr}");
 }
 
+/// A refused `user create` on an empty store still created the first
+/// admin: its one-time password is printed with the refusal, never lost.
+#[test]
+fn a_refused_first_user_still_shows_the_first_admins_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let pw = [("JADUGAR_NEW_USER_PASSWORD", "a long enough password")];
+    let output = run(dir.path(), &["user", "create", "--email", "bad-email"], &pw);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Besides the log line of the master key's creation.
+    let mut lines = stderr.lines().filter(|l| !l.contains(" INFO "));
+    let error = lines.next().unwrap_or_default();
+    assert!(error.starts_with("error: email: "), "{stderr}");
+    let password = lines
+        .next()
+        .unwrap_or_default()
+        .split_once("with the one-time password ")
+        .and_then(|(head, rest)| {
+            head.contains("the first admin, admin@localhost")
+                .then(|| rest.split_whitespace().next())
+                .flatten()
+        })
+        .unwrap_or_else(|| panic!("no admin password in: {stderr}"));
+    assert!(password.len() >= 12, "{password}");
+    assert_eq!(lines.next(), None, "{stderr}");
+
+    // The admin exists now: the next refusal is one line again.
+    let output = run(dir.path(), &["user", "create", "--email", "still-bad"], &pw);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    one_clear_line(&output);
+}
+
 /// Every refusal is one `error:` line and exit 1, never a panic.
 #[test]
 fn user_and_api_key_errors_are_one_clear_line() {
