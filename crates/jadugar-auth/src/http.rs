@@ -30,13 +30,14 @@
 use std::net::SocketAddr;
 
 use axum::Router;
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequest, FromRequestParts, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use jadugar_core::cursor::{Page, PageRequest};
+use jadugar_core::extract::QueryParams;
 use jadugar_core::{FieldError, Principal, Problem};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -53,29 +54,9 @@ use crate::{AuthService, Error};
 
 type ApiResult<T> = Result<T, Problem>;
 
-/// JSON body extractor answering problem+json on bad input.
-#[derive(Debug)]
-pub struct Json<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Json<T> {
-    type Rejection = Problem;
-
-    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(JsonRejection::JsonDataError(e)) => {
-                Err(Problem::validation(vec![FieldError::new(
-                    "body",
-                    e.body_text(),
-                )]))
-            }
-            Err(e) => {
-                Err(Problem::new(e.status(), "bad-request", "Bad request")
-                    .with_detail(e.body_text()))
-            }
-        }
-    }
-}
+/// JSON body extractor answering problem+json naming the field on bad
+/// input (jadugar-core's, under the name this crate has always used).
+pub use jadugar_core::extract::JsonBody as Json;
 
 /// Path extractor answering problem+json (404 for an unparseable id).
 #[derive(Debug)]
@@ -181,6 +162,7 @@ fn user_response(user: &User) -> Response {
 
 /// Login input.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     /// Email.
     pub email: String,
@@ -193,6 +175,7 @@ pub struct LoginRequest {
 
 /// Refresh or logout input; the refresh token may instead come from the cookie.
 #[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RefreshRequest {
     /// The refresh token.
     #[serde(default)]
@@ -201,6 +184,7 @@ pub struct RefreshRequest {
 
 /// Password change input.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ChangePassword {
     /// The current password.
     pub current_password: String,
@@ -210,6 +194,7 @@ pub struct ChangePassword {
 
 /// Admin password set input.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SetPassword {
     /// The new password.
     pub password: String,
@@ -217,6 +202,7 @@ pub struct SetPassword {
 
 /// Password reset request input.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResetRequest {
     /// The account's email.
     pub email: String,
@@ -224,6 +210,7 @@ pub struct ResetRequest {
 
 /// Password reset confirmation input.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ResetConfirm {
     /// The mailed token.
     pub token: String,
@@ -233,6 +220,7 @@ pub struct ResetConfirm {
 
 /// Email verification confirmation input.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct VerifyConfirm {
     /// The mailed token.
     pub token: String,
@@ -461,7 +449,7 @@ async fn change_password(
 async fn list_users(
     State(auth): State<AuthService>,
     principal: Principal,
-    Query(page): Query<PageRequest>,
+    QueryParams(page): QueryParams<PageRequest>,
 ) -> ApiResult<axum::Json<Page<User>>> {
     Ok(axum::Json(
         auth.list_users(&principal, &page).await.map_err(p)?,
@@ -606,6 +594,7 @@ async fn create_role(
 
 /// Role edit input (the name comes from the path).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RoleEdit {
     /// Description.
     #[serde(default)]
@@ -648,7 +637,7 @@ async fn delete_role(
 async fn list_keys(
     State(auth): State<AuthService>,
     principal: Principal,
-    Query(q): Query<OwnerQuery>,
+    QueryParams(q): QueryParams<OwnerQuery>,
 ) -> ApiResult<axum::Json<Vec<ApiKey>>> {
     Ok(axum::Json(
         auth.list_api_keys(&principal, q.user_id).await.map_err(p)?,
@@ -688,7 +677,7 @@ async fn revoke_key(
 async fn list_sessions(
     State(auth): State<AuthService>,
     principal: Principal,
-    Query(q): Query<OwnerQuery>,
+    QueryParams(q): QueryParams<OwnerQuery>,
 ) -> ApiResult<axum::Json<Vec<Session>>> {
     Ok(axum::Json(
         auth.list_sessions(&principal, q.user_id).await.map_err(p)?,
@@ -714,7 +703,7 @@ async fn revoke_session(
 async fn audit(
     State(auth): State<AuthService>,
     principal: Principal,
-    Query(q): Query<AuditQuery>,
+    QueryParams(q): QueryParams<AuditQuery>,
 ) -> ApiResult<axum::Json<Page<AuditEvent>>> {
     let filter = AuditFilter {
         action: q.action,

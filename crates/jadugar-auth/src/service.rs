@@ -105,6 +105,7 @@ pub async fn with_request_meta<F: std::future::Future>(meta: RequestMeta, f: F) 
 
 /// Input of [`AuthService::create_user`].
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Email (login name).
     pub email: String,
@@ -135,6 +136,7 @@ pub struct UserUpdate {
 
 /// Input of [`AuthService::put_role`].
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RoleInput {
     /// Name.
     pub name: String,
@@ -147,6 +149,7 @@ pub struct RoleInput {
 
 /// Input of [`AuthService::create_api_key`].
 #[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct NewApiKey {
     /// Label.
     pub name: String,

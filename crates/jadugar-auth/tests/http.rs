@@ -652,3 +652,86 @@ async fn signed_requests_verify_and_replays_fail() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     clock.advance(Duration::from_secs(1));
 }
+
+/// Typos in a body or a query are refused with a 422 naming the field,
+/// never ignored (an unknown `scope` would have given a key every one of
+/// its owner's permissions); a body that is not JSON is a 415 problem.
+#[tokio::test]
+async fn unknown_fields_bad_queries_and_media_types_are_problems() {
+    let (_, app) = setup(Config::default()).await;
+    let (_, body) = login(&app, false).await;
+    let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
+    let request = |method: &str, path: &str, media: &str, body: String| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", &bearer)
+            .header(header::CONTENT_TYPE, media)
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let json = "application/json";
+    let cases = [
+        (
+            "/v1/auth/users",
+            json!({"email": "eve@example.com", "pasword": "a long enough password"}),
+            "pasword",
+        ),
+        (
+            "/v1/auth/api-keys",
+            json!({"name": "ci", "scope": ["tracking:read"]}),
+            "scope",
+        ),
+        (
+            "/v1/auth/roles",
+            json!({"name": "pm", "permisions": ["tracking:*"]}),
+            "permisions",
+        ),
+        ("/v1/auth/users", json!({"email": 7}), "email"),
+    ];
+    for (path, body, field) in cases {
+        let (status, headers, problem) =
+            send(&app, request("POST", path, json, body.to_string())).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {problem}"
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        let errors = problem["errors"].to_string();
+        assert!(errors.contains(field), "{path}: {problem}");
+    }
+    // Nothing was created by the refused bodies.
+    let (_, _, users) = send(&app, request("GET", "/v1/auth/users", json, String::new())).await;
+    assert!(!users.to_string().contains("eve@example.com"), "{users}");
+
+    for (path, field) in [
+        ("/v1/auth/users?limit=abc", "limit"),
+        ("/v1/auth/audit?since=yesterday", "since"),
+        ("/v1/auth/api-keys?user_id=nope", "user_id"),
+    ] {
+        let (status, headers, problem) =
+            send(&app, request("GET", path, json, String::new())).await;
+        assert_eq!(
+            status,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{path}: {problem}"
+        );
+        assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+        assert_eq!(problem["errors"][0]["field"], field, "{path}: {problem}");
+    }
+
+    let (status, _, problem) = send(
+        &app,
+        request("POST", "/v1/auth/users", "text/plain", "hello".into()),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{problem}");
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("unsupported-media-type"),
+        "{problem}"
+    );
+}

@@ -75,11 +75,29 @@ mod tests {
     fn versions_stars_and_refusals() {
         assert_eq!(if_match_version::<u64>(&with(&[])).ok(), Some(None));
         assert_eq!(if_match_version::<u64>(&with(&["*"])).ok(), Some(None));
-        assert_eq!(if_match_version::<u64>(&with(&[" \"7\" "])).ok(), Some(Some(7)));
-        assert_eq!(if_match_version::<i64>(&with(&["W/\"7\""])).ok(), Some(Some(7)));
-        for bad in ["7", "\"\"", "\"-1\"", "\"+1\"", "\"1", "\"x\"", "\"99999999999999999999\""] {
+        assert_eq!(
+            if_match_version::<u64>(&with(&[" \"7\" "])).ok(),
+            Some(Some(7))
+        );
+        assert_eq!(
+            if_match_version::<i64>(&with(&["W/\"7\""])).ok(),
+            Some(Some(7))
+        );
+        for bad in [
+            "7",
+            "\"\"",
+            "\"-1\"",
+            "\"+1\"",
+            "\"1",
+            "\"x\"",
+            "\"99999999999999999999\"",
+        ] {
             let problem = if_match_version::<i64>(&with(&[bad])).expect_err(bad);
-            assert_eq!(problem.status, http::StatusCode::PRECONDITION_FAILED, "{bad}");
+            assert_eq!(
+                problem.status,
+                http::StatusCode::PRECONDITION_FAILED,
+                "{bad}"
+            );
         }
         assert!(if_match_version::<u64>(&with(&["\"1\"", "\"2\""])).is_err());
     }

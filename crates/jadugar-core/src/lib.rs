@@ -29,6 +29,7 @@ pub mod clock;
 pub mod conditional;
 pub mod cursor;
 pub mod discovery;
+pub mod extract;
 pub mod id;
 pub mod outbound;
 pub mod principal;

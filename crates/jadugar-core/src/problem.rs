@@ -191,6 +191,16 @@ impl Problem {
         .with_detail(detail)
     }
 
+    /// 415: the body's media type is not one this endpoint reads.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "Unsupported media type",
+        )
+        .with_detail(detail)
+    }
+
     /// 422: one or more fields are invalid.
     pub fn validation(errors: Vec<FieldError>) -> Self {
         let detail = match errors.as_slice() {

@@ -22,11 +22,12 @@
 //! ```
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use jadugar_core::extract::QueryParams;
 use jadugar_core::{FieldError, PageRequest, Principal, Problem};
 use serde::{Deserialize, Serialize};
 use utoipa::{OpenApi, ToSchema};
@@ -115,7 +116,7 @@ fn with_etag(status: StatusCode, view: RouteView) -> Response {
 async fn list_routes(
     State(gw): State<Gateway>,
     principal: Principal,
-    Query(page): Query<PageRequest>,
+    QueryParams(page): QueryParams<PageRequest>,
 ) -> Result<Json<RoutePage>, Problem> {
     admin(&principal)?;
     let after: Option<String> = page.position(&gw.shared.cursor)?;

@@ -496,6 +496,10 @@ async fn admin_api_enforces_permissions_and_validates() {
     .await;
     assert_eq!(page2["items"].as_array().unwrap().len(), 1);
     assert!(page2.get("next_cursor").is_none());
+    // A malformed parameter is a problem naming it, not axum's plain text.
+    let (status, _, problem) = send("GET", "/v1/gateway/routes?limit=x", admin(), None, None).await;
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "limit", "{problem}");
     assert_eq!(
         send(
             "GET",

@@ -25,81 +25,19 @@
 //! ```
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use jadugar_core::conditional::if_match_version;
 use jadugar_core::{FieldError, Page, PageRequest, Principal, Problem};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 use utoipa::OpenApi;
 
 use crate::Tracking;
 use crate::model::*;
 
-/// A JSON body whose type errors become a 422 naming the field.
-#[derive(Debug)]
-pub struct JsonBody<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
-    type Rejection = Problem;
-
-    async fn from_request(req: Request, state: &S) -> Result<Self, Problem> {
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => {
-                    Problem::payload_too_large("the body is too large")
-                }
-                _ => Problem::bad_request("the body could not be read"),
-            })?;
-        let de = &mut serde_json::Deserializer::from_slice(&bytes);
-        serde_path_to_error::deserialize(de)
-            .map(JsonBody)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." { "body".to_owned() } else { path };
-                let inner = e.into_inner();
-                let msg = if inner.is_syntax() || inner.is_eof() {
-                    "is not valid JSON".to_owned()
-                } else {
-                    inner.to_string()
-                };
-                Problem::validation(vec![FieldError::new(field, msg)])
-            })
-    }
-}
-
-/// A query string whose errors become a 422.
-#[derive(Debug)]
-pub struct QueryParams<T>(pub T);
-
-impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
-    type Rejection = Problem;
-
-    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
-        let query = parts.uri.query().unwrap_or_default();
-        let de = serde_urlencoded::Deserializer::new(form_urlencoded_parse(query));
-        serde_path_to_error::deserialize(de)
-            .map(QueryParams)
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." {
-                    "query".to_owned()
-                } else {
-                    path
-                };
-                Problem::validation(vec![FieldError::new(field, e.into_inner().to_string())])
-            })
-    }
-}
-
-fn form_urlencoded_parse(q: &str) -> form_urlencoded::Parse<'_> {
-    form_urlencoded::parse(q.as_bytes())
-}
+pub use jadugar_core::extract::{JsonBody, QueryParams};
 
 /// `?unread=` of the notification list.
 #[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
