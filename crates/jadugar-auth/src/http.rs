@@ -580,7 +580,7 @@ async fn list_roles(
 }
 
 #[utoipa::path(post, path = "/v1/auth/roles", tag = "roles", request_body = RoleInput,
-    responses((status = 201, body = Role), (status = 403, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 201, body = Role), (status = 403, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn create_role(
     State(auth): State<AuthService>,
     principal: Principal,
@@ -588,7 +588,7 @@ async fn create_role(
 ) -> ApiResult<(StatusCode, axum::Json<Role>)> {
     Ok((
         StatusCode::CREATED,
-        axum::Json(auth.put_role(&principal, body).await.map_err(p)?),
+        axum::Json(auth.create_role(&principal, body).await.map_err(p)?),
     ))
 }
 

@@ -1305,6 +1305,22 @@ impl AuthService {
     /// permission the role ends up with and had before (no escalation, no
     /// editing a role above one's own); built-in roles cannot be edited.
     pub async fn put_role(&self, actor: &Principal, input: RoleInput) -> Result<Role, Error> {
+        self.write_role(actor, input, false).await
+    }
+
+    /// Creates a role; [`Error::Conflict`] if one with its name exists
+    /// (replacing is [`put_role`](Self::put_role)). Needs `auth:roles:write`
+    /// and every permission the role holds.
+    pub async fn create_role(&self, actor: &Principal, input: RoleInput) -> Result<Role, Error> {
+        self.write_role(actor, input, true).await
+    }
+
+    async fn write_role(
+        &self,
+        actor: &Principal,
+        input: RoleInput,
+        create_only: bool,
+    ) -> Result<Role, Error> {
         need(actor, PERM_ROLES_WRITE)?;
         let mut errors = Vec::new();
         if let Err(e) = validate_role_name(&input.name) {
@@ -1319,6 +1335,9 @@ impl AuthService {
             return Err(Error::Validation(errors));
         }
         let existing = self.inner.store.get_role(&input.name).await?;
+        if create_only && existing.is_some() {
+            return Err(Error::Conflict("a role with this name"));
+        }
         if existing.as_ref().is_some_and(|r| r.builtin) {
             return Err(Error::NotAllowed("built-in roles cannot be edited"));
         }
@@ -1342,10 +1361,26 @@ impl AuthService {
             builtin: false,
             created_at: existing.map(|r| r.created_at).unwrap_or_else(|| self.now()),
         };
-        self.inner.store.put_role(&role).await?;
+        if create_only {
+            // The store refuses the name if a concurrent create took it.
+            self.inner
+                .store
+                .insert_role(&role)
+                .await
+                .map_err(|e| match e {
+                    StoreError::Conflict(_) => Error::Conflict("a role with this name"),
+                    other => other.into(),
+                })?;
+        } else {
+            self.inner.store.put_role(&role).await?;
+        }
         self.user_changed().await;
         self.audit(
-            "role.put",
+            if create_only {
+                "role.create"
+            } else {
+                "role.put"
+            },
             Some(&actor.subject),
             Some(&role.name),
             &RequestMeta::default(),

@@ -735,3 +735,40 @@ async fn unknown_fields_bad_queries_and_media_types_are_problems() {
         "{problem}"
     );
 }
+
+/// Creating a role whose name is taken is a 409 that changes nothing;
+/// replacing is the PUT of the role's own path.
+#[tokio::test]
+async fn creating_a_taken_role_name_is_a_conflict() {
+    let (_, app) = setup(Config::default()).await;
+    let (_, body) = login(&app, false).await;
+    let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
+    let request = |method: &str, path: &str, body: Value| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", &bearer)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let first = json!({"name": "pm", "permissions": ["tracking:*", "registry:read"]});
+    let (status, _, role) = send(&app, request("POST", "/v1/auth/roles", first)).await;
+    assert_eq!(status, StatusCode::CREATED, "{role}");
+    let again = json!({"name": "pm", "description": "dup", "permissions": ["tracking:*"]});
+    let (status, headers, problem) = send(&app, request("POST", "/v1/auth/roles", again)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    let (_, _, roles) = send(&app, request("GET", "/v1/auth/roles", Value::Null)).await;
+    let pm = roles
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "pm")
+        .unwrap();
+    assert_eq!(pm["permissions"], json!(["tracking:*", "registry:read"]));
+    let edit = json!({"permissions": ["tracking:*"]});
+    let (status, _, role) = send(&app, request("PUT", "/v1/auth/roles/pm", edit)).await;
+    assert_eq!(status, StatusCode::OK, "{role}");
+    assert_eq!(role["permissions"], json!(["tracking:*"]));
+}

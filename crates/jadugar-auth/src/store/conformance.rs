@@ -438,7 +438,15 @@ async fn roles(store: &dyn AuthStore) {
         builtin: false,
         created_at: t0(),
     };
-    store.put_role(&role).await.unwrap();
+    store.insert_role(&role).await.unwrap();
+    assert_eq!(store.get_role("deployer").await.unwrap().unwrap(), role);
+    // A second insert of the name is refused and changes nothing.
+    let mut other = role.clone();
+    other.permissions = vec!["*".into()];
+    assert!(matches!(
+        store.insert_role(&other).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(store.get_role("deployer").await.unwrap().unwrap(), role);
     let mut edited = role.clone();
     edited.permissions.push("gateway:read".into());

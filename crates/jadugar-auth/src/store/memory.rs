@@ -194,6 +194,16 @@ impl AuthStore for MemoryStore {
         Ok(())
     }
 
+    async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
+        match self.lock().roles.entry(role.name.clone()) {
+            std::collections::btree_map::Entry::Occupied(_) => Err(StoreError::Conflict("role")),
+            std::collections::btree_map::Entry::Vacant(slot) => {
+                slot.insert(role.clone());
+                Ok(())
+            }
+        }
+    }
+
     async fn get_role(&self, name: &str) -> Result<Option<Role>, StoreError> {
         Ok(self.lock().roles.get(name).cloned())
     }

@@ -142,6 +142,16 @@ pub trait AuthStore: Debug + Send + Sync + 'static {
 
     /// Inserts or replaces a role by name.
     async fn put_role(&self, role: &Role) -> Result<(), StoreError>;
+    /// Inserts a role. [`StoreError::Conflict`] if one with its name
+    /// exists. The default reads, then puts: a store whose backend can
+    /// insert only when absent should do that instead (the built-in ones
+    /// do), or two concurrent creates may both succeed.
+    async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
+        if self.get_role(&role.name).await?.is_some() {
+            return Err(StoreError::Conflict("role"));
+        }
+        self.put_role(role).await
+    }
     /// The role named `name`.
     async fn get_role(&self, name: &str) -> Result<Option<Role>, StoreError>;
     /// All roles, by name.

@@ -382,6 +382,19 @@ macro_rules! sql_impl {
                 Ok(())
             }
 
+            pub(super) async fn insert_role(pool: &sqlx::Pool<$db>, role: &Role) -> Result<(), StoreError> {
+                let done = sqlx::query(
+                    "INSERT INTO auth_roles (name, description, permissions, builtin, created_at) VALUES ($1, $2, $3, $4, $5) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(&role.name).bind(&role.description).bind(json_list(&role.permissions)).bind(role.builtin).bind(ms(role.created_at))
+                .execute(pool).await.map_err(backend)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::Conflict("role"));
+                }
+                Ok(())
+            }
+
             pub(super) async fn get_role(pool: &sqlx::Pool<$db>, name: &str) -> Result<Option<Role>, StoreError> {
                 let row = sqlx::query("SELECT name, description, permissions, builtin, created_at FROM auth_roles WHERE name = $1")
                     .bind(name).fetch_optional(pool).await.map_err(backend)?;
@@ -638,6 +651,9 @@ impl AuthStore for SqlStore {
     }
     async fn put_role(&self, role: &Role) -> Result<(), StoreError> {
         on!(self, put_role(role))
+    }
+    async fn insert_role(&self, role: &Role) -> Result<(), StoreError> {
+        on!(self, insert_role(role))
     }
     async fn get_role(&self, name: &str) -> Result<Option<Role>, StoreError> {
         on!(self, get_role(name))
