@@ -437,6 +437,16 @@ fn random_token(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// The caller's user id when the caller is a signed-in user: an API key's
+/// subject is the key's own id and a service's its name, never a user's.
+fn own_user_id(actor: &Principal) -> Option<UserId> {
+    if actor.kind == PrincipalKind::User {
+        actor.subject.parse().ok()
+    } else {
+        None
+    }
+}
+
 fn store_err(e: StoreError) -> Error {
     match e {
         StoreError::Conflict(what) => Error::Conflict(what),
@@ -1208,10 +1218,7 @@ impl AuthService {
         new: String,
         meta: &RequestMeta,
     ) -> Result<(), Error> {
-        let id: UserId = principal
-            .subject
-            .parse()
-            .map_err(|_| Error::NotAllowed("only users have passwords"))?;
+        let id = own_user_id(principal).ok_or(Error::NotAllowed("only users have passwords"))?;
         self.check_password("new_password", &new)?;
         let record = self.load_user(id).await?;
         if !self
@@ -1434,10 +1441,9 @@ impl AuthService {
     ) -> Result<CreatedApiKey, Error> {
         let owner_id = match (actor, input.owner) {
             (_, Some(owner)) => owner,
-            (Some(a), None) => a
-                .subject
-                .parse()
-                .map_err(|_| Error::NotAllowed("only users own API keys"))?,
+            (Some(a), None) => own_user_id(a).ok_or(Error::NotAllowed(
+                "only users own API keys: sign in as the user, or name the owner",
+            ))?,
             (None, None) => return Err(Error::field("owner", "is required")),
         };
         if let Some(a) = actor
@@ -1533,7 +1539,7 @@ impl AuthService {
         actor: &Principal,
         owner: Option<UserId>,
     ) -> Result<Vec<ApiKey>, Error> {
-        let own: Option<UserId> = actor.subject.parse().ok();
+        let own = own_user_id(actor);
         let target = match owner {
             Some(o) if Some(o) == own => Some(o),
             Some(o) => {
@@ -1541,7 +1547,9 @@ impl AuthService {
                 Some(o)
             }
             None if actor.can(PERM_KEYS_WRITE) => None,
-            None => Some(own.ok_or(Error::NotAllowed("only users own API keys"))?),
+            None => Some(own.ok_or(Error::NotAllowed(
+                "only users own API keys: sign in as the user, or name the owner",
+            ))?),
         };
         let mut keys: Vec<ApiKey> = self
             .inner
@@ -2207,14 +2215,16 @@ impl AuthService {
         actor: &Principal,
         user: Option<UserId>,
     ) -> Result<Vec<Session>, Error> {
-        let own: Option<UserId> = actor.subject.parse().ok();
+        let own = own_user_id(actor);
         let target = match user {
             Some(u) if Some(u) == own => u,
             Some(u) => {
                 need(actor, PERM_SESSIONS_ADMIN)?;
                 u
             }
-            None => own.ok_or(Error::NotAllowed("only users have sessions"))?,
+            None => own.ok_or(Error::NotAllowed(
+                "only users have sessions: sign in as the user, or name the user",
+            ))?,
         };
         Ok(self
             .inner
@@ -2356,10 +2366,7 @@ impl AuthService {
 
     /// Mails an email verification token to the caller.
     pub async fn request_email_verification(&self, principal: &Principal) -> Result<(), Error> {
-        let id: UserId = principal
-            .subject
-            .parse()
-            .map_err(|_| Error::NotAllowed("only users have emails"))?;
+        let id = own_user_id(principal).ok_or(Error::NotAllowed("only users have emails"))?;
         let user = self.load_user(id).await?.user;
         self.send_token(&user, TokenKind::EmailVerification).await
     }

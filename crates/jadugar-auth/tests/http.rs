@@ -772,3 +772,86 @@ async fn creating_a_taken_role_name_is_a_conflict() {
     assert_eq!(status, StatusCode::OK, "{role}");
     assert_eq!(role["permissions"], json!(["tracking:*"]));
 }
+
+/// An API key's id is not a user id: what needs a signed-in user is a 403
+/// saying so for a key (it was a 404 "user not found", or an empty list),
+/// and an admin key naming the user still acts for them.
+#[tokio::test]
+async fn api_keys_are_not_users() {
+    let (_, app) = setup(Config::default()).await;
+    let (_, body) = login(&app, false).await;
+    let bearer = format!("Bearer {}", body["access_token"].as_str().unwrap());
+    let request = |method: &str, path: &str, credential: (&str, &str), body: Value| {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(credential.0, credential.1)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    };
+    let as_user = ("authorization", bearer.as_str());
+    let (status, _, created) = send(
+        &app,
+        request(
+            "POST",
+            "/v1/auth/api-keys",
+            as_user,
+            json!({"name": "admin key"}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let owner = created["key"]["owner"].as_str().unwrap().to_owned();
+    let as_key = ("x-api-key", secret.as_str());
+
+    let (status, _, problem) = send(
+        &app,
+        request("POST", "/v1/auth/api-keys", as_key, json!({"name": "ci2"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("only users own API keys"),
+        "{problem}"
+    );
+    for path in ["/v1/auth/sessions", "/v1/auth/api-keys"] {
+        let (status, _, answer) = send(&app, request("GET", path, as_key, Value::Null)).await;
+        if path == "/v1/auth/sessions" {
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {answer}");
+        } else {
+            // With `auth:keys:write` the key lists everyone's keys.
+            assert_eq!(status, StatusCode::OK, "{path}: {answer}");
+            assert!(answer.to_string().contains("admin key"), "{answer}");
+        }
+    }
+
+    // Naming the owner, the admin key acts for the user.
+    let (status, _, created) = send(
+        &app,
+        request(
+            "POST",
+            "/v1/auth/api-keys",
+            as_key,
+            json!({"name": "ci2", "owner": owner}),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["key"]["owner"], owner.as_str());
+    let (status, _, sessions) = send(
+        &app,
+        request(
+            "GET",
+            &format!("/v1/auth/sessions?user_id={owner}"),
+            as_key,
+            Value::Null,
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{sessions}");
+}
