@@ -382,7 +382,12 @@ fn expand(matcher: &RouteMatcher) -> Vec<String> {
     if base.is_empty() {
         vec!["/".to_owned(), format!("/{{*{REST_PARAM}}}")]
     } else {
-        vec![base.to_owned(), format!("{base}/{{*{REST_PARAM}}}")]
+        // `{base}/` too: matchit's catch-all needs at least one character.
+        vec![
+            base.to_owned(),
+            format!("{base}/"),
+            format!("{base}/{{*{REST_PARAM}}}"),
+        ]
     }
 }
 
@@ -764,6 +769,33 @@ mod tests {
                 .map(|m| *m.value),
             Some("user")
         );
+    }
+
+    #[test]
+    fn a_prefix_matches_its_own_path_with_a_trailing_slash() {
+        // Without conditions (no fallback tree) and with them.
+        for conditional in [false, true] {
+            let mut b = RouteTable::builder();
+            b.insert(RouteMatcher::prefix("/files"), "files", "files")
+                .unwrap();
+            b.insert(RouteMatcher::exact("/exact"), "exact", "exact")
+                .unwrap();
+            if conditional {
+                b.insert(
+                    RouteMatcher::prefix("/other").methods(["POST"]),
+                    "other",
+                    "other",
+                )
+                .unwrap();
+            }
+            let t = b.build();
+            for path in ["/files", "/files/", "/files/a", "/files/a/"] {
+                assert_eq!(find(&t, None, Method::GET, path), Some("files"), "{path}");
+            }
+            assert_eq!(find(&t, None, Method::GET, "/filesx"), None);
+            assert_eq!(find(&t, None, Method::GET, "/exact"), Some("exact"));
+            assert_eq!(find(&t, None, Method::GET, "/exact/"), None);
+        }
     }
 
     #[test]
