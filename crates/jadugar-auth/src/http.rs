@@ -36,6 +36,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
+use jadugar_core::conditional::if_match_version;
 use jadugar_core::cursor::{Page, PageRequest};
 use jadugar_core::extract::QueryParams;
 use jadugar_core::{FieldError, Principal, Problem};
@@ -125,32 +126,6 @@ fn p(e: Error) -> Problem {
 /// passes on; the version is the same). A tag that is no version of ours
 /// never matches: 412. So is a list of several tags, which we do not take:
 /// a client sends back the one tag it was given.
-fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
-    let mut values = headers.get_all(header::IF_MATCH).iter();
-    let (Some(value), None) = (values.next(), values.next()) else {
-        return if headers.contains_key(header::IF_MATCH) {
-            Err(unmatched())
-        } else {
-            Ok(None)
-        };
-    };
-    let text = value.to_str().map_err(|_| unmatched())?.trim();
-    if text == "*" {
-        return Ok(None);
-    }
-    let tag = text.strip_prefix("W/").unwrap_or(text);
-    tag.strip_prefix('"')
-        .and_then(|t| t.strip_suffix('"'))
-        .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
-        .and_then(|v| v.parse().ok())
-        .map(Some)
-        .ok_or_else(unmatched)
-}
-
-fn unmatched() -> Problem {
-    Problem::precondition_failed("If-Match names no current version of this user")
-}
-
 /// A user as JSON with its version as the strong entity tag.
 fn user_response(user: &User) -> Response {
     let mut response = axum::Json(user).into_response();
@@ -502,7 +477,7 @@ async fn update_user(
     headers: HeaderMap,
     Json(body): Json<UserUpdate>,
 ) -> ApiResult<Response> {
-    let expected = if_match(&headers)?;
+    let expected = if_match_version(&headers)?;
     let user = auth
         .update_user(&principal, id, body, expected)
         .await
@@ -524,7 +499,7 @@ async fn delete_user(
     Path(id): Path<UserId>,
     headers: HeaderMap,
 ) -> ApiResult<StatusCode> {
-    let expected = if_match(&headers)?;
+    let expected = if_match_version(&headers)?;
     auth.delete_user(&principal, id, expected)
         .await
         .map_err(p)?;

@@ -27,6 +27,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use bytes::Bytes;
+use jadugar_core::conditional::if_match_version;
 use jadugar_core::extract::QueryParams;
 use jadugar_core::{FieldError, PageRequest, Principal, Problem};
 use serde::{Deserialize, Serialize};
@@ -84,21 +85,6 @@ fn parse_route(body: &Bytes) -> Result<RouteSpec, Problem> {
             format!("is not a valid route: {e}"),
         )])
     })
-}
-
-fn if_match(headers: &HeaderMap) -> Result<Option<i64>, Problem> {
-    match headers
-        .get(header::IF_MATCH)
-        .map(|v| v.to_str().unwrap_or("").trim())
-    {
-        None | Some("*") => Ok(None),
-        Some(v) => v
-            .trim_start_matches("W/")
-            .trim_matches('"')
-            .parse()
-            .map(Some)
-            .map_err(|_| Problem::bad_request("If-Match must be a revision ETag like \"3\"")),
-    }
 }
 
 fn with_etag(status: StatusCode, view: RouteView) -> Response {
@@ -183,7 +169,7 @@ async fn update_route(
             "must match the id in the path",
         )]));
     }
-    let view = gw.update_route(route, if_match(&headers)?).await?;
+    let view = gw.update_route(route, if_match_version(&headers)?).await?;
     Ok(with_etag(StatusCode::OK, view))
 }
 
@@ -197,6 +183,6 @@ async fn delete_route(
     headers: HeaderMap,
 ) -> Result<StatusCode, Problem> {
     admin(&principal)?;
-    gw.delete_route(&id, if_match(&headers)?).await?;
+    gw.delete_route(&id, if_match_version(&headers)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
