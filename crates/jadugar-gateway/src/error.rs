@@ -8,7 +8,7 @@ use crate::store::StoreError;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A route (or the route set it would produce) is invalid.
-    #[error("invalid route configuration")]
+    #[error("invalid route configuration: {}", fields(.0))]
     Invalid(Vec<FieldError>),
     /// No such route.
     #[error("no route {0}")]
@@ -33,6 +33,15 @@ pub enum Error {
     /// A database or Redis connection failed.
     #[error("storage: {0}")]
     Storage(#[from] jadugar_core::storage::StorageError),
+}
+
+/// `routes[1].path: must start with '/'; ...`, for a one-line message.
+fn fields(errors: &[FieldError]) -> String {
+    let parts: Vec<String> = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect();
+    parts.join("; ")
 }
 
 impl From<StoreError> for Error {

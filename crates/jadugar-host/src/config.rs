@@ -527,6 +527,17 @@ impl Config {
         if self.redis_prefix.is_empty() {
             problems.push(origins.problem("redis_prefix", "must not be empty"));
         }
+        // What can be checked of each route alone; how the routes fit
+        // together (conflicting paths) is checked when the gateway starts.
+        for (i, route) in self.gateway.routes.iter().enumerate() {
+            if let Err(errors) = route.validate() {
+                for e in errors {
+                    problems.push(
+                        origins.problem(&format!("gateway.routes[{i}].{}", e.field), e.message),
+                    );
+                }
+            }
+        }
         problems
     }
 }
@@ -654,6 +665,15 @@ fn record_lines(
         lines.insert(path.clone(), line_of(text, key.span().start));
         if let Some(inner) = value.get_ref().as_table() {
             record_lines(text, &path, inner, lines);
+        } else if let Some(items) = value.get_ref().as_array() {
+            // `[[gateway.routes]]`: each element is `gateway.routes[i]`.
+            for (i, item) in items.iter().enumerate() {
+                let element = format!("{path}[{i}]");
+                lines.insert(element.clone(), line_of(text, item.span().start));
+                if let Some(inner) = item.get_ref().as_table() {
+                    record_lines(text, &element, inner, lines);
+                }
+            }
         }
     }
 }
@@ -769,23 +789,27 @@ fn deserialize_all(
         match serde_path_to_error::deserialize::<_, Config>(value) {
             Ok(config) => return config,
             Err(error) => {
-                let mut path: Vec<String> = error
+                let mut path: Vec<Segment> = error
                     .path()
                     .iter()
                     .filter_map(|segment| match segment {
-                        serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                        serde_path_to_error::Segment::Seq { .. } => None,
-                        serde_path_to_error::Segment::Enum { variant } => Some(variant.clone()),
+                        serde_path_to_error::Segment::Map { key } => {
+                            Some(Segment::Key(key.clone()))
+                        }
+                        serde_path_to_error::Segment::Seq { index } => Some(Segment::Index(*index)),
+                        serde_path_to_error::Segment::Enum { variant } => {
+                            Some(Segment::Key(variant.clone()))
+                        }
                         serde_path_to_error::Segment::Unknown => None,
                     })
                     .collect();
                 let message = error.inner().message().trim().to_owned();
                 if let Some(field) = unknown_field(&message)
-                    && path.last() != Some(&field)
+                    && path.last() != Some(&Segment::Key(field.clone()))
                 {
-                    path.push(field);
+                    path.push(Segment::Key(field));
                 }
-                let key = path.join(".");
+                let key = key_of(&path);
                 let text = if message.starts_with("unknown field") {
                     "unknown key".to_owned()
                 } else {
@@ -807,15 +831,59 @@ fn unknown_field(message: &str) -> Option<String> {
     Some(rest[..end].to_owned())
 }
 
-fn remove_path(table: &mut toml::Table, path: &[String]) -> bool {
+/// One step of a configuration key's path: a key, or an array element.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// `gateway.routes[1].path`.
+fn key_of(path: &[Segment]) -> String {
+    let mut key = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(name) => {
+                if !key.is_empty() {
+                    key.push('.');
+                }
+                key.push_str(name);
+            }
+            Segment::Index(i) => key.push_str(&format!("[{i}]")),
+        }
+    }
+    key
+}
+
+/// Removes the value at `path`, so that deserialising again reports the
+/// next problem. Inside an array element only the offending key goes (the
+/// other elements keep their places and are checked too); a bad element
+/// itself takes its whole array with it, as removing it would renumber the
+/// rest.
+fn remove_path(table: &mut toml::Table, path: &[Segment]) -> bool {
     match path {
         [] => false,
-        [last] => table.remove(last).is_some(),
-        [first, rest @ ..] => match table.get_mut(first) {
-            Some(toml::Value::Table(inner)) => remove_path(inner, rest),
+        [Segment::Key(last)] => table.remove(last).is_some(),
+        [Segment::Key(first), Segment::Index(i), rest @ ..] if !rest.is_empty() => {
+            match table.get_mut(first) {
+                Some(toml::Value::Array(items)) => match items.get_mut(*i) {
+                    Some(toml::Value::Table(inner)) => {
+                        remove_path(inner, rest) || table.remove(first).is_some()
+                    }
+                    _ => table.remove(first).is_some(),
+                },
+                Some(_) => table.remove(first).is_some(),
+                None => false,
+            }
+        }
+        [Segment::Key(first), rest @ ..] => match table.get_mut(first) {
+            Some(toml::Value::Table(inner)) if !matches!(rest.first(), Some(Segment::Index(_))) => {
+                remove_path(inner, rest)
+            }
             Some(_) => table.remove(first).is_some(),
             None => false,
         },
+        [Segment::Index(_), ..] => false,
     }
 }
 

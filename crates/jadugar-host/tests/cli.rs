@@ -180,6 +180,46 @@ fn config_check_lists_every_problem_and_exits_2() {
     assert!(output.status.success());
 }
 
+/// Every `[[gateway.routes]]` element is checked as `serve` would, each
+/// problem at its own line with the route's index; `serve` refuses the same
+/// file before it creates anything.
+#[test]
+fn route_problems_name_their_route_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("routes.toml"),
+        "[[gateway.routes]]\nid = \"ok\"\npath = \"/ok\"\ncolour = 1\n\
+         upstream = { targets = [\"http://127.0.0.1:9\"] }\n\n\
+         [[gateway.routes]]\nid = \"BAD ID\"\npath = \"nopath\"\nwrong = 1\n\
+         upstream = { targets = [\"ftp://x\"] }\n",
+    )
+    .unwrap();
+    let output = run(dir.path(), &["config", "check", "routes.toml"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "routes.toml:4: gateway.routes[0].colour: unknown key",
+            "routes.toml:8: gateway.routes[1].id: must be 1 to 64 of a-z, 0-9, '-', '_', '.'",
+            "routes.toml:9: gateway.routes[1].path: must start with '/'",
+            "routes.toml:10: gateway.routes[1].wrong: unknown key",
+            "routes.toml:11: gateway.routes[1].upstream.targets[0]: must be a base URL like http://host:port or https://host:port",
+        ],
+        "{stdout}"
+    );
+
+    let output = run(dir.path(), &["--config", "routes.toml", "serve"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("routes.toml:9: gateway.routes[1].path"),
+        "{stderr}"
+    );
+    assert!(!dir.path().join("jadugar-data").exists(), "{stderr}");
+}
+
 #[test]
 fn config_print_redacts() {
     let dir = tempfile::tempdir().unwrap();
