@@ -1466,6 +1466,13 @@ impl AuthService {
                 ));
             }
         }
+        if input.expires_in_secs == Some(0) {
+            // A key that expires as it is made is a mistake, not a request.
+            errors.push(jadugar_core::FieldError::new(
+                "expires_in_secs",
+                "must be at least 1 (leave it out for a key that does not expire)",
+            ));
+        }
         if !errors.is_empty() {
             return Err(Error::Validation(errors));
         }

@@ -688,6 +688,12 @@ async fn unknown_fields_bad_queries_and_media_types_are_problems() {
             "permisions",
         ),
         ("/v1/auth/users", json!({"email": 7}), "email"),
+        // A key that would expire as it is made.
+        (
+            "/v1/auth/api-keys",
+            json!({"name": "ci", "expires_in_secs": 0}),
+            "expires_in_secs",
+        ),
     ];
     for (path, body, field) in cases {
         let (status, headers, problem) =

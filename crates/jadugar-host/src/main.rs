@@ -102,8 +102,8 @@ enum ApikeyCommand {
         /// the owner's).
         #[arg(long = "scope", value_name = "PERMISSION")]
         scopes: Vec<String>,
-        /// Lifetime in seconds (default: never expires).
-        #[arg(long, value_name = "N")]
+        /// Lifetime in seconds, at least 1 (default: never expires).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         expires_in_secs: Option<u64>,
     },
 }
