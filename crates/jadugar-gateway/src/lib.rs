@@ -180,6 +180,9 @@ pub(crate) struct Shared {
     pub(crate) forwarded_proto: HeaderValue,
     pub(crate) cursor: CursorCodec,
     pub(crate) docs: docs::DocsCache,
+    /// Path prefixes the embedding application answers itself; see
+    /// [`GatewayBuilder::reserved_paths`].
+    pub(crate) reserved: Vec<String>,
 }
 
 /// The gateway; see the [crate docs](crate). Cheap to clone.
@@ -205,6 +208,7 @@ pub struct GatewayBuilder {
     store: Option<Arc<dyn RouteStore>>,
     clock: Option<SharedClock>,
     cursor: Option<CursorCodec>,
+    reserved: Vec<String>,
 }
 
 impl GatewayBuilder {
@@ -236,6 +240,27 @@ impl GatewayBuilder {
     /// cursors only work on this host).
     pub fn cursor_codec(mut self, codec: CursorCodec) -> Self {
         self.cursor = Some(codec);
+        self
+    }
+
+    /// Path prefixes the application mounting the gateway answers itself
+    /// (the `jadugar` host: `/v1`, `/healthz`, ...): the admin API refuses
+    /// a route at or below one (`/v1` covers `/v1` and `/v1/auth/x`, not
+    /// `/v1x`), which would be stored but never reached.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), jadugar_gateway::Error> {
+    /// let gateway = jadugar_gateway::Gateway::builder(Default::default())
+    ///     .reserved_paths(["/v1", "/healthz"])
+    ///     .build()
+    ///     .await?;
+    /// # let _ = gateway; Ok(()) }
+    /// ```
+    pub fn reserved_paths<P: Into<String>>(
+        mut self,
+        prefixes: impl IntoIterator<Item = P>,
+    ) -> Self {
+        self.reserved = prefixes.into_iter().map(Into::into).collect();
         self
     }
 
@@ -297,6 +322,7 @@ impl GatewayBuilder {
             identity_headers,
             forwarded_proto,
             cursor: self.cursor.unwrap_or_else(CursorCodec::random),
+            reserved: self.reserved,
         });
         shared.reload().await?;
         Ok(Gateway { shared })
@@ -313,6 +339,7 @@ impl Gateway {
             store: None,
             clock: None,
             cursor: None,
+            reserved: Vec::new(),
         }
     }
 
@@ -329,6 +356,24 @@ impl Gateway {
         sealer: Sealer,
         discovery: Arc<dyn Discovery>,
     ) -> Result<Self, Error> {
+        Self::builder_from_backends(config, db, redis, clock, sealer, discovery)
+            .await?
+            .build()
+            .await
+    }
+
+    /// What [`from_backends`](Self::from_backends) builds, before it is
+    /// built: for the settings it does not take, such as
+    /// [`reserved_paths`](GatewayBuilder::reserved_paths).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub async fn builder_from_backends(
+        config: &Config,
+        db: &Database,
+        redis: Option<&Redis>,
+        clock: SharedClock,
+        sealer: Sealer,
+        discovery: Arc<dyn Discovery>,
+    ) -> Result<GatewayBuilder, Error> {
         let store = store::SqlRouteStore::new(db.clone()).await?;
         let mut builder = Self::builder(config.clone())
             .discovery(discovery)
@@ -340,7 +385,7 @@ impl Gateway {
         if let Some(redis) = redis {
             builder = builder.redis(redis.clone());
         }
-        builder.build().await
+        Ok(builder)
     }
 
     /// Serves one request (what [`tower::Service::call`] does, without

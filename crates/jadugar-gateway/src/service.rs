@@ -62,6 +62,23 @@ impl Shared {
         )
     }
 
+    /// A route at or below a reserved prefix would never be reached.
+    fn check_reserved(&self, route: &RouteSpec) -> Result<(), Error> {
+        let path = route.path.as_str();
+        match self.reserved.iter().find(|prefix| {
+            path.strip_prefix(prefix.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        }) {
+            Some(prefix) => Err(Error::Invalid(vec![FieldError::new(
+                "path",
+                format!(
+                    "{prefix} is served by the application itself: requests there never reach the gateway"
+                ),
+            )])),
+            None => Ok(()),
+        }
+    }
+
     pub(crate) async fn reload(&self) -> Result<(), Error> {
         let _guard = self.admin.lock().await;
         self.reload_locked().await
@@ -158,6 +175,7 @@ impl Gateway {
     /// nothing changes.
     pub async fn create_route(&self, route: RouteSpec) -> Result<RouteView, Error> {
         route.validate().map_err(Error::Invalid)?;
+        self.shared.check_reserved(&route)?;
         let shared = &self.shared;
         let _guard = shared.admin.lock().await;
         if shared.is_config_route(&route.id) {
@@ -178,6 +196,7 @@ impl Gateway {
         expected: Option<i64>,
     ) -> Result<RouteView, Error> {
         route.validate().map_err(Error::Invalid)?;
+        self.shared.check_reserved(&route)?;
         let shared = &self.shared;
         let _guard = shared.admin.lock().await;
         if shared.is_config_route(&route.id) {

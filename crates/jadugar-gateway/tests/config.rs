@@ -61,6 +61,35 @@ async fn configuration_change_under_load_loses_no_request() {
     assert!(ok.load(Ordering::Relaxed) > 30);
 }
 
+/// Paths the embedding application answers itself are refused to the
+/// admin API, whole segments only.
+#[tokio::test]
+async fn routes_under_reserved_paths_are_refused() {
+    let (a, _) = echo("a").await;
+    let gw = Gateway::builder(Config {
+        access_log: false,
+        ..Config::default()
+    })
+    .reserved_paths(["/v1", "/healthz"])
+    .build()
+    .await
+    .unwrap();
+    for path in ["/v1", "/v1/auth/x", "/healthz", "/v1/{rest}"] {
+        let err = gw.create_route(route("r", path, &[a])).await.unwrap_err();
+        let problem = jadugar_core::Problem::from(err);
+        assert_eq!(problem.status, 422, "{path}");
+        assert_eq!(problem.errors[0].field, "path", "{path}");
+        assert!(problem.errors[0].message.contains("never reach"), "{path}");
+    }
+    gw.create_route(route("v1x", "/v1x", &[a])).await.unwrap();
+    let err = gw
+        .update_route(route("v1x", "/v1/x", &[a]), None)
+        .await
+        .unwrap_err();
+    assert_eq!(jadugar_core::Problem::from(err).status, 422);
+    assert_eq!(gw.route_count(), 1);
+}
+
 #[tokio::test]
 async fn invalid_changes_are_rejected_with_the_reason_and_nothing_changes() {
     let (a, _) = echo("a").await;

@@ -457,7 +457,7 @@ fn shadowed_paths(openapi: &OpenApi) -> Vec<&str> {
 }
 
 /// Whether `path` is one of [`RESERVED_PREFIXES`] or below one.
-fn is_reserved(path: &str) -> bool {
+pub(crate) fn is_reserved(path: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|prefix| {
         path.strip_prefix(prefix)
             .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))

@@ -134,7 +134,7 @@ pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
     let mut gateway_config = config.gateway.clone();
     gateway_config.access_log = false;
     gateway_config.request_id = false;
-    let gateway = jadugar_gateway::Gateway::from_backends(
+    let gateway = jadugar_gateway::Gateway::builder_from_backends(
         &gateway_config,
         database,
         redis,
@@ -142,6 +142,11 @@ pub async fn mount_all(builder: AppBuilder) -> Result<AppBuilder, HostError> {
         backends.sealer.clone(),
         discovery,
     )
+    .await
+    .map_err(|e| failed("gateway")(e.to_string()))?
+    // The host answers these itself: a route there would never be reached.
+    .reserved_paths(crate::app::RESERVED_PREFIXES.iter().copied())
+    .build()
     .await
     .map_err(|e| failed("gateway")(e.to_string()))?;
     let proxy = ServiceExt::<axum::extract::Request>::map_response(

@@ -530,6 +530,15 @@ impl Config {
         // What can be checked of each route alone; how the routes fit
         // together (conflicting paths) is checked when the gateway starts.
         for (i, route) in self.gateway.routes.iter().enumerate() {
+            if crate::app::is_reserved(&route.path) {
+                problems.push(origins.problem(
+                    &format!("gateway.routes[{i}].path"),
+                    format!(
+                        "is served by the host itself ({}): requests there never reach the gateway",
+                        crate::app::RESERVED_PREFIXES.join(", ")
+                    ),
+                ));
+            }
             if let Err(errors) = route.validate() {
                 for e in errors {
                     problems.push(

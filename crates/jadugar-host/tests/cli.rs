@@ -210,6 +210,20 @@ fn route_problems_name_their_route_and_line() {
         "{stdout}"
     );
 
+    std::fs::write(
+        dir.path().join("reserved.toml"),
+        "[[gateway.routes]]\nid = \"api\"\npath = \"/v1/things\"\n\
+         upstream = { targets = [\"http://127.0.0.1:9\"] }\n",
+    )
+    .unwrap();
+    let output = run(dir.path(), &["config", "check", "reserved.toml"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    assert!(
+        stdout.starts_with("reserved.toml:3: gateway.routes[0].path: is served by the host itself"),
+        "{stdout}"
+    );
+
     let output = run(dir.path(), &["--config", "routes.toml", "serve"], &[]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
