@@ -233,7 +233,7 @@ pub async fn create_user(config: &Config, spec: UserSpec) -> Result<CreatedUser,
                     }
                     other => auth_error(other),
                 })?;
-            if generated.is_some() {
+            if let Some(generated) = &generated {
                 // Through the service: it rereads and retries when the user
                 // changed meanwhile, where a write straight to the versioned
                 // store would fail Stale.
@@ -245,7 +245,13 @@ pub async fn create_user(config: &Config, spec: UserSpec) -> Result<CreatedUser,
                              marked for change",
                             user.email
                         )),
-                        other => auth_error(other),
+                        // The user exists: its password must not be lost.
+                        other => HostError::Auth(format!(
+                            "{}\nuser {} was created with the password {generated}, but it \
+                             could not be marked for change at first login",
+                            auth_error(other),
+                            user.email
+                        )),
                     })?;
             }
             Ok::<_, HostError>(user)

@@ -356,8 +356,15 @@ impl Origins {
                     message: message.into(),
                 };
             }
-            match probe.rfind('.') {
-                Some(dot) => probe = &probe[..dot],
+            // `gateway.routes[1].path` → `gateway.routes[1]` →
+            // `gateway.routes` → `gateway`.
+            let parent = if probe.ends_with(']') {
+                probe.rfind('[')
+            } else {
+                probe.rfind('.')
+            };
+            match parent {
+                Some(end) => probe = &probe[..end],
                 None => break,
             }
         }
@@ -420,9 +427,15 @@ impl Config {
             .iter()
             .filter_map(|name| table.get(*name).map(|v| ((*name).to_owned(), v.clone())))
             .collect();
-        let mut config = deserialize_all(table, &origins, &mut problems);
+        let mut removed = Removed::new();
+        let mut config = deserialize_all(table, &origins, &mut removed, &mut problems);
         config.component_sections = sections;
-        problems.extend(config.validate(&origins));
+        problems.extend(config.validate(&origins, &removed));
+        if problems.is_empty() {
+            // How the routes fit together, only once each is valid: with
+            // elements taken out, the gateway would number them otherwise.
+            problems.extend(config.check_gateway(&origins));
+        }
         // File problems in line order, then environment problems.
         problems.sort_by_key(|p| p.line.unwrap_or(usize::MAX));
         if problems.is_empty() {
@@ -472,7 +485,7 @@ impl Config {
         text
     }
 
-    fn validate(&self, origins: &Origins) -> Vec<ConfigProblem> {
+    fn validate(&self, origins: &Origins, removed: &Removed) -> Vec<ConfigProblem> {
         let mut problems = Vec::new();
         if let Some(url) = &self.database_url
             && let Err(message) = check_database_url(url)
@@ -528,8 +541,16 @@ impl Config {
             problems.push(origins.problem("redis_prefix", "must not be empty"));
         }
         // What can be checked of each route alone; how the routes fit
-        // together (conflicting paths) is checked when the gateway starts.
+        // together is `check_gateway`'s.
         for (i, route) in self.gateway.routes.iter().enumerate() {
+            // Numbered as in the file, whatever elements were taken out.
+            let i = original_index(removed, "gateway.routes", i);
+            // Elements taken out of this route's own arrays would make the
+            // gateway's numbers wrong: it is checked once those are fixed.
+            let inner = format!("gateway.routes[{i}].");
+            if removed.keys().any(|array| array.starts_with(&inner)) {
+                continue;
+            }
             if crate::app::is_reserved(&route.path) {
                 problems.push(origins.problem(
                     &format!("gateway.routes[{i}].path"),
@@ -548,6 +569,23 @@ impl Config {
             }
         }
         problems
+    }
+
+    /// Compiles the `[gateway]` section as the gateway does when `serve`
+    /// starts it (duplicate route ids, conflicting paths, transforms,
+    /// `identity_headers`, `upstream_ca_file`, ...), without any backend.
+    fn check_gateway(&self, origins: &Origins) -> Vec<ConfigProblem> {
+        let build = jadugar_gateway::Gateway::builder(self.gateway.clone()).build();
+        // With no backend nothing in the build waits: it is ready at the
+        // first poll. Were it not, the gateway checks the same at start.
+        match futures_util::FutureExt::now_or_never(build) {
+            None | Some(Ok(_)) => Vec::new(),
+            Some(Err(jadugar_gateway::Error::Invalid(errors))) => errors
+                .into_iter()
+                .map(|e| origins.problem(&format!("gateway.{}", e.field), e.message))
+                .collect(),
+            Some(Err(other)) => vec![origins.problem("gateway", other.to_string())],
+        }
     }
 }
 
@@ -786,16 +824,22 @@ fn env_value(raw: &str) -> toml::Value {
     toml::Value::String(raw.to_owned())
 }
 
+/// Array elements taken out of the configuration by [`deserialize_all`],
+/// by the array's key (`gateway.routes`): their indices in the file, in
+/// ascending order, so that later problems keep the file's numbering.
+type Removed = BTreeMap<String, Vec<usize>>;
+
 /// Deserialises `table`; on each error, records it, removes the offending
-/// key and tries again, so that every problem is reported at once.
+/// value and tries again, so that every problem is reported at once.
 fn deserialize_all(
-    mut table: toml::Table,
+    table: toml::Table,
     origins: &Origins,
+    removed: &mut Removed,
     problems: &mut Vec<ConfigProblem>,
 ) -> Config {
+    let mut root = toml::Value::Table(table);
     for _ in 0..64 {
-        let value = toml::Value::Table(table.clone());
-        match serde_path_to_error::deserialize::<_, Config>(value) {
+        match serde_path_to_error::deserialize::<_, Config>(root.clone()) {
             Ok(config) => return config,
             Err(error) => {
                 let mut path: Vec<Segment> = error
@@ -818,14 +862,34 @@ fn deserialize_all(
                 {
                     path.push(Segment::Key(field));
                 }
-                let key = key_of(&path);
+                let key = key_of(&original_path(&path, removed));
                 let text = if message.starts_with("unknown field") {
                     "unknown key".to_owned()
                 } else {
                     message
                 };
                 problems.push(origins.problem(&key, text));
-                if path.is_empty() || !remove_path(&mut table, &path) {
+                // The offending value goes, or else its nearest parent: a
+                // bad array element goes alone, the others keep being
+                // checked under their own numbers.
+                let mut target = path;
+                let removed_something = loop {
+                    if target.is_empty() {
+                        break false;
+                    }
+                    if remove_at(&mut root, &target) {
+                        if let Some((Segment::Index(i), array)) =
+                            original_path(&target, removed).split_last()
+                        {
+                            let gone = removed.entry(key_of(array)).or_default();
+                            let at = gone.partition_point(|g| g < i);
+                            gone.insert(at, *i);
+                        }
+                        break true;
+                    }
+                    target.pop();
+                };
+                if !removed_something {
                     break;
                 }
             }
@@ -864,35 +928,47 @@ fn key_of(path: &[Segment]) -> String {
     key
 }
 
-/// Removes the value at `path`, so that deserialising again reports the
-/// next problem. Inside an array element only the offending key goes (the
-/// other elements keep their places and are checked too); a bad element
-/// itself takes its whole array with it, as removing it would renumber the
-/// rest.
-fn remove_path(table: &mut toml::Table, path: &[Segment]) -> bool {
-    match path {
-        [] => false,
-        [Segment::Key(last)] => table.remove(last).is_some(),
-        [Segment::Key(first), Segment::Index(i), rest @ ..] if !rest.is_empty() => {
-            match table.get_mut(first) {
-                Some(toml::Value::Array(items)) => match items.get_mut(*i) {
-                    Some(toml::Value::Table(inner)) => {
-                        remove_path(inner, rest) || table.remove(first).is_some()
-                    }
-                    _ => table.remove(first).is_some(),
-                },
-                Some(_) => table.remove(first).is_some(),
-                None => false,
-            }
+/// The index in the file of what is now element `index` of `array`, once
+/// the elements in `removed` were taken out.
+fn original_index(removed: &Removed, array: &str, index: usize) -> usize {
+    let mut original = index;
+    for gone in removed.get(array).into_iter().flatten() {
+        if *gone <= original {
+            original += 1;
         }
-        [Segment::Key(first), rest @ ..] => match table.get_mut(first) {
-            Some(toml::Value::Table(inner)) if !matches!(rest.first(), Some(Segment::Index(_))) => {
-                remove_path(inner, rest)
-            }
-            Some(_) => table.remove(first).is_some(),
-            None => false,
-        },
-        [Segment::Index(_), ..] => false,
+    }
+    original
+}
+
+/// `path` (numbered as the table is now) numbered as in the file.
+fn original_path(path: &[Segment], removed: &Removed) -> Vec<Segment> {
+    let mut original = Vec::with_capacity(path.len());
+    for segment in path {
+        let segment = match segment {
+            Segment::Index(i) => Segment::Index(original_index(removed, &key_of(&original), *i)),
+            key @ Segment::Key(_) => key.clone(),
+        };
+        original.push(segment);
+    }
+    original
+}
+
+/// Removes the value at `path` (a key of a table or an element of an
+/// array); false when there is none.
+fn remove_at(value: &mut toml::Value, path: &[Segment]) -> bool {
+    match (value, path) {
+        (toml::Value::Table(table), [Segment::Key(key)]) => table.remove(key).is_some(),
+        (toml::Value::Table(table), [Segment::Key(key), rest @ ..]) => table
+            .get_mut(key)
+            .is_some_and(|inner| remove_at(inner, rest)),
+        (toml::Value::Array(items), [Segment::Index(i)]) if *i < items.len() => {
+            items.remove(*i);
+            true
+        }
+        (toml::Value::Array(items), [Segment::Index(i), rest @ ..]) => items
+            .get_mut(*i)
+            .is_some_and(|inner| remove_at(inner, rest)),
+        _ => false,
     }
 }
 

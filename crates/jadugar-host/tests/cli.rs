@@ -232,6 +232,31 @@ fn route_problems_name_their_route_and_line() {
         "{stderr}"
     );
     assert!(!dir.path().join("jadugar-data").exists(), "{stderr}");
+
+    // How the routes fit together too, before anything is created: serve
+    // used to create the master key and the first admin, then fail with
+    // "invalid route configuration" naming no route.
+    std::fs::write(
+        dir.path().join("twice.toml"),
+        "[[gateway.routes]]\nid = \"a\"\npath = \"/a\"\n\
+         upstream = { targets = [\"http://127.0.0.1:9\"] }\n\
+         [[gateway.routes]]\nid = \"a\"\npath = \"/b\"\n\
+         upstream = { targets = [\"http://127.0.0.1:9\"] }\n",
+    )
+    .unwrap();
+    let output = run(dir.path(), &["config", "check", "twice.toml"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "twice.toml:6: gateway.routes[1].id: duplicates routes[0]\n"
+    );
+    let output = run(dir.path(), &["--config", "twice.toml", "serve"], &[]);
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    assert_eq!(
+        one_clear_line(&output),
+        "error: invalid configuration: twice.toml:6: gateway.routes[1].id: duplicates routes[0]"
+    );
+    assert!(!dir.path().join("jadugar-data").exists());
 }
 
 #[test]
@@ -562,6 +587,58 @@ fn a_refused_first_user_still_shows_the_first_admins_password() {
     let output = run(dir.path(), &["user", "create", "--email", "still-bad"], &pw);
     assert_eq!(output.status.code(), Some(1), "{output:?}");
     one_clear_line(&output);
+
+    // The printed password is the admin's: it logs in against serve, which
+    // creates no other admin.
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let child = jadugar(dir.path(), &["serve"], &[("JADUGAR_LISTEN", &listen)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (good, wrong) = runtime.block_on(async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if reqwest::get(format!("http://{listen}/readyz"))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let client = reqwest::Client::new();
+        let mut statuses = Vec::new();
+        for password in [password, "not the password"] {
+            let status = client
+                .post(format!("http://{listen}/v1/auth/login"))
+                .json(&serde_json::json!({"email": "admin@localhost", "password": password}))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .ok();
+            statuses.push(status);
+        }
+        (statuses[0], statuses[1])
+    });
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let serve_stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(good, Some(200), "{serve_stderr}");
+    assert_eq!(wrong, Some(401), "{serve_stderr}");
+    assert!(
+        !serve_stderr.contains("Created the first admin"),
+        "{serve_stderr}"
+    );
 }
 
 /// Every refusal is one `error:` line and exit 1, never a panic.
@@ -647,6 +724,29 @@ fn user_and_api_key_errors_are_one_clear_line() {
             "error: scopes: ",
         ),
     ];
+    // A lifetime of 0 would be a key expired when made: clap refuses it,
+    // naming the flag, before anything is opened (exit 2, usage error).
+    let output = run(
+        dir.path(),
+        &[
+            "apikey",
+            "create",
+            "--owner",
+            "dora@example.com",
+            "--name",
+            "k",
+            "--expires-in-secs",
+            "0",
+        ],
+        &[],
+    );
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.starts_with("error: invalid value '0' for '--expires-in-secs <N>'"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty());
     for (args, env, expected) in cases {
         let output = run(dir.path(), &args, &env);
         assert_eq!(output.status.code(), Some(1), "{args:?}: {output:?}");

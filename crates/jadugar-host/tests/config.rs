@@ -225,3 +225,71 @@ fn component_sections_follow_the_same_rules() {
     assert!(printed.contains("[registry]"), "{printed}");
     assert!(printed.contains("max_wait_secs = 45"), "{printed}");
 }
+
+/// A route that cannot be read at all (a required key missing, a value of
+/// the wrong type) is reported at its own line and index, and the routes
+/// after it are still checked under their own numbers.
+#[test]
+fn a_bad_route_does_not_hide_the_next_ones() {
+    let file = "[[gateway.routes]]\nid = \"no-upstream\"\npath = \"/a\"\n\n\
+                [[gateway.routes]]\nid = \"ok\"\npath = \"/b\"\n\
+                upstream = { targets = [\"http://127.0.0.1:9\"] }\n\n\
+                [[gateway.routes]]\nid = \"typo\"\npath = \"/c\"\nwrong = 1\n\
+                upstream = { targets = [5, \"ftp://x\"] }\n\n\
+                [[gateway.routes]]\nid = \"BAD\"\npath = \"/d\"\n\
+                upstream = { targets = [\"http://127.0.0.1:9\"] }\n";
+    let problems = Config::load_from(Some(("routes.toml", file)), []).unwrap_err();
+    let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        lines,
+        [
+            "routes.toml:1: gateway.routes[0]: missing field `upstream`",
+            "routes.toml:13: gateway.routes[2].wrong: unknown key",
+            "routes.toml:14: gateway.routes[2].upstream.targets[0]: data did not match any variant of untagged enum Target",
+            "routes.toml:17: gateway.routes[3].id: must be 1 to 64 of a-z, 0-9, '-', '_', '.'",
+        ],
+        "{problems}"
+    );
+}
+
+/// How the routes fit together is checked as the gateway does at start:
+/// a duplicate id names the route and its line; routes from the
+/// environment name the variable.
+#[test]
+fn routes_are_checked_together_as_the_gateway_would() {
+    let file = "[[gateway.routes]]\nid = \"a\"\npath = \"/a\"\n\
+                upstream = { targets = [\"http://127.0.0.1:9\"] }\n\n\
+                [[gateway.routes]]\nid = \"a\"\npath = \"/b\"\n\
+                upstream = { targets = [\"http://127.0.0.1:9\"] }\n";
+    let problems = Config::load_from(Some(("routes.toml", file)), []).unwrap_err();
+    assert_eq!(
+        problems.to_string(),
+        "invalid configuration: routes.toml:7: gateway.routes[1].id: duplicates routes[0]"
+    );
+
+    let problems = Config::load_from(
+        Some((
+            "gw.toml",
+            "[gateway]\nidentity_headers = [\"not a header\"]\n",
+        )),
+        [],
+    )
+    .unwrap_err();
+    assert_eq!(
+        problems.to_string(),
+        "invalid configuration: gw.toml:2: gateway.identity_headers: must be header names"
+    );
+
+    let problems = Config::load_from(
+        None,
+        env(&[(
+            "JADUGAR_GATEWAY__ROUTES",
+            "[{ id = \"x\", path = \"y\", upstream = { targets = [\"http://127.0.0.1:9\"] } }]",
+        )]),
+    )
+    .unwrap_err();
+    assert_eq!(
+        problems.to_string(),
+        "invalid configuration: JADUGAR_GATEWAY__ROUTES: gateway.routes[0].path: must start with '/'"
+    );
+}
