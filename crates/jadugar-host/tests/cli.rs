@@ -342,12 +342,7 @@ fn serve_with_zero_configuration_then_sigterm() {
             .map(|r| r.status())
     });
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = child.wait_with_output().unwrap();
+    let output = stop(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(ready.map(|s| s.as_u16()), Some(200), "{stderr}");
     assert_eq!(healthz.unwrap().as_u16(), 200);
@@ -410,6 +405,47 @@ fn stdout_line(output: &Output) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     lines[0].to_owned()
+}
+
+/// `jadugar serve` on `dir` and a free port, once `/readyz` answers (or
+/// after 20 s): the child and its address.
+fn serve_ready(dir: &Path) -> (std::process::Child, String) {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let listen = format!("127.0.0.1:{port}");
+    let child = jadugar(dir, &["serve"], &[("JADUGAR_LISTEN", &listen)])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline
+        && std::net::TcpStream::connect(&listen)
+            .and_then(|mut stream| {
+                use std::io::{Read, Write};
+                stream
+                    .write_all(b"GET /readyz HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+                let mut answer = String::new();
+                stream.read_to_string(&mut answer)?;
+                Ok(answer.starts_with("HTTP/1.1 200"))
+            })
+            .map_or(true, |ready| !ready)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, listen)
+}
+
+/// Stops `serve` with SIGTERM; its output.
+fn stop(child: std::process::Child) -> Output {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    child.wait_with_output().unwrap()
 }
 
 /// `user create` then `apikey create`, then the key authenticates against
@@ -491,28 +527,9 @@ fn user_and_api_key_from_the_cli_authenticate_against_serve() {
     assert!(!stderr.contains(&secret), "{stderr}");
 
     // Serve the same data directory and call an authenticated endpoint.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let child = jadugar(dir.path(), &["serve"], &[("JADUGAR_LISTEN", &listen)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, listen) = serve_ready(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (me, anonymous) = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if reqwest::get(format!("http://{listen}/readyz"))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let client = reqwest::Client::new();
         let me = client
             .get(format!("http://{listen}/v1/auth/me"))
@@ -534,12 +551,7 @@ fn user_and_api_key_from_the_cli_authenticate_against_serve() {
             .ok();
         (me, anonymous)
     });
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = child.wait_with_output().unwrap();
+    let output = stop(child);
     let stderr = String::from_utf8_lossy(&output.stderr);
     let (status, body) = me.unwrap_or_else(|| panic!("no answer: {stderr}"));
     assert_eq!(status, 200, "{body:?} {stderr}");
@@ -590,28 +602,9 @@ fn a_refused_first_user_still_shows_the_first_admins_password() {
 
     // The printed password is the admin's: it logs in against serve, which
     // creates no other admin.
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let listen = format!("127.0.0.1:{port}");
-    let child = jadugar(dir.path(), &["serve"], &[("JADUGAR_LISTEN", &listen)])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (child, listen) = serve_ready(dir.path());
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let (good, wrong) = runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if reqwest::get(format!("http://{listen}/readyz"))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
         let client = reqwest::Client::new();
         let mut statuses = Vec::new();
         for password in [password, "not the password"] {
@@ -626,12 +619,7 @@ fn a_refused_first_user_still_shows_the_first_admins_password() {
         }
         (statuses[0], statuses[1])
     });
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = child.wait_with_output().unwrap();
+    let output = stop(child);
     let serve_stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(good, Some(200), "{serve_stderr}");
     assert_eq!(wrong, Some(401), "{serve_stderr}");
