@@ -133,6 +133,7 @@ async fn api_key(auth: &AuthService) -> Result<String, Box<dyn std::error::Error
                 display_name: "bench".into(),
                 password: None,
                 roles: vec!["admin".into()],
+                must_change_password: false,
             },
         )
         .await?;

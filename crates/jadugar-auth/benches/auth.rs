@@ -42,6 +42,7 @@ fn benches(c: &mut Criterion) {
                 display_name: String::new(),
                 password: Some("correct horse battery".into()),
                 roles: vec!["admin".into()],
+                must_change_password: false,
             },
         ))
         .unwrap();

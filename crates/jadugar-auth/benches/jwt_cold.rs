@@ -57,6 +57,7 @@ fn main() {
                 display_name: String::new(),
                 password: None,
                 roles: vec!["admin".into()],
+                must_change_password: false,
             },
         ))
         .unwrap();

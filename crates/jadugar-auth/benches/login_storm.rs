@@ -152,6 +152,7 @@ fn scenario(hash_concurrency: usize) -> Outcome {
                 display_name: String::new(),
                 password: Some(PASSWORD.into()),
                 roles: vec!["admin".into()],
+                must_change_password: false,
             },
         ))
         .unwrap();

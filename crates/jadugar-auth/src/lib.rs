@@ -27,6 +27,7 @@
 //!         display_name: "Ada".into(),
 //!         password: None,
 //!         roles: vec!["admin".into()],
+//!         must_change_password: false,
 //!     })
 //!     .await
 //!     .unwrap();

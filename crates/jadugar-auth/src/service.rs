@@ -18,6 +18,7 @@
 //!     display_name: "Ada".into(),
 //!     password: Some("correct horse battery".into()),
 //!     roles: vec!["admin".into()],
+//!     must_change_password: false,
 //! }).await.unwrap();
 //! let tokens = auth
 //!     .login("ada@example.com", "correct horse battery", &RequestMeta::default(), None)
@@ -104,7 +105,7 @@ pub async fn with_request_meta<F: std::future::Future>(meta: RequestMeta, f: F) 
 }
 
 /// Input of [`AuthService::create_user`].
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Email (login name).
@@ -118,6 +119,11 @@ pub struct NewUser {
     /// Roles to grant (the actor must hold every permission they carry).
     #[serde(default)]
     pub roles: Vec<String>,
+    /// The password is temporary (one an administrator hands over): the
+    /// user must change it at first login. Set in the same write that
+    /// creates the user, so no window exists in which it is permanent.
+    #[serde(default)]
+    pub must_change_password: bool,
 }
 
 /// Input of [`AuthService::update_user`]; absent fields are unchanged.
@@ -773,7 +779,7 @@ impl AuthService {
             roles,
             disabled: false,
             email_verified: false,
-            must_change_password: false,
+            must_change_password: input.must_change_password,
             created_at: now,
             updated_at: now,
             version: 1,
@@ -1118,6 +1124,7 @@ impl AuthService {
     ///     display_name: "Ada".into(),
     ///     password: Some("a generated one-time password".into()),
     ///     roles: vec![],
+    ///     must_change_password: false,
     /// }).await.unwrap();
     /// let ada = auth.require_password_change(None, ada.id).await.unwrap();
     /// assert!(ada.must_change_password);
@@ -1275,16 +1282,12 @@ impl AuthService {
                     display_name: "admin".into(),
                     password: Some(password.clone()),
                     roles: vec![ADMIN_ROLE.into()],
+                    // One write: a generated password is never stored as
+                    // a permanent one, even for a moment.
+                    must_change_password: generated,
                 },
             )
             .await?;
-        if generated {
-            self.modify_user(user.id, None, |record| {
-                record.user.must_change_password = true;
-                Ok(UserWrite::Plain)
-            })
-            .await?;
-        }
         self.audit(
             "bootstrap.admin",
             None,

@@ -37,6 +37,7 @@ async fn revoke_across(a: &AuthService, b: &AuthService) -> Duration {
                 display_name: String::new(),
                 password: None,
                 roles: vec!["admin".into()],
+                must_change_password: false,
             },
         )
         .await
@@ -105,6 +106,7 @@ async fn key_revoked_on_one_host_is_refused_by_another_via_postgres_and_redis() 
             display_name: String::new(),
             password: Some("correct horse battery".into()),
             roles: vec![],
+            must_change_password: false,
         },
     )
     .await
@@ -183,6 +185,7 @@ async fn last_admin_race(a: &AuthService, b: &AuthService) {
                     display_name: String::new(),
                     password: None,
                     roles: vec!["admin".into()],
+                    must_change_password: false,
                 },
             )
             .await

@@ -39,6 +39,7 @@ async fn setup(config: Config) -> (AuthService, Router) {
             display_name: "Ada".into(),
             password: Some("correct horse battery".into()),
             roles: vec!["admin".into()],
+            must_change_password: false,
         },
     )
     .await
@@ -158,6 +159,7 @@ async fn require_gives_401_then_403_then_200() {
                 display_name: String::new(),
                 password: None,
                 roles: vec![],
+                must_change_password: false,
             },
         )
         .await
@@ -363,6 +365,31 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     .await;
     assert_eq!(status, StatusCode::CREATED, "{user}");
     assert_eq!(user["email"], "bob@example.com");
+    assert_eq!(user["must_change_password"], false);
+    // A password an administrator hands over can be made temporary.
+    let (status, _, carol) = send(
+        &app,
+        authed(
+            "POST",
+            "/v1/auth/users",
+            Some(json!({"email": "carol@example.com", "password": "carol's temporary one",
+                        "must_change_password": true})),
+        ),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{carol}");
+    assert_eq!(carol["must_change_password"], true);
+    assert_eq!(carol["version"], 1, "created flagged, in one write");
+    let body = json!({"email": "carol@example.com", "password": "carol's temporary one"});
+    let (status, _, pair) = send(
+        &app,
+        json_post("/v1/auth/login", Value::Null)
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{pair}");
+    assert_eq!(pair["must_change_password"], true);
     let (status, _, problem) = send(
         &app,
         authed(
@@ -410,7 +437,7 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(audit["items"].as_array().unwrap().len(), 1);
+    assert_eq!(audit["items"].as_array().unwrap().len(), 2, "ada's and carol's");
 
     let (_, _, created) = send(
         &app,

@@ -51,6 +51,7 @@ async fn user(auth: &AuthService, email: &str, roles: &[&str]) -> jadugar_auth::
             display_name: String::new(),
             password: Some("correct horse battery".into()),
             roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+            must_change_password: false,
         },
     )
     .await
@@ -394,6 +395,7 @@ async fn privilege_escalation_through_roles_is_refused() {
                 display_name: String::new(),
                 password: None,
                 roles: vec!["admin".into()],
+                must_change_password: false,
             },
         )
         .await
@@ -683,6 +685,14 @@ async fn bootstrap_admin_must_change_generated_password() {
         auth.bootstrap(None).await.unwrap().is_none(),
         "only on an empty store"
     );
+    let admin = auth
+        .list_users(&system(), &Default::default())
+        .await
+        .unwrap();
+    assert!(admin.items[0].must_change_password);
+    // Created flagged in one write: a failed second write cannot leave the
+    // generated password permanent and unknown.
+    assert_eq!(admin.items[0].version, 1);
     let pair = auth
         .login(&boot.email, &password, &meta(), None)
         .await
@@ -798,6 +808,7 @@ async fn users_validate_input_and_paginate() {
                 display_name: String::new(),
                 password: Some("short".into()),
                 roles: vec!["Nope!".into()],
+                must_change_password: false,
             },
         )
         .await;
@@ -817,6 +828,7 @@ async fn users_validate_input_and_paginate() {
                 display_name: String::new(),
                 password: None,
                 roles: vec![],
+                must_change_password: false,
             },
         )
         .await;

@@ -214,49 +214,27 @@ pub async fn create_user(config: &Config, spec: UserSpec) -> Result<CreatedUser,
             .await
             .map_err(auth_error)?
             .map(|admin| (admin.email, admin.generated_password));
-        let created = async {
-            let user = auth
-                .create_user(
-                    None,
-                    jadugar_auth::service::NewUser {
-                        email: spec.email,
-                        display_name: spec.display_name,
-                        password,
-                        roles: spec.roles,
-                    },
-                )
-                .await
-                .map_err(|e| match e {
-                    jadugar_auth::Error::Conflict(_)
-                    | jadugar_auth::Error::Store(jadugar_auth::store::StoreError::Conflict(_)) => {
-                        HostError::Auth("email: a user with this email already exists".into())
-                    }
-                    other => auth_error(other),
-                })?;
-            if let Some(generated) = &generated {
-                // Through the service: it rereads and retries when the user
-                // changed meanwhile, where a write straight to the versioned
-                // store would fail Stale.
-                auth.require_password_change(None, user.id)
-                    .await
-                    .map_err(|e| match e {
-                        jadugar_auth::Error::NotFound(_) => HostError::Auth(format!(
-                            "user {} was deleted before the generated password could be \
-                             marked for change",
-                            user.email
-                        )),
-                        // The user exists: its password must not be lost.
-                        other => HostError::Auth(format!(
-                            "{}\nuser {} was created with the password {generated}, but it \
-                             could not be marked for change at first login",
-                            auth_error(other),
-                            user.email
-                        )),
-                    })?;
-            }
-            Ok::<_, HostError>(user)
-        }
-        .await;
+        let created = auth
+            .create_user(
+                None,
+                jadugar_auth::service::NewUser {
+                    email: spec.email,
+                    display_name: spec.display_name,
+                    password,
+                    roles: spec.roles,
+                    // A generated password is handed over, so it is a
+                    // temporary one (set with the user, in one write).
+                    must_change_password: generated.is_some(),
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                jadugar_auth::Error::Conflict(_)
+                | jadugar_auth::Error::Store(jadugar_auth::store::StoreError::Conflict(_)) => {
+                    HostError::Auth("email: a user with this email already exists".into())
+                }
+                other => auth_error(other),
+            });
         match created {
             Ok(user) => Ok(CreatedUser {
                 id: user.id.to_string(),

@@ -187,6 +187,7 @@ async fn tracking_assignees_are_auth_users_who_may_read_tracking() {
         display_name: email.into(),
         password: None,
         roles,
+        must_change_password: false,
     };
     let admin = auth
         .create_user(None, new_user("ada@example.com", vec!["admin".into()]))

@@ -73,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
                 display_name: "Analyst".into(),
                 password: None,
                 roles: vec!["analyst".into()],
+                must_change_password: false,
             },
         )
         .await?;
