@@ -372,8 +372,10 @@ async fn api_flows_refresh_logout_users_roles_audit() {
         authed(
             "POST",
             "/v1/auth/users",
-            Some(json!({"email": "carol@example.com", "password": "carol's temporary one",
-                        "must_change_password": true})),
+            Some(
+                json!({"email": "carol@example.com", "password": "carol's temporary one",
+                        "must_change_password": true}),
+            ),
         ),
     )
     .await;
@@ -437,7 +439,11 @@ async fn api_flows_refresh_logout_users_roles_audit() {
     )
     .await;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(audit["items"].as_array().unwrap().len(), 2, "ada's and carol's");
+    assert_eq!(
+        audit["items"].as_array().unwrap().len(),
+        2,
+        "ada's and carol's"
+    );
 
     let (_, _, created) = send(
         &app,
