@@ -3,8 +3,8 @@
 //! Each service's instances live in an immutable view behind one `RwLock`
 //! read; the passing endpoints are precomputed as an `Arc<[Endpoint]>`, and
 //! per-tag-filter results are cached in the view, so
-//! [`Discovery::endpoints`](jadugar_core::Discovery::endpoints) is a map
-//! lookup and an `Arc` clone. A change replaces the whole view.
+//! [`Discovery::endpoints`] is a map lookup and an `Arc` clone. A change
+//! replaces the whole view.
 //!
 //! ```
 //! use jadugar_core::Discovery;

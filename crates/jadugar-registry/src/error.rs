@@ -26,6 +26,16 @@ pub enum Error {
         /// The oldest index that can still be served from.
         oldest: u64,
     },
+    /// A watcher asked for changes after an index this registry has not
+    /// reached: its state was reset (a memory store restarted, a database
+    /// restored), so what the watcher saw no longer holds.
+    #[error("index {requested} is ahead of the registry's change index {current}")]
+    IndexAhead {
+        /// The requested index.
+        requested: u64,
+        /// The registry's change index.
+        current: u64,
+    },
     /// A value is larger than allowed.
     #[error("value too large: at most {max} bytes")]
     TooLarge {
@@ -47,6 +57,9 @@ pub enum Error {
     /// A sealed value did not open.
     #[error("secret could not be opened")]
     Sealer(#[from] jadugar_core::SealerError),
+    /// A write was cut short because the runtime is shutting down.
+    #[error("write interrupted by shutdown")]
+    Interrupted,
     /// The backend is not compiled in.
     #[error("backend {0} is not enabled in this build")]
     BackendDisabled(&'static str),
@@ -76,9 +89,13 @@ impl From<Error> for Problem {
             Error::TooOld { requested, oldest } => Problem::gone(format!(
                 "index {requested} is older than the retained change history (oldest {oldest}); list again and watch from the returned index"
             )),
+            Error::IndexAhead { requested, current } => Problem::gone(format!(
+                "index {requested} is ahead of the registry's change index {current} (its state was reset); list again and watch from the returned index"
+            )),
             Error::TooLarge { max } => {
                 Problem::payload_too_large(format!("the value may be at most {max} bytes"))
             }
+            Error::Interrupted => Problem::unavailable("the registry is shutting down"),
             other => {
                 tracing::error!(error = ?other, "registry internal error");
                 Problem::internal()

@@ -12,7 +12,9 @@
 //! `index` carry the index to pass next time. `GET /v1/registry/events` and
 //! `GET /v1/config/events` stream changes as server-sent events with
 //! periodic `progress` events; `?index=` (or `Last-Event-ID`) older than the
-//! retained history gives 410.
+//! retained history gives 410. A stream that falls behind the history, or
+//! whose index stays ahead of the registry's for a progress interval (the
+//! registry's state was reset), ends with a `reset` event: list again.
 //!
 //! ```
 //! use axum::body::Body;
@@ -45,13 +47,14 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, RawQuery, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, RawQuery, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::Stream;
+use jadugar_core::extract::{JsonBody, QueryParams};
 use jadugar_core::{FieldError, Principal, Problem};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -249,7 +252,7 @@ struct RegistryEventsQuery {
     index: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ConfigEventsQuery {
     /// The namespace.
@@ -260,7 +263,7 @@ struct ConfigEventsQuery {
     index: Option<u64>,
 }
 
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 struct ChangesQuery {
     /// Changes after this index.
@@ -271,17 +274,74 @@ struct ChangesQuery {
     service: Option<String>,
 }
 
-fn parse_query<T: DeserializeOwned + Default>(raw: Option<String>) -> Result<T, Problem> {
-    match raw {
-        None => Ok(T::default()),
-        Some(raw) => serde_urlencoded::from_str(&raw)
-            .map_err(|e| Problem::validation(vec![FieldError::new("query", e.to_string())])),
+/// Path parameters whose rejection (a segment that is not UTF-8 once
+/// decoded) is a 422 problem naming the parameter, not axum's plain text.
+#[derive(Debug)]
+struct Path<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = Problem;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Problem> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Self(value)),
+            Err(rejection @ PathRejection::FailedToDeserializePathParams(_)) => {
+                let message = rejection.body_text();
+                let field = message
+                    .split_once('`')
+                    .and_then(|(_, rest)| rest.split_once('`'))
+                    .map_or("path", |(name, _)| name);
+                Err(Problem::validation(vec![FieldError::new(
+                    field,
+                    "not valid UTF-8 once percent-decoded",
+                )]))
+            }
+            Err(rejection) => {
+                // The route and the handler disagree: our bug, not the caller's.
+                tracing::error!(error = %rejection.body_text(), "registry path extraction failed");
+                Err(Problem::internal())
+            }
+        }
     }
 }
 
-fn parse_body<T: DeserializeOwned>(body: &Bytes) -> Result<T, Problem> {
-    serde_json::from_slice(body)
-        .map_err(|e| Problem::validation(vec![FieldError::new("body", e.to_string())]))
+/// Parses a query string; a bad parameter is a 422 naming it.
+async fn parse_query<T: DeserializeOwned>(raw: Option<String>) -> Result<T, Problem> {
+    // No query at all still has to pass (`/changes` requires `index`).
+    let raw = raw.unwrap_or_default();
+    let bad = |message: String| Problem::validation(vec![FieldError::new("query", message)]);
+    let (mut parts, ()) = http::Request::builder()
+        .uri(format!("/?{raw}"))
+        .body(())
+        .map_err(|_| bad("not a valid query string".to_owned()))?
+        .into_parts();
+    match QueryParams::<T>::from_request_parts(&mut parts, &()).await {
+        Ok(QueryParams(query)) => Ok(query),
+        Err(mut problem) => {
+            // Unknown, missing and repeated parameters are named only in
+            // the message ("unknown field `limit`").
+            for error in &mut problem.errors {
+                if error.field == "query"
+                    && let Some((_, rest)) = error.message.split_once('`')
+                    && let Some((name, _)) = rest.split_once('`')
+                {
+                    error.field = name.to_owned();
+                }
+            }
+            Err(problem)
+        }
+    }
+}
+
+/// Reads a JSON body: a bad field is a 422 naming its path, a body over
+/// the limit a 413 problem, a non-JSON `Content-Type` 415.
+async fn parse_body<T: DeserializeOwned>(request: Request) -> Result<T, Problem> {
+    JsonBody::<T>::from_request(request, &())
+        .await
+        .map(|JsonBody(body)| body)
 }
 
 /// Parses `30s`, `500ms`, `5m` or a bare number of seconds.
@@ -308,6 +368,26 @@ fn with_index<T: Serialize>(index: u64, body: &T) -> Response {
         response.headers_mut().insert(INDEX_HEADER, value);
     }
     response
+}
+
+/// A config entry with its version as the `ETag` (what `If-Match` takes).
+fn entry_response(entry: &ConfigEntry) -> Response {
+    let mut response = with_index(entry.modify_index, entry);
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", entry.version)) {
+        response.headers_mut().insert(http::header::ETAG, etag);
+    }
+    response
+}
+
+/// A lost compare-and-set is 412 when the caller stated the version in
+/// `If-Match` (RFC 9110 §13.1.1), 409 when in the body or the query.
+fn cas_problem(err: crate::Error, from_if_match: bool) -> Problem {
+    match err {
+        crate::Error::Conflict { current } if from_if_match => Problem::precondition_failed(
+            format!("If-Match does not name the current version, which is {current}"),
+        ),
+        other => Problem::from(other),
+    }
 }
 
 fn filter_from(query: &InstancesQuery) -> Result<InstanceFilter, Problem> {
@@ -379,7 +459,7 @@ async fn list_instances(
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
     crate::model::validate_service_name(&service).map_err(|e| Problem::validation(vec![e]))?;
-    let query: InstancesQuery = parse_query(raw)?;
+    let query: InstancesQuery = parse_query(raw).await?;
     let filter = filter_from(&query)?;
     let list = match query.index {
         Some(since) => {
@@ -398,41 +478,51 @@ async fn list_instances(
     Ok(with_index(body.index, &body))
 }
 
-/// One instance, whatever its health.
+/// One instance, whatever its health, with the deadline of its latest
+/// heartbeat.
 #[utoipa::path(get, path = "/v1/registry/services/{service}/instances/{id}", tag = "registry",
     params(("service" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Instance), (status = 404, body = Problem)))]
+    responses((status = 200, body = Instance), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn get_instance(
     State(registry): State<Registry>,
     principal: Principal,
     Path((service, id)): Path<(String, String)>,
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
-    let instance = registry.instance(&service, &id)?;
+    let instance = registry.instance_latest(&service, &id).await?;
     Ok(with_index(instance.modify_index, &instance))
 }
 
-/// Registers an instance (idempotent by id).
+/// Registers an instance (idempotent by id): 201 when it is new, 200 when
+/// it was already registered.
 #[utoipa::path(put, path = "/v1/registry/services/{service}/instances/{id}", tag = "registry",
     params(("service" = String, Path), ("id" = String, Path)),
     request_body = Registration,
-    responses((status = 200, body = Instance), (status = 422, body = Problem)))]
+    responses((status = 200, body = Instance), (status = 201, body = Instance),
+        (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem)))]
 async fn register(
     State(registry): State<Registry>,
     principal: Principal,
     Path((service, id)): Path<(String, String)>,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, Problem> {
     principal.require("registry:write")?;
-    let registration: Registration = parse_body(&body)?;
-    let instance = registry.register(&service, &id, registration).await?;
-    Ok(with_index(instance.modify_index, &instance))
+    let registration: Registration = parse_body(request).await?;
+    let (instance, created) = registry
+        .register_created(&service, &id, registration)
+        .await?;
+    let mut response = with_index(instance.modify_index, &instance);
+    if created {
+        *response.status_mut() = StatusCode::CREATED;
+    }
+    Ok(response)
 }
 
 /// Removes an instance.
 #[utoipa::path(delete, path = "/v1/registry/services/{service}/instances/{id}", tag = "registry",
     params(("service" = String, Path), ("id" = String, Path)),
-    responses((status = 204), (status = 404, body = Problem)))]
+    responses((status = 204), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn deregister(
     State(registry): State<Registry>,
     principal: Principal,
@@ -446,7 +536,7 @@ async fn deregister(
 /// Renews an instance's TTL; 404 means "register again".
 #[utoipa::path(put, path = "/v1/registry/services/{service}/instances/{id}/heartbeat", tag = "registry",
     params(("service" = String, Path), ("id" = String, Path)),
-    responses((status = 200, body = Instance), (status = 404, body = Problem)))]
+    responses((status = 200, body = Instance), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn heartbeat(
     State(registry): State<Registry>,
     principal: Principal,
@@ -461,15 +551,16 @@ async fn heartbeat(
 #[utoipa::path(put, path = "/v1/registry/services/{service}/instances/{id}/maintenance", tag = "registry",
     params(("service" = String, Path), ("id" = String, Path)),
     request_body = MaintenanceRequest,
-    responses((status = 200, body = Instance), (status = 404, body = Problem)))]
+    responses((status = 200, body = Instance), (status = 404, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem)))]
 async fn maintenance(
     State(registry): State<Registry>,
     principal: Principal,
     Path((service, id)): Path<(String, String)>,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, Problem> {
     principal.require("registry:write")?;
-    let request: MaintenanceRequest = parse_body(&body)?;
+    let request: MaintenanceRequest = parse_body(request).await?;
     let instance = registry
         .set_maintenance(&service, &id, request.enabled, request.reason)
         .await?;
@@ -477,17 +568,18 @@ async fn maintenance(
 }
 
 /// Registry changes after an index (blocking while there are none); 410
-/// when the index is older than the retained history.
+/// when the index is older than the retained history, or still ahead of
+/// the registry's index when the wait ends (its state was reset).
 #[utoipa::path(get, path = "/v1/registry/changes", tag = "registry",
     params(ChangesQuery),
-    responses((status = 200, body = ChangesResponse), (status = 410, body = Problem)))]
+    responses((status = 200, body = ChangesResponse), (status = 410, body = Problem), (status = 422, body = Problem)))]
 async fn changes(
     State(registry): State<Registry>,
     principal: Principal,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
-    let query: ChangesQuery = parse_query(raw)?;
+    let query: ChangesQuery = parse_query(raw).await?;
     let filter = EventFilter::Service(query.service);
     let hub = registry.hub();
     let wait = registry.blocking_wait(parse_wait(query.wait.as_deref())?);
@@ -499,6 +591,16 @@ async fn changes(
     })
     .await;
     let current = hub.current();
+    // Still ahead after the wait (a host lagging behind another catches up
+    // well within it): the registry was reset, and answering "no changes"
+    // would let the caller skip every change up to its index.
+    if query.index > current {
+        return Err(crate::Error::IndexAhead {
+            requested: query.index,
+            current,
+        }
+        .into());
+    }
     let changes = hub
         .changes_since(query.index, |t| filter.matches(t))
         .map_err(Problem::from)?;
@@ -604,6 +706,15 @@ fn event_stream(
                     }
                 }
                 () = tokio::time::sleep(st.progress) => {
+                    if st.since > current {
+                        // Ahead of the registry for a whole progress
+                        // interval: it was reset (see `changes`).
+                        st.done = true;
+                        let event = Event::default()
+                            .event("reset")
+                            .data(format!("{{\"index\":{current}}}"));
+                        return Some((Ok(event), st));
+                    }
                     st.since = st.since.max(current);
                     let event = Event::default()
                         .event("progress")
@@ -616,10 +727,11 @@ fn event_stream(
 }
 
 /// Server-sent events of registry changes (`change`, `progress`, and
-/// `reset` when the stream fell behind the history).
+/// `reset` when the stream fell behind the history or is ahead of a reset
+/// registry).
 #[utoipa::path(get, path = "/v1/registry/events", tag = "registry",
     params(RegistryEventsQuery),
-    responses((status = 200, description = "text/event-stream"), (status = 410, body = Problem)))]
+    responses((status = 200, description = "text/event-stream"), (status = 410, body = Problem), (status = 422, body = Problem)))]
 async fn registry_events(
     State(registry): State<Registry>,
     principal: Principal,
@@ -627,7 +739,7 @@ async fn registry_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
-    let query: RegistryEventsQuery = parse_query(raw)?;
+    let query: RegistryEventsQuery = parse_query(raw).await?;
     let stream = event_stream(
         registry,
         EventFilter::Service(query.service),
@@ -642,7 +754,7 @@ async fn registry_events(
 /// Server-sent events of config changes in a namespace.
 #[utoipa::path(get, path = "/v1/config/events", tag = "config",
     params(ConfigEventsQuery),
-    responses((status = 200, description = "text/event-stream"), (status = 410, body = Problem)))]
+    responses((status = 200, description = "text/event-stream"), (status = 410, body = Problem), (status = 422, body = Problem)))]
 async fn config_events(
     State(registry): State<Registry>,
     principal: Principal,
@@ -650,7 +762,7 @@ async fn config_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:read")?;
-    let query: ConfigEventsQuery = parse_query(raw)?;
+    let query: ConfigEventsQuery = parse_query(raw).await?;
     crate::model::validate_namespace(&query.namespace).map_err(|e| Problem::validation(vec![e]))?;
     let filter = EventFilter::Config {
         namespace: query.namespace,
@@ -673,7 +785,7 @@ async fn config_list(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:read")?;
-    let query: ListQuery = parse_query(raw)?;
+    let query: ListQuery = parse_query(raw).await?;
     let prefix = query.prefix.unwrap_or_default();
     let list = match query.index {
         Some(since) => {
@@ -692,10 +804,11 @@ async fn config_list(
 }
 
 /// Gets a key (secret values need `config:secrets:read`), optionally
-/// blocking.
+/// blocking. A 404 also carries `X-Jadugar-Index`, to block on the key's
+/// creation.
 #[utoipa::path(get, path = "/v1/config/namespaces/{namespace}/keys/{key}", tag = "config",
     params(("namespace" = String, Path), ("key" = String, Path), BlockingQuery),
-    responses((status = 200, body = ConfigEntry), (status = 404, body = Problem)))]
+    responses((status = 200, body = ConfigEntry), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn config_get(
     State(registry): State<Registry>,
     principal: Principal,
@@ -703,53 +816,92 @@ async fn config_get(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:read")?;
-    let query: BlockingQuery = parse_query(raw)?;
+    let query: BlockingQuery = parse_query(raw).await?;
     let reveal = Registry::may_reveal(&principal);
-    let entry = match query.index {
+    let result = match query.index {
         Some(since) => {
             let wait = registry.blocking_wait(parse_wait(query.wait.as_deref())?);
             registry
                 .config_watch(&namespace, &key, since, wait, reveal)
-                .await?
+                .await
         }
-        None => registry.config_get(&namespace, &key, reveal).await?,
+        None => registry.config_get(&namespace, &key, reveal).await,
     };
-    let mut response = with_index(entry.modify_index, &entry);
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", entry.version)) {
-        response.headers_mut().insert(http::header::ETAG, etag);
+    match result {
+        Ok(entry) => Ok(entry_response(&entry)),
+        Err(err @ crate::Error::NotFound(_)) => {
+            // A 404 carries an index too, so a watcher of a deleted or
+            // absent key blocks next time instead of spinning on 404s: the
+            // deletion's index, 0 for a key never written, and one less
+            // than a version written since (so the next query returns it).
+            let index = match registry.store().config_get(&namespace, &key).await? {
+                Some(latest) if latest.deleted => latest.modify_index,
+                Some(latest) => latest.modify_index.saturating_sub(1),
+                None => 0,
+            };
+            let mut response = Problem::from(err).into_response();
+            if let Ok(value) = HeaderValue::from_str(&index.to_string()) {
+                response.headers_mut().insert(INDEX_HEADER, value);
+            }
+            Ok(response)
+        }
+        Err(err) => Err(err.into()),
     }
-    Ok(response)
 }
 
-/// Writes a key. `expected_version` (or `If-Match`) makes it a
-/// compare-and-set: 409 when the current version differs, 0 = create only.
+/// Writes a key: 201 when it had no current value, 200 otherwise; the
+/// `ETag` is the new version. `expected_version` makes it a compare-and-set
+/// (409 when the current version differs, 0 = create only); so does
+/// `If-Match` (412 when it differs).
 #[utoipa::path(put, path = "/v1/config/namespaces/{namespace}/keys/{key}", tag = "config",
     params(("namespace" = String, Path), ("key" = String, Path)),
     request_body = ConfigPut,
-    responses((status = 200, body = ConfigEntry), (status = 409, body = Problem),
-        (status = 413, body = Problem), (status = 422, body = Problem)))]
+    responses((status = 200, body = ConfigEntry), (status = 201, body = ConfigEntry),
+        (status = 409, body = Problem), (status = 412, body = Problem),
+        (status = 413, body = Problem), (status = 415, body = Problem),
+        (status = 422, body = Problem)))]
 async fn config_put(
     State(registry): State<Registry>,
     principal: Principal,
     Path((namespace, key)): Path<(String, String)>,
     headers: HeaderMap,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, Problem> {
     principal.require("config:write")?;
-    let mut put: ConfigPut = parse_body(&body)?;
+    let mut put: ConfigPut = parse_body(request).await?;
+    let mut from_if_match = false;
     if put.expected_version.is_none() {
         put.expected_version = if_match_version(&headers)?;
+        from_if_match = put.expected_version.is_some();
     }
     let entry = registry
         .config_put(&namespace, &key, put, subject(&principal))
-        .await?;
-    Ok(with_index(entry.modify_index, &entry))
+        .await
+        .map_err(|e| cas_problem(e, from_if_match))?;
+    // Created when there was no current value: no earlier version, or a
+    // deletion (versions are immutable, so reading it afterwards is exact).
+    let created = match entry.version.checked_sub(1).filter(|v| *v > 0) {
+        None => true,
+        Some(previous) => registry
+            .store()
+            .config_version(&namespace, &key, previous)
+            .await?
+            .is_none_or(|p| p.deleted),
+    };
+    let mut response = entry_response(&entry);
+    if created {
+        *response.status_mut() = StatusCode::CREATED;
+    }
+    Ok(response)
 }
 
-/// Deletes a key (history stays). `?version=` makes it a compare-and-set.
+/// Deletes a key (history stays). `?version=` makes it a compare-and-set
+/// (409 when the current version differs); so does `If-Match` (412).
 #[utoipa::path(delete, path = "/v1/config/namespaces/{namespace}/keys/{key}", tag = "config",
     params(("namespace" = String, Path), ("key" = String, Path), DeleteQuery),
-    responses((status = 200, body = ConfigEntry), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ConfigEntry), (status = 404, body = Problem),
+        (status = 409, body = Problem), (status = 412, body = Problem),
+        (status = 422, body = Problem)))]
 async fn config_delete(
     State(registry): State<Registry>,
     principal: Principal,
@@ -758,21 +910,25 @@ async fn config_delete(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:write")?;
-    let query: DeleteQuery = parse_query(raw)?;
-    let expected = match query.version {
-        Some(v) => Some(v),
-        None => if_match_version(&headers)?,
+    let query: DeleteQuery = parse_query(raw).await?;
+    let (expected, from_if_match) = match query.version {
+        Some(v) => (Some(v), false),
+        None => {
+            let v = if_match_version(&headers)?;
+            (v, v.is_some())
+        }
     };
     let entry = registry
         .config_delete(&namespace, &key, expected, subject(&principal))
-        .await?;
+        .await
+        .map_err(|e| cas_problem(e, from_if_match))?;
     Ok(with_index(entry.modify_index, &entry))
 }
 
 /// Every version of a key, oldest first.
 #[utoipa::path(get, path = "/v1/config/namespaces/{namespace}/keys/{key}/history", tag = "config",
     params(("namespace" = String, Path), ("key" = String, Path)),
-    responses((status = 200, body = ConfigHistoryResponse), (status = 404, body = Problem)))]
+    responses((status = 200, body = ConfigHistoryResponse), (status = 404, body = Problem), (status = 422, body = Problem)))]
 async fn config_history(
     State(registry): State<Registry>,
     principal: Principal,
@@ -788,15 +944,16 @@ async fn config_history(
 #[utoipa::path(post, path = "/v1/config/namespaces/{namespace}/keys/{key}/rollback", tag = "config",
     params(("namespace" = String, Path), ("key" = String, Path)),
     request_body = RollbackRequest,
-    responses((status = 200, body = ConfigEntry), (status = 404, body = Problem), (status = 409, body = Problem)))]
+    responses((status = 200, body = ConfigEntry), (status = 404, body = Problem), (status = 409, body = Problem),
+        (status = 415, body = Problem), (status = 422, body = Problem)))]
 async fn config_rollback(
     State(registry): State<Registry>,
     principal: Principal,
     Path((namespace, key)): Path<(String, String)>,
-    body: Bytes,
+    request: Request,
 ) -> Result<Response, Problem> {
     principal.require("config:write")?;
-    let request: RollbackRequest = parse_body(&body)?;
+    let request: RollbackRequest = parse_body(request).await?;
     let entry = registry
         .config_rollback(
             &namespace,
@@ -806,5 +963,5 @@ async fn config_rollback(
             subject(&principal),
         )
         .await?;
-    Ok(with_index(entry.modify_index, &entry))
+    Ok(entry_response(&entry))
 }

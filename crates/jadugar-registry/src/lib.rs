@@ -47,11 +47,14 @@
 //!
 //! On Postgres every host shares the tables; a change commits with a
 //! `NOTIFY` that every host's listener turns into a snapshot reload and a
-//! watcher wake-up (well under a second). Each instance's active check is
-//! leased to one host at a time (`FOR UPDATE SKIP LOCKED` over lease rows
-//! with an expiry), renewed every third of [`Config::check_lease_secs`] and
-//! taken over by another host when the holder stops renewing. On Redis the
-//! same happens through Lua scripts and pub/sub.
+//! watcher wake-up (well under a second). The change index has no gaps, and
+//! a host announces its own change only once the earlier ones reached it
+//! (waiting two seconds at most), so every host's watchers see changes in
+//! index order. Each instance's active check is leased to one host at a
+//! time (`FOR UPDATE SKIP LOCKED` over lease rows with an expiry), renewed
+//! every third of [`Config::check_lease_secs`] and taken over by another
+//! host when the holder stops renewing. On Redis the same happens through
+//! Lua scripts and pub/sub.
 
 pub mod checker;
 pub mod client;

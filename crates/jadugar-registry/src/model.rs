@@ -295,8 +295,17 @@ fn validate_address(address: &Address, errors: &mut Vec<FieldError>) {
     if address.port == 0 {
         errors.push(FieldError::new("address.port", "between 1 and 65535"));
     }
-    let host = address.host.trim_start_matches('[').trim_end_matches(']');
-    if host.parse::<IpAddr>().is_err() && !is_hostname(host) {
+    // Brackets only as a pair around an IPv6 address: anything else would
+    // make a broken URL authority (`[api]:80`, `[::1:80`).
+    let valid = match address
+        .host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+    {
+        Some(inner) => inner.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => address.host.parse::<IpAddr>().is_ok() || is_hostname(&address.host),
+    };
+    if !valid {
         errors.push(FieldError::new(
             "address.host",
             "an IP address or a DNS host name",
@@ -481,7 +490,9 @@ pub struct Instance {
     /// The maintenance reason, when in maintenance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub maintenance: Option<String>,
-    /// When the TTL runs out unless a heartbeat arrives.
+    /// When the TTL runs out unless a heartbeat arrives. Service listings
+    /// show it as of the instance's last change (a heartbeat is not one);
+    /// `GET` of the instance and the heartbeat's answer show the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>)]
     pub ttl_deadline: Option<DateTime<Utc>>,
@@ -738,4 +749,25 @@ pub struct NewConfig {
     pub at: DateTime<Utc>,
     /// Who.
     pub by: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host_ok(host: &str) -> bool {
+        Registration::new(Address::new("http", host, 80))
+            .validate(&Config::default())
+            .is_ok()
+    }
+
+    #[test]
+    fn hosts_take_brackets_only_around_ipv6() {
+        for ok in ["10.0.0.5", "::1", "[::1]", "[fe80::1]", "api.internal"] {
+            assert!(host_ok(ok), "{ok}");
+        }
+        for bad in ["[api]", "[::1", "::1]", "[10.0.0.5]", "", "a..b", "[]"] {
+            assert!(!host_ok(bad), "{bad}");
+        }
+    }
 }

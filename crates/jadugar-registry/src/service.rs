@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -34,6 +35,8 @@ use crate::{Config, Error};
 use crate::StoreKind;
 
 const CAS_RETRIES: usize = 8;
+/// Longest wait of a local change for the other hosts' earlier ones.
+const ANNOUNCE_WAIT: Duration = Duration::from_secs(2);
 
 /// The registry; see the [module docs](self) and the [crate docs](crate).
 #[derive(Clone)]
@@ -53,6 +56,15 @@ pub(crate) struct Inner {
     pub(crate) policy: AddressPolicy,
     pub(crate) claim_now: Notify,
     pub(crate) probes: Semaphore,
+    /// Held from a store write until its change is in the snapshot and the
+    /// hub; see [`Registry::apply`].
+    write: tokio::sync::Mutex<()>,
+    /// Held while the snapshot changes, across the store read of a reload,
+    /// so a slow reload never overwrites a newer state.
+    reloading: tokio::sync::Mutex<()>,
+    /// Whether the change listener runs (the hub then hears of every
+    /// other host's change).
+    listening: AtomicBool,
 }
 
 impl fmt::Debug for Registry {
@@ -99,6 +111,9 @@ impl Registry {
             guard: Mutex::new(HashMap::new()),
             probes: Semaphore::new(config.max_concurrent_checks.max(1)),
             claim_now: Notify::new(),
+            write: tokio::sync::Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
+            listening: AtomicBool::new(false),
             policy,
             config,
             store,
@@ -177,6 +192,7 @@ impl Registry {
     /// Reloads every service into the snapshot and moves the hub to the
     /// store's current index.
     pub async fn reload_all(&self) -> Result<(), Error> {
+        let _reloading = self.inner.reloading.lock().await;
         let current = self.inner.store.current_index().await?;
         let all = self.inner.store.list_instances(None).await?;
         let mut by_service: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
@@ -208,15 +224,23 @@ impl Registry {
     }
 
     async fn refresh_service(&self, service: &str, index: u64) -> Result<(), Error> {
+        let _reloading = self.inner.reloading.lock().await;
+        self.load_service(service, index).await
+    }
+
+    /// Reads a service into the snapshot; the caller holds `reloading`.
+    async fn load_service(&self, service: &str, index: u64) -> Result<(), Error> {
         let instances = self.inner.store.list_instances(Some(service)).await?;
         self.inner.snapshot.set_service(service, instances, index);
         Ok(())
     }
 
     async fn changed_service(&self, service: &str, index: u64) -> Result<(), Error> {
-        self.refresh_service(service, index).await?;
-        self.publish_service(service, index);
-        Ok(())
+        let refreshed = self.refresh_service(service, index).await;
+        // The change is committed: watchers hear of it even if the reload
+        // failed (the next change of the service reloads it again).
+        self.publish_service(service, index).await;
+        refreshed
     }
 
     /// After writing `instance` (with its new `modify_index`): updates the
@@ -224,20 +248,68 @@ impl Registry {
     /// first, then publishes.
     async fn changed_instance(&self, instance: &Instance) -> Result<(), Error> {
         let index = instance.modify_index;
-        if !self.inner.snapshot.upsert(instance.clone()) {
-            self.refresh_service(&instance.service, index).await?;
-        }
-        self.publish_service(&instance.service, index);
-        Ok(())
+        let refreshed = {
+            let _reloading = self.inner.reloading.lock().await;
+            if self.inner.snapshot.upsert(instance.clone()) {
+                Ok(())
+            } else {
+                self.load_service(&instance.service, index).await
+            }
+        };
+        self.publish_service(&instance.service, index).await;
+        refreshed
     }
 
-    fn publish_service(&self, service: &str, index: u64) {
-        self.inner.hub.publish(Change {
+    /// Runs `work` (a store write and the snapshot update and publish that
+    /// follow it) as one unit. It runs in a task of its own, so a caller
+    /// that goes away (a client disconnecting mid-request) cannot leave a
+    /// committed change out of the snapshot and unannounced; and under the
+    /// write lock, so this host's changes reach the hub in the order the
+    /// store indexed them (a watcher that saw index `n` never misses a
+    /// smaller one published late; see also [`announce`](Self::announce)).
+    async fn apply<T, F, Fut>(&self, work: F) -> Result<T, Error>
+    where
+        T: Send + 'static,
+        F: FnOnce(Registry) -> Fut,
+        Fut: Future<Output = Result<T, Error>> + Send + 'static,
+    {
+        let registry = self.clone();
+        let work = work(self.clone());
+        let task = tokio::spawn(async move {
+            let _write = registry.inner.write.lock().await;
+            work.await
+        });
+        match task.await {
+            Ok(result) => result,
+            Err(err) if err.is_panic() => std::panic::resume_unwind(err.into_panic()),
+            Err(_) => Err(Error::Interrupted),
+        }
+    }
+
+    async fn publish_service(&self, service: &str, index: u64) {
+        self.announce(Change {
             index,
             topic: Topic::Service {
                 service: service.to_owned(),
             },
-        });
+        })
+        .await;
+    }
+
+    /// Publishes a change this host committed. On a shared store the
+    /// index is gap-free and every other host's change reaches the hub
+    /// through the listener, in index order; waiting (briefly) for the one
+    /// before ours keeps the hub in index order across hosts too. A lost
+    /// notification ends the wait through the listener's resync, or the
+    /// timeout.
+    async fn announce(&self, change: Change) {
+        let hub = &self.inner.hub;
+        if self.inner.listening.load(Ordering::Acquire) {
+            let before = change.index.saturating_sub(1);
+            hub.wait_until(Instant::now() + ANNOUNCE_WAIT, || hub.current() >= before)
+                .await;
+        }
+        hub.publish(change);
     }
 
     /// Registers (or re-registers) an instance. Idempotent: the same
@@ -248,6 +320,19 @@ impl Registry {
         id: &str,
         registration: Registration,
     ) -> Result<Instance, Error> {
+        self.register_created(service, id, registration)
+            .await
+            .map(|(instance, _)| instance)
+    }
+
+    /// [`register`](Self::register), also telling whether the instance is
+    /// new (HTTP answers 201 then).
+    pub async fn register_created(
+        &self,
+        service: &str,
+        id: &str,
+        registration: Registration,
+    ) -> Result<(Instance, bool), Error> {
         let mut errors = Vec::new();
         if let Err(e) = validate_service_name(service) {
             errors.push(e);
@@ -279,7 +364,7 @@ impl Registry {
                 }
                 let mut current = existing.clone();
                 current.ttl_deadline = deadline.or(current.ttl_deadline);
-                return Ok(current);
+                return Ok((current, false));
             }
             let same_check = existing
                 .as_ref()
@@ -314,13 +399,21 @@ impl Registry {
             };
             instance.recompute(now);
             let if_index = Some(existing.as_ref().map_or(0, |e| e.modify_index));
-            if let Some(index) = self.inner.store.put_instance(&instance, if_index).await? {
-                instance.modify_index = index;
-                self.changed_instance(&instance).await?;
+            let written = self
+                .apply(move |r| async move {
+                    let Some(index) = r.inner.store.put_instance(&instance, if_index).await? else {
+                        return Ok(None);
+                    };
+                    instance.modify_index = index;
+                    r.changed_instance(&instance).await?;
+                    Ok(Some(instance))
+                })
+                .await?;
+            if let Some(instance) = written {
                 if instance.check.is_some() {
                     self.inner.claim_now.notify_one();
                 }
-                return Ok(instance);
+                return Ok((instance, existing.is_none()));
             }
         }
         Err(Error::Conflict { current: 0 })
@@ -330,10 +423,14 @@ impl Registry {
     pub async fn deregister(&self, service: &str, id: &str) -> Result<(), Error> {
         validate_service_name(service)?;
         validate_instance_id(id)?;
-        match self.inner.store.delete_instance(service, id, None).await? {
-            Some(index) => self.changed_service(service, index).await,
-            None => Err(Error::NotFound(format!("instance {id} of {service}"))),
-        }
+        let (service, id) = (service.to_owned(), id.to_owned());
+        self.apply(move |r| async move {
+            match r.inner.store.delete_instance(&service, &id, None).await? {
+                Some(index) => r.changed_service(&service, index).await,
+                None => Err(Error::NotFound(format!("instance {id} of {service}"))),
+            }
+        })
+        .await
     }
 
     /// Applies `update` to an instance with compare-and-set retries; no
@@ -342,31 +439,38 @@ impl Registry {
         &self,
         service: &str,
         id: &str,
-        update: impl Fn(&mut Instance, DateTime<Utc>) -> bool,
+        update: impl Fn(&mut Instance, DateTime<Utc>) -> bool + Send + 'static,
     ) -> Result<Instance, Error> {
-        for _ in 0..CAS_RETRIES {
-            let now = self.now();
-            let Some(mut instance) = self.inner.store.get_instance(service, id).await? else {
-                return Err(Error::NotFound(format!("instance {id} of {service}")));
-            };
-            if !update(&mut instance, now) {
-                return Ok(instance);
+        let (service, id) = (service.to_owned(), id.to_owned());
+        // The read goes inside too: a heartbeat moves the deadline without
+        // taking a change index, so the compare-and-set cannot see it, and
+        // the time between reading and writing back must stay short.
+        self.apply(move |r| async move {
+            for _ in 0..CAS_RETRIES {
+                let now = r.now();
+                let Some(mut instance) = r.inner.store.get_instance(&service, &id).await? else {
+                    return Err(Error::NotFound(format!("instance {id} of {service}")));
+                };
+                if !update(&mut instance, now) {
+                    return Ok(instance);
+                }
+                instance.updated_at = now;
+                instance.recompute(now);
+                let expected = instance.modify_index;
+                if let Some(index) = r
+                    .inner
+                    .store
+                    .put_instance(&instance, Some(expected))
+                    .await?
+                {
+                    instance.modify_index = index;
+                    r.changed_instance(&instance).await?;
+                    return Ok(instance);
+                }
             }
-            instance.updated_at = now;
-            instance.recompute(now);
-            let expected = instance.modify_index;
-            if let Some(index) = self
-                .inner
-                .store
-                .put_instance(&instance, Some(expected))
-                .await?
-            {
-                instance.modify_index = index;
-                self.changed_instance(&instance).await?;
-                return Ok(instance);
-            }
-        }
-        Err(Error::Conflict { current: 0 })
+            Err(Error::Conflict { current: 0 })
+        })
+        .await
     }
 
     /// A TTL heartbeat. [`Error::NotFound`] tells the client to register
@@ -374,30 +478,58 @@ impl Registry {
     pub async fn heartbeat(&self, service: &str, id: &str) -> Result<Instance, Error> {
         validate_service_name(service)?;
         validate_instance_id(id)?;
+        let gone = || Error::NotFound(format!("instance {id} of {service}"));
+        let deadline = |ttl: u64, now: DateTime<Utc>| {
+            now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(86_400))
+        };
+        // The TTL from memory when known: the usual heartbeat is then one
+        // touch and one read.
+        let ttl = match self.inner.snapshot.instance(service, id) {
+            Some(known) => known.ttl_secs,
+            None => self.instance_latest(service, id).await?.ttl_secs,
+        };
+        let Some(ttl) = ttl else {
+            return self.instance_latest(service, id).await;
+        };
+        // Touch first, then read: a sweep that saw the old deadline has
+        // either written its expiry already (seen below, and revived) or
+        // reads the instance again after the touch and leaves it alone.
         let now = self.now();
-        let Some(mut instance) = self.inner.store.get_instance(service, id).await? else {
-            return Err(Error::NotFound(format!("instance {id} of {service}")));
-        };
-        let Some(ttl) = instance.ttl_secs else {
-            return Ok(instance);
-        };
-        let deadline = now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(86_400));
-        if !instance.ttl_expired {
-            if self
-                .inner
-                .store
-                .touch_instance(service, id, deadline)
-                .await?
-            {
-                instance.ttl_deadline = Some(deadline);
+        if !self
+            .inner
+            .store
+            .touch_instance(service, id, deadline(ttl, now))
+            .await?
+        {
+            return Err(gone());
+        }
+        let mut instance = self
+            .inner
+            .store
+            .get_instance(service, id)
+            .await?
+            .ok_or_else(gone)?;
+        match instance.ttl_secs {
+            Some(_) if instance.ttl_expired => {}
+            Some(actual) if actual != ttl => {
+                // Re-registered with another TTL since the snapshot.
+                let renewed = deadline(actual, now);
+                if !self
+                    .inner
+                    .store
+                    .touch_instance(service, id, renewed)
+                    .await?
+                {
+                    return Err(gone());
+                }
+                instance.ttl_deadline = Some(renewed);
                 return Ok(instance);
             }
-            return Err(Error::NotFound(format!("instance {id} of {service}")));
+            _ => return Ok(instance),
         }
-        self.update_instance(service, id, |i, now| {
+        self.update_instance(service, id, move |i, now| {
             let ttl = i.ttl_secs.unwrap_or(ttl);
-            i.ttl_deadline =
-                Some(now + chrono::Duration::seconds(i64::try_from(ttl).unwrap_or(86_400)));
+            i.ttl_deadline = Some(deadline(ttl, now));
             i.ttl_expired = false;
             true
         })
@@ -418,7 +550,7 @@ impl Registry {
             return Err(Error::field("reason", "at most 512 bytes"));
         }
         let wanted = enabled.then(|| reason.clone().unwrap_or_else(|| "maintenance".to_owned()));
-        self.update_instance(service, id, |i, _| {
+        self.update_instance(service, id, move |i, _| {
             if i.maintenance == wanted {
                 return false;
             }
@@ -436,14 +568,15 @@ impl Registry {
         status: Status,
         output: &str,
     ) -> Result<(), Error> {
-        self.update_instance(service, id, |i, _| {
+        let output = output.to_owned();
+        self.update_instance(service, id, move |i, _| {
             if i.check.is_none()
-                || (i.check_status == Some(status) && i.check_output.as_deref() == Some(output))
+                || (i.check_status == Some(status) && i.check_output.as_ref() == Some(&output))
             {
                 return false;
             }
             i.check_status = Some(status);
-            i.check_output = Some(output.to_owned());
+            i.check_output = Some(output.clone());
             true
         })
         .await
@@ -455,6 +588,19 @@ impl Registry {
         self.inner
             .snapshot
             .instance(service, id)
+            .ok_or_else(|| Error::NotFound(format!("instance {id} of {service}")))
+    }
+
+    /// One instance as stored, with the TTL deadline of its latest
+    /// heartbeat (heartbeats take no change index, so the snapshot keeps
+    /// the deadline of the instance's last change).
+    pub async fn instance_latest(&self, service: &str, id: &str) -> Result<Instance, Error> {
+        validate_service_name(service)?;
+        validate_instance_id(id)?;
+        self.inner
+            .store
+            .get_instance(service, id)
+            .await?
             .ok_or_else(|| Error::NotFound(format!("instance {id} of {service}")))
     }
 
@@ -569,6 +715,7 @@ impl Registry {
                 .filter(|i| {
                     matches!(i.status, Status::Passing | Status::Warning)
                         && !i.ttl_expired
+                        && i.ttl_secs.is_some()
                         && i.ttl_deadline.is_some_and(|d| d < now)
                 })
                 .collect();
@@ -600,27 +747,46 @@ impl Registry {
                         false
                     }
                 } else {
-                    if expiring.is_empty() {
-                        guard.remove(service);
-                    }
+                    // Whatever expires now is an ordinary expiry, carried
+                    // out below: nothing is held back, so no flag.
+                    guard.remove(service);
                     false
                 }
             };
             if !hold {
                 for instance in expiring {
-                    let mut expired = instance.clone();
-                    expired.ttl_expired = true;
-                    expired.updated_at = now;
-                    expired.recompute(now);
-                    if let Some(index) = self
-                        .inner
-                        .store
-                        .put_instance(&expired, Some(instance.modify_index))
-                        .await?
-                    {
-                        expired.modify_index = index;
-                        self.changed_instance(&expired).await?;
-                    }
+                    let (service, id, listed) = (
+                        service.to_owned(),
+                        instance.id.clone(),
+                        instance.modify_index,
+                    );
+                    self.apply(move |r| async move {
+                        // A heartbeat since the listing moved the deadline
+                        // without taking a change index, so the
+                        // compare-and-set would not notice it: read again.
+                        let Some(mut expired) = r.inner.store.get_instance(&service, &id).await?
+                        else {
+                            return Ok(());
+                        };
+                        if expired.modify_index != listed
+                            || expired.ttl_expired
+                            || expired.ttl_secs.is_none()
+                            || expired.ttl_deadline.is_none_or(|d| d >= now)
+                        {
+                            return Ok(());
+                        }
+                        expired.ttl_expired = true;
+                        expired.updated_at = now;
+                        expired.recompute(now);
+                        if let Some(index) =
+                            r.inner.store.put_instance(&expired, Some(listed)).await?
+                        {
+                            expired.modify_index = index;
+                            r.changed_instance(&expired).await?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
                 }
             }
             if config.deregister_critical_after_secs > 0 {
@@ -629,16 +795,27 @@ impl Registry {
                         && instance
                             .critical_since
                             .is_some_and(|s| now - s >= remove_after);
-                    if expired_long
-                        && let Some(index) = self
+                    if !expired_long {
+                        continue;
+                    }
+                    let (service, id, expected) = (
+                        service.to_owned(),
+                        instance.id.clone(),
+                        instance.modify_index,
+                    );
+                    self.apply(move |r| async move {
+                        let deleted = r
                             .inner
                             .store
-                            .delete_instance(service, &instance.id, Some(instance.modify_index))
-                            .await?
-                    {
-                        tracing::info!(service, id = %instance.id, "removed long-critical instance");
-                        self.changed_service(service, index).await?;
-                    }
+                            .delete_instance(&service, &id, Some(expected))
+                            .await?;
+                        if let Some(index) = deleted {
+                            tracing::info!(service, id, "removed long-critical instance");
+                            r.changed_service(&service, index).await?;
+                        }
+                        Ok(())
+                    })
+                    .await?;
                 }
             }
         }
@@ -653,8 +830,9 @@ impl Registry {
                 if self.inner.hub.knows(change.index) {
                     return Ok(());
                 }
+                let mut refreshed = Ok(());
                 if let Topic::Service { service } = &change.topic {
-                    self.refresh_service(service, change.index).await?;
+                    refreshed = self.refresh_service(service, change.index).await;
                     if self
                         .inner
                         .snapshot
@@ -664,8 +842,10 @@ impl Registry {
                         self.inner.claim_now.notify_one();
                     }
                 }
+                // Published even if the reload failed: watchers and this
+                // host's own writes (see `announce`) wait for the index.
                 self.inner.hub.publish(change);
-                Ok(())
+                refreshed
             }
         }
     }
@@ -739,14 +919,29 @@ impl Registry {
         }
     }
 
-    fn config_changed(&self, stored: &StoredConfig) {
-        self.inner.hub.publish(Change {
+    /// Appends a config version and announces it.
+    async fn commit_config(
+        &self,
+        new: NewConfig,
+        expected: Option<u64>,
+    ) -> Result<StoredConfig, Error> {
+        self.apply(move |r| async move {
+            let stored = r.inner.store.config_put(&new, expected).await?;
+            r.config_changed(&stored).await;
+            Ok(stored)
+        })
+        .await
+    }
+
+    async fn config_changed(&self, stored: &StoredConfig) {
+        self.announce(Change {
             index: stored.modify_index,
             topic: Topic::Config {
                 namespace: stored.namespace.clone(),
                 key: stored.key.clone(),
             },
-        });
+        })
+        .await;
     }
 
     /// Whether `principal` may see secret values.
@@ -838,12 +1033,7 @@ impl Registry {
             at: self.now(),
             by,
         };
-        let stored = self
-            .inner
-            .store
-            .config_put(&new, put.expected_version)
-            .await?;
-        self.config_changed(&stored);
+        let stored = self.commit_config(new, put.expected_version).await?;
         self.reveal(stored, false)
     }
 
@@ -867,8 +1057,7 @@ impl Registry {
             at: self.now(),
             by,
         };
-        let stored = self.inner.store.config_put(&new, expected).await?;
-        self.config_changed(&stored);
+        let stored = self.commit_config(new, expected).await?;
         self.reveal(stored, false)
     }
 
@@ -903,8 +1092,7 @@ impl Registry {
             at: self.now(),
             by,
         };
-        let stored = self.inner.store.config_put(&new, expected).await?;
-        self.config_changed(&stored);
+        let stored = self.commit_config(new, expected).await?;
         self.reveal(stored, false)
     }
 
@@ -1055,6 +1243,7 @@ async fn listener(registry: Registry, cancel: CancellationToken) {
             tracing::warn!(error = %err, "registry change listener stopped");
         }
     });
+    registry.inner.listening.store(true, Ordering::Release);
     loop {
         let event = tokio::select! {
             () = cancel.cancelled() => break,
@@ -1065,6 +1254,7 @@ async fn listener(registry: Registry, cancel: CancellationToken) {
             tracing::warn!(error = %err, "could not apply a remote registry change");
         }
     }
+    registry.inner.listening.store(false, Ordering::Release);
     let _ = listen.await;
 }
 

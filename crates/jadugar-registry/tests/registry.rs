@@ -263,7 +263,7 @@ async fn http_validation_and_permissions() {
     }
     let (status, _, problem) = call(&app, "PUT", uri, Some(ALL), Some(json!({"nope": 1}))).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(problem["errors"][0]["field"], "body");
+    assert_eq!(problem["errors"][0]["field"], "nope");
     let (status, ..) = call(
         &app,
         "GET",
@@ -274,10 +274,16 @@ async fn http_validation_and_permissions() {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
 
-    let (status, headers, instance) = call(&app, "PUT", uri, Some(ALL), Some(body)).await;
-    assert_eq!(status, StatusCode::OK);
+    let (status, headers, instance) = call(&app, "PUT", uri, Some(ALL), Some(body.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "a new instance is created");
     assert!(headers.contains_key("x-jadugar-index"));
     assert_eq!(instance["status"], "passing");
+    let (status, ..) = call(&app, "PUT", uri, Some(ALL), Some(body)).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "registering again changes no resource"
+    );
     let (status, _, list) = call(&app, "GET", "/v1/registry/services", Some(ALL), None).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["services"][0]["instances"], 1);
@@ -300,6 +306,18 @@ async fn http_validation_and_permissions() {
             .iter()
             .all(|p| p.starts_with("/v1/registry/") || p.starts_with("/v1/config/"))
     );
+    // The documented statuses include the ones the handlers answer.
+    let codes = |path: &str| -> Vec<String> {
+        let item = &spec.paths.paths[path];
+        let put = item.put.as_ref().unwrap();
+        put.responses.responses.keys().cloned().collect()
+    };
+    let register = codes("/v1/registry/services/{service}/instances/{id}");
+    assert!(register.contains(&"201".to_owned()), "{register:?}");
+    let put = codes("/v1/config/namespaces/{namespace}/keys/{key}");
+    for code in ["201", "409", "412", "415", "422"] {
+        assert!(put.contains(&code.to_owned()), "{code} in {put:?}");
+    }
 }
 
 #[tokio::test]
@@ -503,7 +521,7 @@ async fn config_cas_conflict_is_409() {
         Some(json!({"value": {"size": 5}, "expected_version": 0})),
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::CREATED);
     assert_eq!(v1["version"], 1);
     let (status, _, problem) = call(
         &app,
@@ -520,7 +538,7 @@ async fn config_cas_conflict_is_409() {
             .unwrap()
             .contains("current version is 1")
     );
-    let (status, _, v2) = call_with(
+    let (status, headers, v2) = call_with(
         &app,
         "PUT",
         uri,
@@ -531,7 +549,12 @@ async fn config_cas_conflict_is_409() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(v2["version"], 2);
-    let (status, ..) = call_with(
+    assert_eq!(
+        headers["etag"], "\"2\"",
+        "a write answers with the new ETag"
+    );
+    // A stale If-Match is a failed precondition (412), as RFC 9110 says.
+    let (status, headers, problem) = call_with(
         &app,
         "PUT",
         uri,
@@ -540,7 +563,19 @@ async fn config_cas_conflict_is_409() {
         &[("if-match", "\"1\"")],
     )
     .await;
-    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(problem["detail"].as_str().unwrap().contains("is 2"));
+    let (status, ..) = call_with(
+        &app,
+        "DELETE",
+        uri,
+        Some(ALL),
+        None,
+        &[("if-match", "\"1\"")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
     let (status, ..) = call(&app, "DELETE", &format!("{uri}?version=1"), Some(ALL), None).await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (status, headers, got) = call(&app, "GET", uri, Some(&["config:read"]), None).await;
@@ -657,6 +692,11 @@ async fn config_history_and_rollback() {
     .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(back["version"], 5);
+    // Writing a deleted key creates it anew.
+    call(&app, "DELETE", uri, Some(ALL), None).await;
+    let (status, _, again) = call(&app, "PUT", uri, Some(ALL), Some(json!({"value": 1}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(again["version"], 7);
 }
 
 #[tokio::test]
@@ -673,7 +713,7 @@ async fn secrets_are_sealed_and_redacted() {
         Some(json!({"value": "sk_live_123", "kind": "text", "secret": true})),
     )
     .await;
-    assert_eq!(status, StatusCode::OK);
+    assert_eq!(status, StatusCode::CREATED);
     assert_eq!(put["redacted"], true);
     let stored = r
         .store()
@@ -800,4 +840,562 @@ async fn sqlite_backed_registry_survives_a_restart() {
         1
     );
     assert_eq!(again.hub().current(), 2);
+}
+
+/// A memory store that can hold a write (after it committed) or a listing
+/// (after it read) until released, and can land a heartbeat between a
+/// listing and whatever the caller does next: the interleavings a slow
+/// database produces.
+#[derive(Debug, Default)]
+struct GatedStore {
+    inner: jadugar_registry::store::MemoryStore,
+    put: Gate,
+    list: Gate,
+    touch_after_list: std::sync::Mutex<Option<(String, String, chrono::DateTime<chrono::Utc>)>>,
+    /// After the next read of an instance, a sweep running at this time
+    /// expires it if its deadline (as stored then) has passed.
+    sweep_after_get: std::sync::Mutex<Option<chrono::DateTime<chrono::Utc>>>,
+    /// When set, the store is shared and these are the other hosts' changes.
+    remote: std::sync::Mutex<
+        Option<tokio::sync::mpsc::UnboundedReceiver<jadugar_registry::store::RemoteEvent>>,
+    >,
+}
+
+#[derive(Debug, Default)]
+struct Gate {
+    armed: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Gate {
+    fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    async fn pass(&self) {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl jadugar_registry::store::RegistryStore for GatedStore {
+    async fn put_instance(
+        &self,
+        instance: &jadugar_registry::model::Instance,
+        if_index: Option<u64>,
+    ) -> Result<Option<u64>, Error> {
+        let written = self.inner.put_instance(instance, if_index).await?;
+        self.put.pass().await;
+        Ok(written)
+    }
+    async fn delete_instance(
+        &self,
+        service: &str,
+        id: &str,
+        if_index: Option<u64>,
+    ) -> Result<Option<u64>, Error> {
+        self.inner.delete_instance(service, id, if_index).await
+    }
+    async fn touch_instance(
+        &self,
+        service: &str,
+        id: &str,
+        deadline: chrono::DateTime<chrono::Utc>,
+    ) -> Result<bool, Error> {
+        self.inner.touch_instance(service, id, deadline).await
+    }
+    async fn get_instance(
+        &self,
+        service: &str,
+        id: &str,
+    ) -> Result<Option<jadugar_registry::model::Instance>, Error> {
+        let got = self.inner.get_instance(service, id).await?;
+        let sweep_at = self.sweep_after_get.lock().unwrap().take();
+        if let Some(now) = sweep_at
+            && let Some(mut late) = self.inner.get_instance(service, id).await?
+            && late.ttl_deadline.is_some_and(|d| d < now)
+        {
+            late.ttl_expired = true;
+            late.recompute(now);
+            let expected = late.modify_index;
+            self.inner.put_instance(&late, Some(expected)).await?;
+        }
+        Ok(got)
+    }
+    async fn list_instances(
+        &self,
+        service: Option<&str>,
+    ) -> Result<Vec<jadugar_registry::model::Instance>, Error> {
+        let listed = self.inner.list_instances(service).await?;
+        let touch = self.touch_after_list.lock().unwrap().take();
+        if let Some((service, id, deadline)) = touch {
+            self.inner.touch_instance(&service, &id, deadline).await?;
+        }
+        self.list.pass().await;
+        Ok(listed)
+    }
+    async fn claim_checks(
+        &self,
+        host: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, Error> {
+        self.inner.claim_checks(host, now, until, limit).await
+    }
+    async fn release_checks(&self, host: &str) -> Result<(), Error> {
+        self.inner.release_checks(host).await
+    }
+    async fn config_get(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Option<jadugar_registry::model::StoredConfig>, Error> {
+        self.inner.config_get(namespace, key).await
+    }
+    async fn config_version(
+        &self,
+        namespace: &str,
+        key: &str,
+        version: u64,
+    ) -> Result<Option<jadugar_registry::model::StoredConfig>, Error> {
+        self.inner.config_version(namespace, key, version).await
+    }
+    async fn config_put(
+        &self,
+        new: &jadugar_registry::model::NewConfig,
+        expected: Option<u64>,
+    ) -> Result<jadugar_registry::model::StoredConfig, Error> {
+        self.inner.config_put(new, expected).await
+    }
+    async fn config_list(
+        &self,
+        namespace: &str,
+        prefix: &str,
+    ) -> Result<Vec<jadugar_registry::model::StoredConfig>, Error> {
+        self.inner.config_list(namespace, prefix).await
+    }
+    async fn config_history(
+        &self,
+        namespace: &str,
+        key: &str,
+    ) -> Result<Vec<jadugar_registry::model::StoredConfig>, Error> {
+        self.inner.config_history(namespace, key).await
+    }
+    async fn current_index(&self) -> Result<u64, Error> {
+        self.inner.current_index().await
+    }
+    fn shared(&self) -> bool {
+        self.remote.lock().unwrap().is_some()
+    }
+    async fn listen(
+        &self,
+        sink: tokio::sync::mpsc::UnboundedSender<jadugar_registry::store::RemoteEvent>,
+        cancel: tokio_util::sync::CancellationToken,
+    ) -> Result<(), Error> {
+        let Some(mut remote) = self.remote.lock().unwrap().take() else {
+            cancel.cancelled().await;
+            return Ok(());
+        };
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                event = remote.recv() => match event {
+                    Some(event) => { let _ = sink.send(event); }
+                    None => { cancel.cancelled().await; return Ok(()); }
+                },
+            }
+        }
+    }
+}
+
+async fn gated(clock: &ManualClock) -> (std::sync::Arc<GatedStore>, Registry) {
+    let store = std::sync::Arc::new(GatedStore::default());
+    let registry = Registry::new(Config::default(), store.clone(), clock.shared(), sealer())
+        .await
+        .unwrap();
+    (store, registry)
+}
+
+#[tokio::test]
+async fn changes_reach_watchers_in_index_order() {
+    let clock = ManualClock::default();
+    let (store, r) = gated(&clock).await;
+    // The first write commits (index 1) and stalls before it is announced.
+    store.put.arm();
+    let first = tokio::spawn({
+        let r = r.clone();
+        async move { r.register("api", "a-1", reg(1)).await }
+    });
+    store.put.entered.notified().await;
+    let second = tokio::spawn({
+        let r = r.clone();
+        async move { r.register("api", "a-2", reg(2)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // A watcher reads the feed now and again after both writes.
+    let early = r.hub().changes_since(0, |_| true).unwrap();
+    let since = early.last().map_or(0, |c| c.index);
+    store.put.release.notify_one();
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    let late = r.hub().changes_since(since, |_| true).unwrap();
+    let seen: Vec<u64> = early.iter().chain(&late).map(|c| c.index).collect();
+    assert_eq!(seen, vec![1, 2], "a watcher must see every change once");
+}
+
+#[tokio::test]
+async fn a_register_whose_caller_went_away_still_reaches_discovery() {
+    let clock = ManualClock::default();
+    let (store, r) = gated(&clock).await;
+    store.put.arm();
+    let call = tokio::spawn({
+        let r = r.clone();
+        async move { r.register("api", "a-1", reg(1)).await }
+    });
+    store.put.entered.notified().await;
+    // The HTTP client disconnects: its request future is dropped after the
+    // store committed.
+    call.abort();
+    let _ = call.await;
+    store.put.release.notify_one();
+    let seen = common::eventually(Duration::from_secs(2), || {
+        r.endpoints("api", &[]).len() == 1 && r.hub().current() == 1
+    })
+    .await;
+    assert!(
+        seen,
+        "a committed registration must be served and announced"
+    );
+}
+
+#[tokio::test]
+async fn a_slow_reload_never_resurrects_a_deregistered_instance() {
+    let clock = ManualClock::default();
+    let (store, r) = gated(&clock).await;
+    r.register("api", "a-1", reg(1)).await.unwrap();
+    r.register("api", "a-2", reg(2)).await.unwrap();
+    // Removing a-2 reloads the service and stalls with [a-1] in hand...
+    store.list.arm();
+    let slow = tokio::spawn({
+        let r = r.clone();
+        async move { r.deregister("api", "a-2").await }
+    });
+    store.list.entered.notified().await;
+    // ...while a-1 is removed too.
+    let fast = tokio::spawn({
+        let r = r.clone();
+        async move { r.deregister("api", "a-1").await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    store.list.release.notify_one();
+    slow.await.unwrap().unwrap();
+    fast.await.unwrap().unwrap();
+    assert!(r.instance("api", "a-1").is_err());
+    assert!(r.endpoints("api", &[]).is_empty());
+}
+
+#[tokio::test]
+async fn a_heartbeat_during_a_sweep_keeps_the_instance_passing() {
+    let clock = ManualClock::default();
+    let (store, r) = gated(&clock).await;
+    r.register("api", "a-1", reg(1).with_ttl_secs(10))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(11));
+    // The heartbeat lands after the sweep listed the (late) instance.
+    let renewed = jadugar_core::Clock::now(&clock) + chrono::Duration::seconds(10);
+    *store.touch_after_list.lock().unwrap() = Some(("api".into(), "a-1".into(), renewed));
+    r.sweep().await.unwrap();
+    assert_eq!(r.instance("api", "a-1").unwrap().status, Status::Passing);
+    assert!(!r.instance("api", "a-1").unwrap().ttl_expired);
+}
+
+#[tokio::test]
+async fn bad_input_is_a_problem_naming_the_field() {
+    let clock = ManualClock::default();
+    let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);
+    let field_of = |problem: &serde_json::Value| problem["errors"][0]["field"].clone();
+    for (uri, field) in [
+        ("/v1/registry/services/web?index=abc", "index"),
+        ("/v1/registry/services/web?limit=5", "limit"),
+        ("/v1/registry/changes", "index"),
+        ("/v1/registry/changes?index=1&index=2", "index"),
+        ("/v1/config/namespaces/ns/keys?prefix=a&index=-1", "index"),
+    ] {
+        let (status, headers, problem) = call(&app, "GET", uri, Some(ALL), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(field_of(&problem), field, "{uri}: {problem}");
+    }
+    let (status, _, problem) = call(
+        &app,
+        "DELETE",
+        "/v1/config/namespaces/ns/keys/k?version=x",
+        Some(ALL),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field_of(&problem), "version");
+    // A path segment that is not UTF-8 once decoded.
+    for (uri, field) in [
+        ("/v1/registry/services/%FF", "service"),
+        ("/v1/registry/services/web/instances/%FF", "id"),
+        ("/v1/config/namespaces/ns/keys/%C3", "key"),
+    ] {
+        let (status, headers, problem) = call(&app, "GET", uri, Some(ALL), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{uri}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        assert_eq!(field_of(&problem), field, "{uri}: {problem}");
+    }
+
+    // A wrong type deep in the body names its path.
+    let uri = "/v1/registry/services/web/instances/w-1";
+    let body = json!({"address": {"scheme": "http", "host": "10.0.0.1", "port": 70000}});
+    let (status, _, problem) = call(&app, "PUT", uri, Some(ALL), Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field_of(&problem), "address.port");
+    let body = json!({"address": {"scheme": "http", "host": "10.0.0.1", "port": 80},
+        "check": {"kind": "udp"}});
+    let (status, _, problem) = call(&app, "PUT", uri, Some(ALL), Some(body)).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(field_of(&problem), "check.kind");
+
+    // A body over the limit is a problem too, not plain text.
+    let huge = "x".repeat(300 * 1024);
+    let (status, headers, _) = call(
+        &app,
+        "PUT",
+        "/v1/config/namespaces/ns/keys/k",
+        Some(ALL),
+        Some(json!({"value": huge, "kind": "text"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(headers["content-type"], "application/problem+json");
+}
+
+#[tokio::test]
+async fn an_index_ahead_of_a_reset_registry_is_gone() {
+    use futures_util::StreamExt;
+    let clock = ManualClock::default();
+    let config = Config {
+        progress_interval_secs: 1,
+        ..Config::default()
+    };
+    // A memory registry restarted: a watcher still holds index 50.
+    let r = registry(config, &clock).await;
+    let app = jadugar_registry::http::router(r.clone());
+    r.register("web", "w-1", reg(1)).await.unwrap();
+    let (status, headers, problem) = call(
+        &app,
+        "GET",
+        "/v1/registry/changes?index=50&wait=50ms",
+        Some(ALL),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::GONE, "{problem}");
+    assert_eq!(headers["content-type"], "application/problem+json");
+
+    let mut request = http::Request::get("/v1/registry/events")
+        .header("last-event-id", "50")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    request.extensions_mut().insert(common::principal(ALL));
+    let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
+    let mut body = response.into_body().into_data_stream();
+    let mut text = String::new();
+    while let Ok(Some(Ok(chunk))) = tokio::time::timeout(Duration::from_secs(3), body.next()).await
+    {
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains("event: reset"), "{text}");
+    assert!(!text.contains("event: progress"), "{text}");
+}
+
+#[tokio::test]
+async fn a_watch_on_a_deleted_key_blocks_instead_of_spinning() {
+    let clock = ManualClock::default();
+    let r = registry(Config::default(), &clock).await;
+    let app = jadugar_registry::http::router(r.clone());
+    let uri = "/v1/config/namespaces/prod.web/keys/flag";
+    call(&app, "PUT", uri, Some(ALL), Some(json!({"value": 1}))).await;
+    call(&app, "DELETE", uri, Some(ALL), None).await;
+    let (status, headers, _) = call(&app, "GET", uri, Some(ALL), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let index = headers["x-jadugar-index"].to_str().unwrap().to_owned();
+    assert_eq!(index, "2", "the deletion's index");
+    // Blocking from that index waits (rather than answering 404 at once)...
+    let started = tokio::time::Instant::now();
+    let (status, ..) = call(
+        &app,
+        "GET",
+        &format!("{uri}?index={index}&wait=200ms"),
+        Some(ALL),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    // ...and a key never written blocks from 0 until it is created.
+    let other = "/v1/config/namespaces/prod.web/keys/never";
+    let (status, headers, _) = call(&app, "GET", other, Some(ALL), None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(headers["x-jadugar-index"], "0");
+    let watch = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            call(
+                &app,
+                "GET",
+                &format!("{other}?index=0&wait=5s"),
+                Some(ALL),
+                None,
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!watch.is_finished());
+    call(&app, "PUT", other, Some(ALL), Some(json!({"value": 2}))).await;
+    let (status, _, got) = tokio::time::timeout(Duration::from_secs(2), watch)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["value"], 2);
+}
+
+#[tokio::test]
+async fn get_instance_shows_the_latest_heartbeat() {
+    let clock = ManualClock::default();
+    let r = registry(Config::default(), &clock).await;
+    let app = jadugar_registry::http::router(r.clone());
+    r.register("api", "a-1", reg(1).with_ttl_secs(10))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(8));
+    let uri = "/v1/registry/services/api/instances/a-1";
+    let (_, _, beat) = call(&app, "PUT", &format!("{uri}/heartbeat"), Some(ALL), None).await;
+    let (status, _, got) = call(&app, "GET", uri, Some(ALL), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got["ttl_deadline"], beat["ttl_deadline"]);
+    let deadline: chrono::DateTime<chrono::Utc> =
+        serde_json::from_value(got["ttl_deadline"].clone()).unwrap();
+    assert_eq!(
+        deadline,
+        jadugar_core::Clock::now(&clock) + chrono::Duration::seconds(10)
+    );
+}
+
+#[tokio::test]
+async fn the_guard_flag_drops_once_the_guard_stops_holding() {
+    let clock = ManualClock::default();
+    let config = Config {
+        guard_expiry_share: 0.5,
+        guard_min_instances: 3,
+        ..Config::default()
+    };
+    let r = registry(config, &clock).await;
+    for i in 0..4 {
+        r.register("web", &format!("w-{i}"), reg(8000 + i).with_ttl_secs(10))
+            .await
+            .unwrap();
+    }
+    clock.advance(Duration::from_secs(11));
+    r.sweep().await.unwrap();
+    assert!(r.self_preservation("web"), "all four silent: held");
+    // Three come back; the fourth alone is an ordinary expiry, which the
+    // sweep carries out: nothing is held back any more.
+    for i in 1..4 {
+        r.heartbeat("web", &format!("w-{i}")).await.unwrap();
+    }
+    r.sweep().await.unwrap();
+    assert_eq!(r.endpoints("web", &[]).len(), 3);
+    assert!(
+        !r.self_preservation("web"),
+        "the flag must not outlive the hold"
+    );
+    let summary = r.services().into_iter().find(|s| s.name == "web").unwrap();
+    assert!(!summary.self_preservation);
+}
+
+#[tokio::test]
+async fn changes_of_other_hosts_reach_watchers_in_index_order() {
+    use jadugar_registry::model::{Change, Topic};
+    use jadugar_registry::store::{RegistryStore, RemoteEvent};
+    let clock = ManualClock::default();
+    let store = std::sync::Arc::new(GatedStore::default());
+    let (to_listener, remote) = tokio::sync::mpsc::unbounded_channel();
+    *store.remote.lock().unwrap() = Some(remote);
+    let r = Registry::new(Config::default(), store.clone(), clock.shared(), sealer())
+        .await
+        .unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let tasks = r.start(cancel.clone());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Another host commits index 1; its notification is still in flight
+    // when this host commits index 2.
+    let mut other = jadugar_registry::model::Instance {
+        modify_index: 0,
+        ..r.register("api", "probe", reg(9)).await.unwrap()
+    };
+    r.deregister("api", "probe").await.unwrap();
+    let base = r.hub().current();
+    other.id = "b-1".into();
+    store.inner.put_instance(&other, None).await.unwrap();
+    let mine = tokio::spawn({
+        let r = r.clone();
+        async move { r.register("api", "a-1", reg(1)).await }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let early = r.hub().changes_since(base, |_| true).unwrap();
+    let since = early.last().map_or(base, |c| c.index);
+    let topic = Topic::Service {
+        service: "api".into(),
+    };
+    to_listener
+        .send(RemoteEvent::Change(Change {
+            index: base + 1,
+            topic,
+        }))
+        .unwrap();
+    mine.await.unwrap().unwrap();
+    let late = r.hub().changes_since(since, |_| true).unwrap();
+    let seen: Vec<u64> = early.iter().chain(&late).map(|c| c.index).collect();
+    assert_eq!(seen, vec![base + 1, base + 2]);
+    assert_eq!(r.endpoints("api", &[]).len(), 2);
+    cancel.cancel();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_heartbeat_racing_the_sweep_never_leaves_the_instance_expired() {
+    use jadugar_registry::store::RegistryStore;
+    let clock = ManualClock::default();
+    let (store, r) = gated(&clock).await;
+    r.register("api", "a-1", reg(1).with_ttl_secs(10))
+        .await
+        .unwrap();
+    clock.advance(Duration::from_secs(11));
+    // The sweep expires the late instance while the heartbeat is under way.
+    *store.sweep_after_get.lock().unwrap() = Some(jadugar_core::Clock::now(&clock));
+    let beat = r.heartbeat("api", "a-1").await.unwrap();
+    assert_eq!(beat.status, Status::Passing);
+    let stored = store
+        .inner
+        .get_instance("api", "a-1")
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(!stored.ttl_expired, "a heartbeat answered 200 must count");
+    assert_eq!(stored.status, Status::Passing);
 }
