@@ -35,7 +35,7 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::Gateway;
 use crate::model::RouteSpec;
-use crate::service::RouteView;
+use crate::service::{RouteSource, RouteView};
 
 /// The permission every admin endpoint requires.
 pub const ADMIN_PERMISSION: &str = "gateway:admin";
@@ -109,10 +109,16 @@ async fn list_routes(
     let limit = page.limit() as usize;
     let all = gw.list_routes().await?;
     let start = match &after {
-        Some(id) => all
-            .iter()
-            .position(|r| r.route.id == *id)
-            .map_or(all.len(), |i| i + 1),
+        Some(id) => match all.iter().position(|r| r.route.id == *id) {
+            Some(i) => i + 1,
+            // Deleted since the cursor was made (configuration routes
+            // cannot be): stored routes are in id order, so the listing
+            // goes on from where it would have been.
+            None => all
+                .iter()
+                .position(|r| r.source == RouteSource::Store && r.route.id > *id)
+                .unwrap_or(all.len()),
+        },
         None => 0,
     };
     let mut items: Vec<RouteView> = all.into_iter().skip(start).take(limit + 1).collect();

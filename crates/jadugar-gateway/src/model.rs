@@ -331,9 +331,11 @@ impl TransformSpec {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct HeaderOps {
-    /// Appended values.
+    /// Appended values. Framing and hop-by-hop headers (`content-length`,
+    /// `transfer-encoding`, `connection`, `keep-alive`, `te`, `trailer`,
+    /// `upgrade`, `proxy-connection`) are the gateway's own and refused.
     pub add: Vec<NameValue>,
-    /// Replaced values.
+    /// Replaced values; the same names are refused as for `add`.
     pub set: Vec<NameValue>,
     /// Removed headers.
     pub remove: Vec<String>,
@@ -633,6 +635,22 @@ fn validate_upstream(u: &UpstreamSpec, bad: &mut impl FnMut(String, &str)) {
     }
 }
 
+/// Headers that describe one connection or message framing, not the
+/// message: a transform may not set them.
+fn is_connection_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "content-length"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
 fn validate_transform(t: &TransformSpec, path: &str, bad: &mut impl FnMut(String, &str)) {
     let params = crate::router::pattern_params(path);
     for (side, ops) in [
@@ -641,11 +659,18 @@ fn validate_transform(t: &TransformSpec, path: &str, bad: &mut impl FnMut(String
     ] {
         for (kind, list) in [("add", &ops.add), ("set", &ops.set)] {
             for (i, nv) in list.iter().enumerate() {
-                if HeaderName::from_bytes(nv.name.as_bytes()).is_err() {
-                    bad(
+                match HeaderName::from_bytes(nv.name.as_bytes()) {
+                    Err(_) => bad(
                         format!("transform.{side}.{kind}[{i}].name"),
                         "is not a header name",
-                    );
+                    ),
+                    // The gateway frames each message itself: a set length
+                    // or coding would disagree with the body it sends.
+                    Ok(name) if is_connection_header(&name) => bad(
+                        format!("transform.{side}.{kind}[{i}].name"),
+                        "is a framing or hop-by-hop header the gateway sets itself",
+                    ),
+                    Ok(_) => {}
                 }
                 if let Err(e) = Template::parse(&nv.value, &params) {
                     bad(format!("transform.{side}.{kind}[{i}].value"), &e);

@@ -146,7 +146,10 @@ impl Gateway {
                 revision: 0,
             })
             .collect();
-        let (stored, _) = self.shared.store.list().await?;
+        let (mut stored, _) = self.shared.store.list().await?;
+        // Byte order whatever the database's collation: admin cursors
+        // resume by comparing ids.
+        stored.sort_unstable_by(|a, b| a.route.id.cmp(&b.route.id));
         out.extend(stored.into_iter().map(|s| RouteView {
             route: s.route,
             source: RouteSource::Store,

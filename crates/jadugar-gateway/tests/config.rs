@@ -112,6 +112,27 @@ async fn invalid_changes_are_rejected_with_the_reason_and_nothing_changes() {
     );
     assert_eq!(problem.status, 409);
     assert_eq!(gw.route_count(), 2);
+    // A transform may not set the framing the gateway writes itself.
+    let mut framing = route("three", "/three", &[a]);
+    framing.transform.response_headers.set.push(NameValue {
+        name: "Content-Length".into(),
+        value: "1".into(),
+    });
+    framing.transform.request_headers.add.push(NameValue {
+        name: "transfer-encoding".into(),
+        value: "chunked".into(),
+    });
+    let problem = jadugar_core::Problem::from(gw.create_route(framing).await.unwrap_err());
+    assert_eq!(problem.status, 422);
+    let fields: Vec<&str> = problem.errors.iter().map(|e| e.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "transform.request_headers.add[0].name",
+            "transform.response_headers.set[0].name"
+        ]
+    );
+    assert_eq!(gw.route_count(), 2);
 }
 
 #[tokio::test]
@@ -525,6 +546,32 @@ async fn admin_api_enforces_permissions_and_validates() {
     .await;
     assert_eq!(page2["items"].as_array().unwrap().len(), 1);
     assert!(page2.get("next_cursor").is_none());
+    // The route a cursor points at is deleted between pages: the listing
+    // goes on after where it was, not to an empty last page.
+    let (_, _, page1) = send("GET", "/v1/gateway/routes?limit=2", admin(), None, None).await;
+    assert_eq!(page1["items"][1]["route"]["id"], "r2");
+    let cursor = page1["next_cursor"].as_str().unwrap();
+    assert_eq!(
+        send("DELETE", "/v1/gateway/routes/r2", admin(), None, None)
+            .await
+            .0,
+        204
+    );
+    let (_, _, page2) = send(
+        "GET",
+        &format!("/v1/gateway/routes?limit=2&cursor={cursor}"),
+        admin(),
+        None,
+        None,
+    )
+    .await;
+    let ids: Vec<&str> = page2["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["route"]["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["r3", "r4"], "{page2}");
     // A malformed parameter is a problem naming it, not axum's plain text.
     let (status, _, problem) = send("GET", "/v1/gateway/routes?limit=x", admin(), None, None).await;
     assert_eq!(status, 422, "{problem}");

@@ -424,3 +424,68 @@ async fn failing_client_bodies_never_eject_an_instance() {
     }
     assert!(hits.load(Ordering::SeqCst) >= 3);
 }
+
+#[tokio::test]
+async fn connection_cannot_remove_headers_the_gateway_sets() {
+    let (up, _) = echo("a").await;
+    let mut r = route("api", "/api", &[up]).prefix();
+    r.transform.request_headers.set.push(NameValue {
+        name: "x-user-id".into(),
+        value: "{principal.subject}".into(),
+    });
+    r.transform.request_headers.set.push(NameValue {
+        name: "x-gateway-secret".into(),
+        value: "s3cret".into(),
+    });
+    let gw = gateway(vec![r]).await;
+    let mut req = get("/api/x");
+    req.headers_mut().insert(
+        "connection",
+        "x-user-id, x-gateway-secret, x-forwarded-for, x-drop"
+            .parse()
+            .unwrap(),
+    );
+    req.headers_mut().insert("x-drop", "1".parse().unwrap());
+    req.extensions_mut()
+        .insert(Principal::new("u-1", PrincipalKind::User));
+    let (status, _, body) = call(&gw, req).await;
+    assert_eq!(status, 200);
+    let h = &json(&body)["headers"];
+    assert_eq!(h["x-user-id"], "u-1");
+    assert_eq!(h["x-gateway-secret"], "s3cret");
+    assert_eq!(h["x-forwarded-for"], "10.9.8.7");
+    assert!(h.get("x-drop").is_none() && h.get("connection").is_none());
+}
+
+#[tokio::test]
+async fn forwarding_headers_of_an_unknown_client_are_not_passed_on() {
+    let (up, _) = echo("a").await;
+    let gw = gateway(vec![route("api", "/api", &[up]).prefix()]).await;
+    // No client address (an embedder calling `handle` directly) and no
+    // `Host`: the client's own claims must not reach the upstream.
+    let mut req = http::Request::get("/api/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    req.headers_mut()
+        .insert("x-forwarded-host", "evil.example".parse().unwrap());
+    let (status, _, body) = call(&gw, req).await;
+    assert_eq!(status, 200);
+    let h = &json(&body)["headers"];
+    assert!(h.get("x-forwarded-for").is_none(), "{h}");
+    assert!(h.get("x-forwarded-host").is_none(), "{h}");
+
+    // An absolute URI (HTTP/2's authority) names the host.
+    let mut req = http::Request::get("http://public.example.com/api/x")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    req.headers_mut()
+        .insert("x-forwarded-host", "evil.example".parse().unwrap());
+    let (status, _, body) = call(&gw, req).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        json(&body)["headers"]["x-forwarded-host"],
+        "public.example.com"
+    );
+}

@@ -63,11 +63,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
 
 /// [`remove_hop_by_hop`] once a [`scan`] found some.
 pub(crate) fn remove_hop_by_hop_present(headers: &mut HeaderMap, keep_upgrade: bool) {
-    if let Some(connection) = headers.get(header::CONNECTION) {
-        let named: Vec<HeaderName> = connection
-            .to_str()
-            .unwrap_or("")
-            .split(',')
+    if headers.contains_key(header::CONNECTION) {
+        // Every `Connection` field counts: a second one may name more.
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
             .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
             .filter(|n| !(keep_upgrade && n == header::UPGRADE))
             .collect();
@@ -153,6 +155,17 @@ mod tests {
         remove_hop_by_hop(&mut ws, true);
         assert_eq!(ws[header::UPGRADE], "websocket");
         assert_eq!(ws[header::CONNECTION], "upgrade");
+    }
+
+    #[test]
+    fn every_connection_field_is_honoured() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, "keep-alive".parse().unwrap());
+        h.append(header::CONNECTION, "x-secret".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        remove_hop_by_hop(&mut h, false);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
     }
 
     #[test]

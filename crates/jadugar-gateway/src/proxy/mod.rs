@@ -256,6 +256,15 @@ fn route_and_proxy<'a>(
                 req.headers_mut().remove(name);
             }
         }
+        // Hop-by-hop headers go before the route's transforms: a header the
+        // client names in `Connection` must not remove one the gateway sets
+        // (an identity header, a secret the upstream checks).
+        let upgrade = req.version() == Version::HTTP_11
+            && scanned.upgrade
+            && headers::is_upgrade(req.headers());
+        if scanned.hop_by_hop {
+            headers::remove_hop_by_hop_present(req.headers_mut(), upgrade);
+        }
 
         // What changes.
         let mut new_pq: Option<PathAndQuery> = None;
@@ -323,11 +332,8 @@ fn route_and_proxy<'a>(
             .hash
             .as_ref()
             .and_then(|source| hash_of(source, req.headers()));
-        // A header transform may have added headers since the scan.
+        // A header transform may have added hop-by-hop headers since.
         let transformed = !route.transform.is_noop();
-        let upgrade = req.version() == Version::HTTP_11
-            && (scanned.upgrade || transformed)
-            && headers::is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut *req));
 
         // Forwarding headers.
@@ -335,8 +341,6 @@ fn route_and_proxy<'a>(
             let headers = req.headers_mut();
             if transformed {
                 headers::remove_hop_by_hop(headers, upgrade);
-            } else if scanned.hop_by_hop {
-                headers::remove_hop_by_hop_present(headers, upgrade);
             }
             match (&peer, shared.config.trust_forwarded) {
                 (
@@ -348,17 +352,33 @@ fn route_and_proxy<'a>(
                 ) => {
                     headers.insert(headers::X_FORWARDED_FOR, v.clone());
                 }
-                _ => {
-                    if let Some(ip) = client_ip {
-                        set_forwarded_for(headers, ip, shared.config.trust_forwarded);
+                _ => match client_ip {
+                    Some(ip) => set_forwarded_for(headers, ip, shared.config.trust_forwarded),
+                    // The client is unknown (an embedder calling without
+                    // its address): its own claim must not pass as ours.
+                    None if !shared.config.trust_forwarded => {
+                        headers.remove(headers::X_FORWARDED_FOR);
                     }
-                }
+                    None => {}
+                },
             }
             if !shared.config.trust_forwarded || !headers.contains_key(headers::X_FORWARDED_PROTO) {
                 headers.insert(headers::X_FORWARDED_PROTO, shared.forwarded_proto.clone());
             }
-            if let Some(h) = &host_header {
-                headers.insert(headers::X_FORWARDED_HOST, h.clone());
+            if !shared.config.trust_forwarded || !headers.contains_key(headers::X_FORWARDED_HOST) {
+                // HTTP/2 carries the host as the authority, not a `Host`.
+                let host = host_header.or_else(|| {
+                    uri.authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                });
+                match host {
+                    Some(h) => {
+                        headers.insert(headers::X_FORWARDED_HOST, h);
+                    }
+                    None => {
+                        headers.remove(headers::X_FORWARDED_HOST);
+                    }
+                }
             }
         }
         let pq = new_pq

@@ -355,28 +355,50 @@ impl Transform {
         {
             return Ok(None);
         }
-        let mut pairs: Vec<(String, String)> =
-            url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-        pairs.retain(|(k, _)| !self.query_remove.contains(k));
-        for (from, to) in &self.query_rename {
-            for (k, _) in pairs.iter_mut() {
-                if k == from {
-                    k.clone_from(to);
+        // Pairs the transform does not touch are kept as they came, byte
+        // for byte: decoding and re-encoding them would turn `%20` into
+        // `+`, `flag` into `flag=` and undecodable bytes into U+FFFD.
+        let mut out = String::with_capacity(query.map_or(0, str::len) + 16);
+        let push = |out: &mut String, name: &str, raw_rest: &str| {
+            if !out.is_empty() {
+                out.push('&');
+            }
+            out.push_str(name);
+            out.push_str(raw_rest);
+        };
+        for raw in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (raw_name, raw_rest) = raw.split_at(raw.find('=').unwrap_or(raw.len()));
+            let decoded: String = url::form_urlencoded::parse(raw_name.as_bytes())
+                .next()
+                .map(|(k, _)| k.into_owned())
+                .unwrap_or_default();
+            if self.query_remove.contains(&decoded) {
+                continue;
+            }
+            let mut name = decoded.as_str();
+            for (from, to) in &self.query_rename {
+                if name == from {
+                    name = to;
                 }
+            }
+            if self.query_set.iter().any(|(n, _)| n == name) {
+                continue;
+            }
+            if name == decoded {
+                push(&mut out, raw_name, raw_rest);
+            } else {
+                let encoded: String =
+                    url::form_urlencoded::byte_serialize(name.as_bytes()).collect();
+                push(&mut out, &encoded, raw_rest);
             }
         }
         for (name, t) in &self.query_set {
             let value = t.render(ctx)?;
-            pairs.retain(|(k, _)| k != name);
-            pairs.push((name.clone(), value));
+            let mut pair = url::form_urlencoded::Serializer::new(String::new());
+            pair.append_pair(name, &value);
+            push(&mut out, &pair.finish(), "");
         }
-        let mut out = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &pairs {
-            out.append_pair(k, v);
-        }
-        Ok(Some(out.finish()))
+        Ok(Some(out))
     }
 
     /// Rewrites a JSON request body (non-JSON content types pass unchanged).
@@ -565,6 +587,19 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(pq.as_str(), "/v2/accounts/42?query=x&src=gw");
+        // Pairs the transform leaves alone reach the upstream unchanged.
+        let pq = t
+            .rewrite(
+                "/accounts/42",
+                Some("flag&q=a%20b&tok=%FF%00&debug=1&src=client&q%20x=1&=v"),
+                &ctx,
+            )
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            pq.as_str(),
+            "/v2/accounts/42?flag&query=a%20b&tok=%FF%00&q%20x=1&=v&src=gw"
+        );
         let strip: TransformSpec = toml::from_str(r#"strip_prefix = "/api""#).unwrap();
         let t = Transform::compile(&strip, "/api").unwrap();
         assert_eq!(
