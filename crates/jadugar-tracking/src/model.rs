@@ -53,7 +53,8 @@ jadugar_core::define_id!(
     WebhookId
 );
 jadugar_core::define_id!(
-    /// The id of an outbox event (also the `webhook-id` header).
+    /// The id of an outbox event (the `webhook-id` header is `msg_` and its
+    /// 32 hex digits).
     EventId
 );
 jadugar_core::define_id!(
@@ -267,8 +268,13 @@ impl Workflow {
     }
 
     /// Whether moving from `from` to `to` is allowed (staying put always is).
+    ///
+    /// A task in a status this workflow no longer has (left there by a
+    /// workflow change) may move to any status: no transition can name its
+    /// status, so it could otherwise never move again.
     pub fn allows(&self, from: &str, to: &str) -> bool {
         from == to
+            || self.status(from).is_none()
             || self
                 .transitions
                 .iter()
@@ -507,7 +513,9 @@ pub struct ProjectPatch {
     /// New description.
     #[serde(default)]
     pub description: Option<String>,
-    /// New workflow (tasks in a status it no longer has keep it until moved).
+    /// New workflow. Tasks in a status it no longer has keep it until moved
+    /// (to any status of the new workflow); tasks in a status whose category
+    /// it changes take the new category.
     #[serde(default)]
     pub workflow: Option<Workflow>,
 }
@@ -1278,7 +1286,7 @@ pub struct WebhookWithSecret {
 /// An event in the transactional outbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OutboxEvent {
-    /// Id; sent as `webhook-id`.
+    /// Id; sent as `webhook-id` in the form `msg_<32 hex digits>`.
     pub id: EventId,
     /// The project.
     pub project_id: ProjectId,
@@ -1470,6 +1478,13 @@ mod tests {
         assert!(Workflow::default().validate("workflow").is_empty());
         let w = Workflow::default();
         assert!(w.allows("todo", "in_progress"));
+        assert!(!w.allows("backlog", "done"));
+    }
+
+    #[test]
+    fn a_status_the_workflow_dropped_may_move_to_any_status() {
+        let w = Workflow::default();
+        assert!(w.allows("triage", "done"));
         assert!(!w.allows("backlog", "done"));
     }
 

@@ -397,7 +397,12 @@ impl Tracking {
         }
         new.version += 1;
         new.updated_at = self.now();
-        let writes = vec![
+        let recategorised = if new.workflow == old.workflow {
+            vec![]
+        } else {
+            self.recategorised_tasks(p, id, &new.workflow).await?
+        };
+        let mut writes = vec![
             Write::Project {
                 project: Box::new(new.clone()),
                 expected_version: Some(old.version),
@@ -410,11 +415,61 @@ impl Tracking {
             )
             .await?,
         ];
+        writes.extend(recategorised);
         self.store
             .commit(writes)
             .await
             .map_err(|e| stale(e, if_match))?;
         Ok(new)
+    }
+
+    /// Writes giving every task of `project` whose status `workflow` puts in
+    /// another category that category, in the workflow change's commit: the
+    /// stored category is what progress, filters and blocking read, so it
+    /// must follow the workflow. Each write is versioned, so a task changed
+    /// meanwhile makes the commit a conflict instead of being overwritten.
+    async fn recategorised_tasks(
+        &self,
+        p: &Principal,
+        project: ProjectId,
+        workflow: &Workflow,
+    ) -> Result<Vec<Write>, Error> {
+        let now = self.now();
+        let mut writes = Vec::new();
+        for status in &workflow.statuses {
+            let mut after = None;
+            loop {
+                let query = TaskQuery {
+                    projects: Some(vec![project]),
+                    status: Some(status.key.clone()),
+                    sort: TaskSort::Created,
+                    after,
+                    limit: 500,
+                    ..TaskQuery::default()
+                };
+                let rows = self.store.list_tasks(&query).await?;
+                let full = rows.len() == 500;
+                after = rows.last().map(|t| (sort_key(t, TaskSort::Created), t.id));
+                for old in rows {
+                    if old.category == status.category {
+                        continue;
+                    }
+                    let mut task = old.clone();
+                    task.category = status.category;
+                    task.version = old.version + 1;
+                    task.updated_at = now;
+                    task.updated_by = p.subject.to_string();
+                    writes.push(Write::Task {
+                        task: Box::new(task),
+                        expected_version: Some(old.version),
+                    });
+                }
+                if !full {
+                    break;
+                }
+            }
+        }
+        Ok(writes)
     }
 
     // ----- milestones ----------------------------------------------------
@@ -634,13 +689,13 @@ impl Tracking {
                 .await?;
         }
         let blocked_by = dedupe_ids(&input.blocked_by);
-        self.check_blockers(id, &blocked_by, project_id, &mut errors)
+        self.check_blockers(id, &input.blocked_by, project_id, &mut errors)
             .await?;
         if let Some(m) = input.milestone_id {
             self.check_milestone(m, project_id, &mut errors).await?;
         }
         let assignees = normalise_list(&input.assignees);
-        self.check_assignees(&assignees, &[], project_id, &mut errors)
+        self.check_assignees(&input.assignees, &[], project_id, &mut errors)
             .await;
         if !errors.is_empty() {
             return Err(Error::Validation(errors));
@@ -858,7 +913,7 @@ impl Tracking {
         if let Some(b) = &patch.blocked_by {
             new.blocked_by = dedupe_ids(b);
             if new.blocked_by != old.blocked_by {
-                self.check_blockers(old.id, &new.blocked_by, old.project_id, &mut errors)
+                self.check_blockers(old.id, b, old.project_id, &mut errors)
                     .await?;
             }
         }
@@ -872,7 +927,7 @@ impl Tracking {
         }
         if let Some(a) = &patch.assignees {
             new.assignees = normalise_list(a);
-            self.check_assignees(&new.assignees, &old.assignees, old.project_id, &mut errors)
+            self.check_assignees(a, &old.assignees, old.project_id, &mut errors)
                 .await;
         }
         let mut target = None;
@@ -954,6 +1009,8 @@ impl Tracking {
         Ok(())
     }
 
+    /// Checks `blockers` as the caller listed them, so that each error names
+    /// the index the caller sent (not one in the sorted, deduplicated list).
     async fn check_blockers(
         &self,
         id: TaskId,
@@ -961,7 +1018,11 @@ impl Tracking {
         project: ProjectId,
         errors: &mut Vec<FieldError>,
     ) -> Result<(), Error> {
+        let mut seen = HashSet::new();
         for (i, b) in blockers.iter().enumerate() {
+            if !seen.insert(*b) {
+                continue;
+            }
             let field = format!("blocked_by[{i}]");
             if *b == id {
                 errors.push(FieldError::new(field, "a task cannot block itself"));
@@ -1036,6 +1097,8 @@ impl Tracking {
         Ok(())
     }
 
+    /// Checks `assignees` as the caller listed them (untrimmed, unsorted),
+    /// so that each error names the index the caller sent.
     async fn check_assignees(
         &self,
         assignees: &[String],
@@ -1043,8 +1106,11 @@ impl Tracking {
         project: ProjectId,
         errors: &mut Vec<FieldError>,
     ) {
+        let mut seen = HashSet::new();
         for (i, a) in assignees.iter().enumerate() {
-            if already.contains(a) {
+            let a = a.trim();
+            // Blank entries are the model's validation errors already.
+            if a.is_empty() || !seen.insert(a) || already.iter().any(|x| x == a) {
                 continue;
             }
             match self.directory.check(a, project).await {

@@ -1,10 +1,11 @@
 //! Webhook signing (Standard Webhooks) and the delivery dispatcher.
 //!
-//! Each request carries `webhook-id` (the event id, the same on every
-//! retry), `webhook-timestamp` (Unix seconds) and `webhook-signature`: one
-//! `v1,<base64 HMAC-SHA256 of "id.timestamp.body">` per active secret,
-//! space-separated (two during a secret rotation). Secrets are `whsec_`
-//! followed by the base64 of the key bytes.
+//! Each request carries `webhook-id` (`msg_` and the event id as 32 hex
+//! digits without hyphens, the same on every retry), `webhook-timestamp`
+//! (Unix seconds) and `webhook-signature`: one `v1,<base64 HMAC-SHA256 of
+//! "id.timestamp.body">` per active secret, space-separated (two during a
+//! secret rotation). Secrets are `whsec_` followed by the base64 of the key
+//! bytes.
 //!
 //! ```
 //! use jadugar_tracking::webhook::{generate_secret, sign, verify};

@@ -941,6 +941,159 @@ async fn watchers_get_notifications() {
     );
 }
 
+fn fields(v: &Value) -> Vec<&str> {
+    v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn field_errors_name_the_index_the_caller_sent() {
+    let app = app();
+    let ana = user("ana", &["tracking:admin"]);
+    let pid = app.project(&ana).await;
+    let blocker = app.task(&ana, &pid, json!({"title": "b"})).await;
+    let b = blocker["id"].as_str().unwrap();
+    let ghost_a = "01900000-0000-7000-8000-00000000000a";
+    let ghost_b = "01900000-0000-7000-8000-00000000000b";
+    let uri = format!("/v1/tracking/projects/{pid}/tasks");
+    // Sorted, "ghost" would come first and the later ghost task ids before
+    // the real blocker: the errors must still name the positions sent.
+    let (s, _, v) = app
+        .call(
+            Some(&ana),
+            "POST",
+            &uri,
+            Some(json!({
+                "title": "t",
+                "assignees": ["zed-unknown", "bob", "ghost"],
+                "blocked_by": [b, ghost_b, b, ghost_a],
+            })),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(
+        fields(&v),
+        [
+            "blocked_by[1]",
+            "blocked_by[3]",
+            "assignees[0]",
+            "assignees[2]"
+        ],
+        "{v}"
+    );
+    let t = app.task(&ana, &pid, json!({"title": "t"})).await;
+    let (s, v) = app
+        .patch(
+            &ana,
+            t["id"].as_str().unwrap(),
+            json!({"assignees": ["bob", "zed-unknown"], "blocked_by": [ghost_b, b]}),
+        )
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(fields(&v), ["blocked_by[0]", "assignees[1]"], "{v}");
+}
+
+#[tokio::test]
+async fn a_workflow_change_moves_categories_and_strands_no_task() {
+    let app = app();
+    let ana = user("ana", &["tracking:admin"]);
+    let pid = app.project(&ana).await;
+    let (s, _, m) = app
+        .call(
+            Some(&ana),
+            "POST",
+            &format!("/v1/tracking/projects/{pid}/milestones"),
+            Some(json!({"title": "m"})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{m}");
+    let mid = m["id"].as_str().unwrap();
+    let reviewing = app
+        .task(
+            &ana,
+            &pid,
+            json!({"title": "r", "status": "in_review", "milestone_id": mid}),
+        )
+        .await;
+    let verified = app
+        .task(
+            &ana,
+            &pid,
+            json!({"title": "v", "status": "in_progress", "milestone_id": mid}),
+        )
+        .await;
+    // The new workflow drops `in_review` and makes `in_progress` a completed
+    // status ("verified").
+    let wf = json!({"workflow": {
+        "statuses": [
+            {"key": "todo", "name": "To do", "category": "unstarted"},
+            {"key": "in_progress", "name": "Verified", "category": "completed"},
+            {"key": "done", "name": "Done", "category": "completed"}
+        ],
+        "transitions": [{"from": "todo", "to": "done"}],
+        "initial": "todo"
+    }});
+    let (s, _, v) = app
+        .call(
+            Some(&ana),
+            "PATCH",
+            &format!("/v1/tracking/projects/{pid}"),
+            Some(wf),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+
+    let vid = verified["id"].as_str().unwrap();
+    let (_, h, v) = app
+        .call(
+            Some(&ana),
+            "GET",
+            &format!("/v1/tracking/tasks/{vid}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(v["category"], "completed", "{v}");
+    assert_eq!(v["version"], verified["version"].as_i64().unwrap() + 1);
+    assert_eq!(h["etag"], format!("\"{}\"", v["version"]));
+    let (_, _, v) = app
+        .call(
+            Some(&ana),
+            "GET",
+            &format!("/v1/tracking/milestones/{mid}"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(v["progress"]["completed"], 1, "{v}");
+    let (_, _, v) = app
+        .call(
+            Some(&ana),
+            "GET",
+            &format!("/v1/tracking/projects/{pid}/tasks?category=completed"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 1, "{v}");
+
+    // The task left in the dropped status can still be moved out of it.
+    let rid = reviewing["id"].as_str().unwrap();
+    let (s, v) = app.patch(&ana, rid, json!({"status": "done"})).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["category"], "completed");
+    // Back into a workflow status, the workflow's transitions apply again.
+    let (s, _) = app.patch(&ana, rid, json!({"status": "todo"})).await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+}
+
 #[test]
 fn openapi_describes_every_route() {
     let doc = jadugar_tracking::http::openapi();
