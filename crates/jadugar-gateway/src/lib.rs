@@ -99,8 +99,9 @@ pub struct Config {
     /// Headers removed from every incoming request because upstreams trust
     /// them as set by the gateway.
     pub identity_headers: Vec<String>,
-    /// Keep and extend incoming `X-Forwarded-*` headers (only behind a
-    /// trusted proxy); otherwise they are replaced.
+    /// Keep and extend incoming `X-Forwarded-*` headers and keep
+    /// `Forwarded` (only behind a trusted proxy); otherwise the
+    /// `X-Forwarded-*` headers are replaced and `Forwarded` is removed.
     pub trust_forwarded: bool,
     /// The `X-Forwarded-Proto` sent upstream (`http`, or `https` behind a
     /// TLS terminator).

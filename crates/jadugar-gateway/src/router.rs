@@ -607,7 +607,8 @@ pub fn pattern_params(path: &str) -> Vec<String> {
 /// Why a request path was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    /// `.` or `..` segments, literal or percent-encoded.
+    /// `.` or `..` segments, literal or percent-encoded, also with path
+    /// parameters (`..;x`).
     #[error("path contains a dot segment")]
     DotSegment,
     /// An encoded `/`, `\`, NUL or an encoded unreserved character that a
@@ -620,7 +621,8 @@ pub enum PathError {
 }
 
 /// Refuses paths that could reach a route they do not match once an
-/// upstream normalises them: dot segments (`/a/../admin`), encoded
+/// upstream normalises them: dot segments (`/a/../admin`, also
+/// `/a/..;/admin`, which servers that drop path parameters resolve), encoded
 /// separators (`%2F`, `%5C`), encoded NUL, percent-encoded unreserved
 /// characters (`%61dmin` for `admin`, `%2E%2E`), backslashes and control
 /// characters. A clean path costs one scan, no allocation.
@@ -642,7 +644,14 @@ pub fn check_path(path: &str) -> Result<(), PathError> {
         match b {
             b'/' => {
                 let segment = &bytes[segment_start..i];
-                if segment == b"." || segment == b".." {
+                // Servers that strip path parameters (`;...`) before
+                // resolving dot segments read `/a/..;/b` as `/b`: a route
+                // on `/a` would forward a request for `/b`.
+                let name = match segment.iter().position(|&b| b == b';') {
+                    Some(end) => &segment[..end],
+                    None => segment,
+                };
+                if name == b"." || name == b".." {
                     return Err(PathError::DotSegment);
                 }
                 segment_start = i + 1;
@@ -824,6 +833,9 @@ mod tests {
             "/a/%zz",
             "/a/%2",
             "/a/.%2e/x",
+            "/public/..;/admin",
+            "/public/..;jsessionid=1/admin",
+            "/a/.;x/b",
         ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
@@ -836,6 +848,8 @@ mod tests {
             "/caf%C3%A9",
             "/a%20b",
             "/a/",
+            "/a;v=1/b",
+            "/a/..x;y",
         ] {
             assert!(check_path(good).is_ok(), "{good}");
         }

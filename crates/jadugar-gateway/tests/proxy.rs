@@ -45,6 +45,8 @@ async fn proxies_with_forwarding_headers_and_transforms() {
         .insert("x-user-id", "spoofed".parse().unwrap());
     req.headers_mut()
         .insert("x-forwarded-for", "6.6.6.6".parse().unwrap());
+    req.headers_mut()
+        .insert("forwarded", "for=6.6.6.6;proto=https".parse().unwrap());
     req.extensions_mut()
         .insert(Principal::new("u-1", PrincipalKind::User));
     let (status, headers, body) = call(&gw, req).await;
@@ -53,6 +55,10 @@ async fn proxies_with_forwarding_headers_and_transforms() {
     assert_eq!(v["uri"], "/users/7?x=1");
     let h = &v["headers"];
     assert_eq!(h["x-forwarded-for"], "10.9.8.7");
+    assert!(
+        h.get("forwarded").is_none(),
+        "an untrusted client's Forwarded claim must not reach the upstream: {h}"
+    );
     assert_eq!(h["x-forwarded-host"], "public.example.com");
     assert_eq!(h["x-forwarded-proto"], "http");
     assert_eq!(h["x-request-id"], "rid-1");

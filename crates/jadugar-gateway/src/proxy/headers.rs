@@ -33,6 +33,8 @@ pub(crate) struct Scan {
     pub(crate) upgrade: bool,
     /// One of the identity headers is present.
     pub(crate) identity: bool,
+    /// `Forwarded` (RFC 7239) is present.
+    pub(crate) forwarded: bool,
 }
 
 /// Looks at every header name once: cheaper than a hashed lookup per
@@ -44,6 +46,8 @@ pub(crate) fn scan(headers: &HeaderMap, identity: &[HeaderName]) -> Scan {
         if name == header::CONNECTION || is_hop_by_hop(name) {
             found.hop_by_hop = true;
             found.upgrade |= name == header::UPGRADE;
+        } else if name == header::FORWARDED {
+            found.forwarded = true;
         } else if !identity.is_empty() && identity.contains(name) {
             found.identity = true;
         }
@@ -200,7 +204,9 @@ mod tests {
         h.insert(header::HOST, "example.com".parse().unwrap());
         h.insert("x-kept", "1".parse().unwrap());
         let s = scan(&h, &identity);
-        assert!(!s.hop_by_hop && !s.upgrade && !s.identity);
+        assert!(!s.hop_by_hop && !s.upgrade && !s.identity && !s.forwarded);
+        h.insert(header::FORWARDED, "for=6.6.6.6".parse().unwrap());
+        assert!(scan(&h, &identity).forwarded);
         h.insert("x-user-id", "mallory".parse().unwrap());
         let s = scan(&h, &identity);
         assert!(!s.hop_by_hop && s.identity);

@@ -256,6 +256,11 @@ fn route_and_proxy<'a>(
                 req.headers_mut().remove(name);
             }
         }
+        // `Forwarded` makes the same claims as `X-Forwarded-*`: from a client
+        // that is not trusted to make them, it does not reach the upstream.
+        if scanned.forwarded && !shared.config.trust_forwarded {
+            req.headers_mut().remove(header::FORWARDED);
+        }
         // Hop-by-hop headers go before the route's transforms: a header the
         // client names in `Connection` must not remove one the gateway sets
         // (an identity header, a secret the upstream checks).
