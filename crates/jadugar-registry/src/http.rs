@@ -379,6 +379,76 @@ fn entry_response(entry: &ConfigEntry) -> Response {
     response
 }
 
+/// What a config write's conditional headers require (RFC 9110 §13.1).
+enum WritePrecondition {
+    /// No header, `If-Match` naming a version, or `If-None-Match: *`
+    /// (version 0: create only).
+    Version(Option<u64>),
+    /// `If-Match: *`: any current value, but there must be one.
+    Exists,
+}
+
+fn write_precondition(headers: &HeaderMap) -> Result<WritePrecondition, Problem> {
+    let mut none_match = headers.get_all(http::header::IF_NONE_MATCH).iter();
+    if let Some(value) = none_match.next() {
+        if headers.contains_key(http::header::IF_MATCH) {
+            return Err(Problem::bad_request(
+                "send If-Match or If-None-Match on a write, not both",
+            ));
+        }
+        return match (value.as_bytes().trim_ascii(), none_match.next()) {
+            (b"*", None) => Ok(WritePrecondition::Version(Some(0))),
+            _ => Err(Problem::precondition_failed(
+                "on a write, If-None-Match supports only * (create the key only if it has no value)",
+            )),
+        };
+    }
+    let star = headers
+        .get(http::header::IF_MATCH)
+        .is_some_and(|v| v.as_bytes().trim_ascii() == b"*");
+    if star {
+        return Ok(WritePrecondition::Exists);
+    }
+    Ok(WritePrecondition::Version(if_match_version(headers)?))
+}
+
+/// `If-Match: *`: writes over whatever value the key has, and fails the
+/// precondition when it has none. The version read is the write's
+/// compare-and-set, so a value deleted in between is not recreated; a value
+/// only replaced in between is written over, as `*` allows.
+async fn put_if_exists(
+    registry: &Registry,
+    namespace: &str,
+    key: &str,
+    mut put: ConfigPut,
+    by: Option<String>,
+) -> Result<ConfigEntry, Problem> {
+    const ATTEMPTS: usize = 3;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let current = registry.store().config_get(namespace, key).await?;
+        let Some(current) = current.filter(|c| !c.deleted) else {
+            return Err(Problem::precondition_failed(
+                "If-Match: * needs a current value, and this key has none",
+            ));
+        };
+        put.expected_version = Some(current.version);
+        match registry
+            .config_put(namespace, key, put.clone(), by.clone())
+            .await
+        {
+            Err(crate::Error::Conflict { .. }) if attempt < ATTEMPTS => continue,
+            Err(crate::Error::Conflict { current }) => {
+                return Err(Problem::precondition_failed(format!(
+                    "the key kept changing while this write waited; its version is now {current}"
+                )));
+            }
+            other => return other.map_err(Problem::from),
+        }
+    }
+}
+
 /// A lost compare-and-set is 412 when the caller stated the version in
 /// `If-Match` (RFC 9110 §13.1.1), 409 when in the body or the query.
 fn cas_problem(err: crate::Error, from_if_match: bool) -> Problem {
@@ -852,11 +922,13 @@ async fn config_get(
 /// Writes a key: 201 when it had no current value, 200 otherwise; the
 /// `ETag` is the new version. `expected_version` makes it a compare-and-set
 /// (409 when the current version differs, 0 = create only); so does
-/// `If-Match` (412 when it differs).
+/// `If-Match` (412 when it differs; `*` needs a current value), and
+/// `If-None-Match: *` creates only (412 when the key has a value).
 #[utoipa::path(put, path = "/v1/config/namespaces/{namespace}/keys/{key}", tag = "config",
     params(("namespace" = String, Path), ("key" = String, Path)),
     request_body = ConfigPut,
     responses((status = 200, body = ConfigEntry), (status = 201, body = ConfigEntry),
+        (status = 400, body = Problem),
         (status = 409, body = Problem), (status = 412, body = Problem),
         (status = 413, body = Problem), (status = 415, body = Problem),
         (status = 422, body = Problem)))]
@@ -869,15 +941,25 @@ async fn config_put(
 ) -> Result<Response, Problem> {
     principal.require("config:write")?;
     let mut put: ConfigPut = parse_body(request).await?;
-    let mut from_if_match = false;
-    if put.expected_version.is_none() {
-        put.expected_version = if_match_version(&headers)?;
-        from_if_match = put.expected_version.is_some();
-    }
-    let entry = registry
-        .config_put(&namespace, &key, put, subject(&principal))
-        .await
-        .map_err(|e| cas_problem(e, from_if_match))?;
+    let entry = if put.expected_version.is_some() {
+        registry
+            .config_put(&namespace, &key, put, subject(&principal))
+            .await
+            .map_err(|e| cas_problem(e, false))?
+    } else {
+        match write_precondition(&headers)? {
+            WritePrecondition::Version(version) => {
+                put.expected_version = version;
+                registry
+                    .config_put(&namespace, &key, put, subject(&principal))
+                    .await
+                    .map_err(|e| cas_problem(e, version.is_some()))?
+            }
+            WritePrecondition::Exists => {
+                put_if_exists(&registry, &namespace, &key, put, subject(&principal)).await?
+            }
+        }
+    };
     // Created when there was no current value: no earlier version, or a
     // deletion (versions are immutable, so reading it afterwards is exact).
     let created = match entry.version.checked_sub(1).filter(|v| *v > 0) {

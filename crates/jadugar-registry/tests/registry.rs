@@ -509,6 +509,100 @@ async fn event_stream_sends_changes_and_progress() {
 }
 
 #[tokio::test]
+async fn star_preconditions_on_config_writes() {
+    let clock = ManualClock::default();
+    let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);
+    let uri = "/v1/config/namespaces/prod/keys/flag";
+    // If-Match: * needs a current value: it never creates the key.
+    let (status, _, problem) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 1})),
+        &[("if-match", "*")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    assert!(problem["detail"].as_str().unwrap().contains("has none"));
+    let (status, ..) = call(&app, "GET", uri, Some(ALL), None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the failed write stored nothing"
+    );
+    // If-None-Match: * creates only.
+    let (status, headers, _) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 1})),
+        &[("if-none-match", "*")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(headers["etag"], "\"1\"");
+    let (status, ..) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 2})),
+        &[("if-none-match", "*")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    // Now that it has a value, If-Match: * writes over it.
+    let (status, headers, entry) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 3})),
+        &[("if-match", "*")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["etag"], "\"2\"");
+    assert_eq!(entry["value"], 3);
+    // After a deletion the key has no value again.
+    let (status, ..) = call(&app, "DELETE", uri, Some(ALL), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, ..) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 4})),
+        &[("if-match", "*")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    // Other If-None-Match values, or both headers, are refused, not ignored.
+    let (status, ..) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 5})),
+        &[("if-none-match", "\"1\"")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::PRECONDITION_FAILED);
+    let (status, ..) = call_with(
+        &app,
+        "PUT",
+        uri,
+        Some(ALL),
+        Some(json!({"value": 5})),
+        &[("if-none-match", "*"), ("if-match", "\"3\"")],
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
 async fn config_cas_conflict_is_409() {
     let clock = ManualClock::default();
     let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);
