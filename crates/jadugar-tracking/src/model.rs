@@ -407,6 +407,22 @@ pub fn escape_html(text: &str) -> String {
     out
 }
 
+/// A field that may be left out but not sent as `null`: the value it
+/// patches cannot be removed, and ignoring the `null` would report success
+/// for a change that was not made.
+pub fn not_null<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: Deserialize<'de>,
+    D: Deserializer<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "may not be null: leave the field out to keep its value",
+        )),
+    }
+}
+
 /// Deserializes a field that distinguishes absent (`None`), `null`
 /// (`Some(None)`, clear it) and a value (`Some(Some(v))`).
 pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
@@ -508,15 +524,18 @@ impl NewProject {
 #[serde(deny_unknown_fields)]
 pub struct ProjectPatch {
     /// New name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub name: Option<String>,
     /// New description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub description: Option<String>,
     /// New workflow. Tasks in a status it no longer has keep it until moved
     /// (to any status of the new workflow); tasks in a status whose category
     /// it changes take the new category.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub workflow: Option<Workflow>,
 }
 
@@ -694,10 +713,12 @@ impl NewMilestone {
 #[serde(deny_unknown_fields)]
 pub struct MilestonePatch {
     /// New title.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub title: Option<String>,
     /// New description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub description: Option<String>,
     /// New start date, or `null` to clear.
     #[serde(default, deserialize_with = "double_option")]
@@ -708,7 +729,8 @@ pub struct MilestonePatch {
     #[schema(value_type = Option<NaiveDate>)]
     pub due_date: Option<Option<NaiveDate>>,
     /// Open or close.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub state: Option<MilestoneState>,
 }
 
@@ -866,13 +888,16 @@ impl NewTask {
 #[serde(deny_unknown_fields)]
 pub struct TaskPatch {
     /// New title.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub title: Option<String>,
     /// New description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub description: Option<String>,
     /// New priority.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub priority: Option<Priority>,
     /// New estimate, or `null` to clear.
     #[serde(default, deserialize_with = "double_option")]
@@ -883,24 +908,28 @@ pub struct TaskPatch {
     #[schema(value_type = Option<NaiveDate>)]
     pub due_date: Option<Option<NaiveDate>>,
     /// New labels (replacing the old ones).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub labels: Option<Vec<String>>,
     /// New parent, or `null` to make it top-level.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<TaskId>)]
     pub parent_id: Option<Option<TaskId>>,
     /// New blockers (replacing the old ones).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub blocked_by: Option<Vec<TaskId>>,
     /// New milestone, or `null` to remove it from its milestone.
     #[serde(default, deserialize_with = "double_option")]
     #[schema(value_type = Option<MilestoneId>)]
     pub milestone_id: Option<Option<MilestoneId>>,
     /// New status; must be an allowed transition.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub status: Option<String>,
     /// New assignees (replacing the old ones).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub assignees: Option<Vec<String>>,
     /// Complete even with open blockers (needs `tracking:admin` on the project).
     #[serde(default)]
@@ -1214,13 +1243,16 @@ pub struct NewWebhook {
 #[serde(deny_unknown_fields)]
 pub struct WebhookPatch {
     /// New URL.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub url: Option<String>,
     /// New event types.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub event_types: Option<Vec<String>>,
     /// New description.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "not_null")]
+    #[schema(nullable = false)]
     pub description: Option<String>,
 }
 

@@ -257,6 +257,49 @@ async fn validation_lists_every_bad_field() {
 }
 
 #[tokio::test]
+async fn null_for_a_field_that_cannot_be_cleared_is_422_and_changes_nothing() {
+    let app = app();
+    let ana = user("ana", &["tracking:admin"]);
+    let pid = app.project(&ana).await;
+    let uri = format!("/v1/tracking/projects/{pid}");
+    let (s, _, v) = app
+        .call(Some(&ana), "PATCH", &uri, Some(json!({"name": null})), &[])
+        .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(fields(&v), ["name"]);
+    assert!(
+        v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("may not be null"),
+        "{v}"
+    );
+    let (s, _, v) = app.call(Some(&ana), "GET", &uri, None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["name"], "Apollo");
+
+    let task = app.task(&ana, &pid, json!({"title": "Launch"})).await;
+    let id = task["id"].as_str().unwrap();
+    for field in ["title", "priority", "labels", "status", "assignees"] {
+        let (s, v) = app.patch(&ana, id, json!({ field: null })).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{field}: {v}");
+        assert_eq!(fields(&v), [field]);
+    }
+    // Fields that can be cleared still take null.
+    let (s, v) = app
+        .patch(&ana, id, json!({"due_date": "2030-01-01", "estimate": 3}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let (s, v) = app
+        .patch(&ana, id, json!({"due_date": null, "estimate": null}))
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v.get("due_date").is_none_or(Value::is_null), "{v}");
+    assert!(v.get("estimate").is_none_or(Value::is_null), "{v}");
+    assert_eq!(v["title"], "Launch");
+}
+
+#[tokio::test]
 async fn disallowed_transition_is_422_naming_both_states() {
     let app = app();
     let ana = user("ana", &["tracking:admin"]);
