@@ -133,10 +133,16 @@ pub struct UserUpdate {
     /// New email. Another address than the current one is unverified until
     /// confirmed with the token mailed to it; tokens mailed to the old
     /// address stop working.
+    #[serde(default, deserialize_with = "jadugar_core::extract::not_null")]
+    #[schema(nullable = false)]
     pub email: Option<String>,
     /// New display name.
+    #[serde(default, deserialize_with = "jadugar_core::extract::not_null")]
+    #[schema(nullable = false)]
     pub display_name: Option<String>,
     /// Disable or enable.
+    #[serde(default, deserialize_with = "jadugar_core::extract::not_null")]
+    #[schema(nullable = false)]
     pub disabled: Option<bool>,
 }
 

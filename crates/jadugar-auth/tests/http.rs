@@ -550,6 +550,19 @@ async fn users_carry_an_etag_and_writes_honour_if_match() {
     let (status, headers, _) =
         send(&app, req("PATCH", &path, Some("W/\"4\""), rename("Bobby"))).await;
     assert_eq!((status, etag(&headers).as_str()), (StatusCode::OK, "\"5\""));
+    // A null cannot remove an email or a name: 422 naming it, nothing written.
+    for field in ["email", "display_name", "disabled"] {
+        let (status, _, problem) = send(
+            &app,
+            req("PATCH", &path, None, Some(json!({ field: null }))),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+        assert_eq!(problem["errors"][0]["field"], field, "{problem}");
+    }
+    let (_, headers, got) = send(&app, req("GET", &path, None, None)).await;
+    assert_eq!(etag(&headers), "\"5\"");
+    assert_eq!(got["email"], "bob@example.com");
     // Role changes answer the new tag too.
     let (status, headers, _) =
         send(&app, req("PUT", &format!("{path}/roles/admin"), None, None)).await;

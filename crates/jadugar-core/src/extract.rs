@@ -6,6 +6,8 @@
 //!   (`roles[1]`, `email`); a body over the route's limit 413; a
 //!   `Content-Type` other than JSON 415 (a body without one is read as JSON).
 //! - [`QueryParams`]: a query string; a bad parameter is a 422 naming it.
+//! - [`not_null`] and [`double_option`]: `deserialize_with` helpers for
+//!   the fields of a PATCH body, which tell a left-out field from `null`.
 //!
 //! ```
 //! use axum_core::extract::{FromRequest, FromRequestParts};
@@ -38,6 +40,7 @@ use axum_core::extract::{FromRequest, FromRequestParts, Request};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{StatusCode, header};
+use serde::Deserialize as _;
 use serde::de::DeserializeOwned;
 
 use crate::{FieldError, Problem};
@@ -112,6 +115,53 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
                 Problem::validation(vec![FieldError::new(field, e.into_inner().to_string())])
             })
     }
+}
+
+/// For a PATCH field that may be left out but not sent as `null`: the
+/// value it patches cannot be removed, and ignoring the `null` would report
+/// success for a change that was not made. With [`JsonBody`] the error is a
+/// 422 naming the field.
+///
+/// ```
+/// use jadugar_core::extract::{double_option, not_null};
+///
+/// #[derive(Debug, serde::Deserialize)]
+/// struct Patch {
+///     #[serde(default, deserialize_with = "not_null")]
+///     name: Option<String>,
+///     #[serde(default, deserialize_with = "double_option")]
+///     due: Option<Option<String>>,
+/// }
+///
+/// let p: Patch = serde_json::from_str(r#"{"due": null}"#).unwrap();
+/// assert_eq!((p.name, p.due), (None, Some(None)));
+/// let p: Patch = serde_json::from_str(r#"{"name": "a", "due": "x"}"#).unwrap();
+/// assert_eq!((p.name.as_deref(), p.due), (Some("a"), Some(Some("x".into()))));
+/// let err = serde_json::from_str::<Patch>(r#"{"name": null}"#).unwrap_err();
+/// assert!(err.to_string().contains("may not be null"));
+/// ```
+pub fn not_null<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    match Option::<T>::deserialize(d)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "may not be null: leave the field out to keep its value",
+        )),
+    }
+}
+
+/// For a PATCH field that can be cleared: absent is `None` (keep), `null`
+/// is `Some(None)` (clear), a value is `Some(Some(v))`. Pair it with
+/// `#[serde(default)]`; see [`not_null`] for an example.
+pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    T: serde::Deserialize<'de>,
+    D: serde::Deserializer<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use jadugar_core::FieldError;
-use serde::{Deserialize, Deserializer, Serialize};
+use jadugar_core::extract::{double_option, not_null};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 jadugar_core::define_id!(
@@ -405,32 +406,6 @@ pub fn escape_html(text: &str) -> String {
         }
     }
     out
-}
-
-/// A field that may be left out but not sent as `null`: the value it
-/// patches cannot be removed, and ignoring the `null` would report success
-/// for a change that was not made.
-pub fn not_null<'de, T, D>(d: D) -> Result<Option<T>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    match Option::<T>::deserialize(d)? {
-        Some(value) => Ok(Some(value)),
-        None => Err(serde::de::Error::custom(
-            "may not be null: leave the field out to keep its value",
-        )),
-    }
-}
-
-/// Deserializes a field that distinguishes absent (`None`), `null`
-/// (`Some(None)`, clear it) and a value (`Some(Some(v))`).
-pub fn double_option<'de, T, D>(d: D) -> Result<Option<Option<T>>, D::Error>
-where
-    T: Deserialize<'de>,
-    D: Deserializer<'de>,
-{
-    Option::<T>::deserialize(d).map(Some)
 }
 
 fn validate_labels(labels: &[String], field: &str, errors: &mut Vec<FieldError>) {
