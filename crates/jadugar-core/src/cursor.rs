@@ -65,6 +65,12 @@ pub enum CursorError {
     /// Not a cursor this server issued, or altered since.
     #[error("the cursor is malformed or was not issued by this server")]
     Invalid,
+    /// Issued for the same list with other filters or another order: read
+    /// under this query, its position would skip or repeat items.
+    #[error(
+        "the cursor belongs to a list with other filters or another order; ask for the first page again"
+    )]
+    OtherQuery,
 }
 
 impl From<CursorError> for Problem {

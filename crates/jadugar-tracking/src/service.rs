@@ -1198,7 +1198,14 @@ impl Tracking {
             cursor: filter.cursor.clone(),
         };
         let sort = filter.sort.unwrap_or_default();
-        let after: Option<(i64, TaskId)> = page.position(&self.cursor)?;
+        let query_digest = task_query_digest(&filter);
+        let after = match page.position::<TaskPosition>(&self.cursor)? {
+            Some(at) if at.query != query_digest => {
+                return Err(jadugar_core::CursorError::OtherQuery.into());
+            }
+            Some(at) => Some((at.key, at.id)),
+            None => None,
+        };
         let query = TaskQuery {
             projects,
             milestone_id: filter.milestone_id,
@@ -1220,7 +1227,11 @@ impl Tracking {
             rows,
             page.limit(),
             &self.cursor,
-            |t| (sort_key(t, sort), t.id),
+            |t| TaskPosition {
+                query: query_digest,
+                key: sort_key(t, sort),
+                id: t.id,
+            },
         ))
     }
 
@@ -1832,4 +1843,35 @@ fn is_empty(v: &Value) -> bool {
         Value::Array(a) => a.is_empty(),
         _ => false,
     }
+}
+
+/// What a task-list cursor holds: the list it was issued for and the
+/// position after the last task of its page.
+#[derive(Debug, Serialize, serde::Deserialize)]
+struct TaskPosition {
+    /// [`task_query_digest`] of the list.
+    query: u64,
+    /// The sort key of the last task.
+    key: i64,
+    /// The id of the last task (ties of the sort key).
+    id: TaskId,
+}
+
+/// Which list a cursor belongs to: its filters and order, not its page
+/// size. The same on every host (no per-process hash seed), since a cursor
+/// may come back to another host.
+fn task_query_digest(filter: &TaskFilter) -> u64 {
+    let list = TaskFilter {
+        sort: Some(filter.sort.unwrap_or_default()),
+        limit: None,
+        cursor: None,
+        ..filter.clone()
+    };
+    // Serialising a plain struct into memory cannot fail; an empty result
+    // would only make every list share one digest.
+    let bytes = serde_json::to_vec(&list).unwrap_or_default();
+    let digest = Sha256::digest(&bytes);
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_le_bytes(first)
 }

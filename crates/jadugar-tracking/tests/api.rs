@@ -774,6 +774,34 @@ async fn lists_filter_sort_and_paginate_across_projects() {
         )
         .await;
     assert_eq!(s, StatusCode::BAD_REQUEST);
+    // A cursor is for the list it came from: another order or other filters
+    // would read its position wrongly, so they are refused; another page
+    // size is the same list.
+    let first = get("limit=3&sort=priority".into()).await;
+    let c = first["next_cursor"].as_str().unwrap();
+    for other in [
+        format!("limit=3&sort=updated&cursor={c}"),
+        format!("limit=3&sort=priority&priority=high&cursor={c}"),
+        format!("limit=3&cursor={c}"),
+    ] {
+        let (s, _, v) = app
+            .call(
+                Some(&ana),
+                "GET",
+                &format!("/v1/tracking/tasks?{other}"),
+                None,
+                &[],
+            )
+            .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{other}: {v}");
+        assert!(
+            v["detail"].as_str().unwrap().contains("other filters"),
+            "{v}"
+        );
+    }
+    let v = get(format!("limit=7&sort=priority&cursor={c}")).await;
+    assert_eq!(v["items"].as_array().unwrap().len(), 7);
+    assert_eq!(v["items"][0]["id"].as_str().unwrap(), seen[3]);
     // A reader of p1 only sees p1's tasks across projects.
     let scoped = user("cy", &[&format!("tracking:project:{p1}:read")]);
     let (_, _, v) = app
