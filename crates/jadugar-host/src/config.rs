@@ -540,6 +540,9 @@ impl Config {
         if self.redis_prefix.is_empty() {
             problems.push(origins.problem("redis_prefix", "must not be empty"));
         }
+        for e in self.registry.validate() {
+            problems.push(origins.problem(&format!("registry.{}", e.field), e.message));
+        }
         // What can be checked of each route alone; how the routes fit
         // together is `check_gateway`'s.
         for (i, route) in self.gateway.routes.iter().enumerate() {

@@ -158,6 +158,31 @@ fn tls_needs_both_files() {
 }
 
 #[test]
+fn registry_settings_it_cannot_work_with_name_their_line() {
+    let text = r#"
+[registry]
+sweep_interval_ms = 0
+guard_expiry_share = 2.0
+max_wait_secs = 30
+check_lease_secs = 0
+"#;
+    let problems = Config::load_from(Some(("j.toml", text)), []).unwrap_err();
+    let found: Vec<(&str, Option<usize>)> =
+        problems.iter().map(|p| (p.key.as_str(), p.line)).collect();
+    assert_eq!(
+        found,
+        [
+            ("registry.sweep_interval_ms", Some(3)),
+            ("registry.guard_expiry_share", Some(4)),
+            ("registry.check_lease_secs", Some(6)),
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems[1].message.contains("between 0 and 1"));
+    assert!(problems[2].message.contains("at least 1"));
+}
+
+#[test]
 fn syntax_errors_name_the_line() {
     let problems = Config::load_from(Some(("j.toml", "listen = \"x\"\n[tls\n")), []).unwrap_err();
     assert_eq!(problems.len(), 1);

@@ -66,6 +66,7 @@ pub mod service;
 pub mod store;
 pub mod watch;
 
+use jadugar_core::FieldError;
 use serde::Deserialize;
 
 pub use client::RegistryClient;
@@ -112,7 +113,8 @@ pub struct Config {
     pub allow_private_checks: bool,
     /// Longest wait of a blocking query, in seconds.
     pub max_wait_secs: u64,
-    /// Wait of a blocking query that asks for none, in seconds.
+    /// Wait of a blocking query that asks for none, in seconds (at most
+    /// `max_wait_secs`).
     pub default_wait_secs: u64,
     /// Changes kept for watchers; older indexes get 410.
     pub history_size: usize,
@@ -151,6 +153,86 @@ impl Default for Config {
         }
     }
 }
+
+impl Config {
+    /// One error per setting outside what the registry can work with (a
+    /// zero interval, a share outside 0..=1, a lease of no length);
+    /// [`Registry::new`] refuses a configuration with any.
+    ///
+    /// ```
+    /// let mut config = jadugar_registry::Config::default();
+    /// assert!(config.validate().is_empty());
+    /// config.guard_expiry_share = 1.5;
+    /// config.check_lease_secs = 0;
+    /// let fields: Vec<_> = config.validate().into_iter().map(|e| e.field).collect();
+    /// assert_eq!(fields, ["guard_expiry_share", "check_lease_secs"]);
+    /// ```
+    pub fn validate(&self) -> Vec<FieldError> {
+        let mut errors = Vec::new();
+        let mut at_least = |field: &str, value: u64, min: u64| {
+            if value < min {
+                errors.push(FieldError::new(field, format!("must be at least {min}")));
+            }
+        };
+        at_least("sweep_interval_ms", self.sweep_interval_ms, 10);
+        at_least("min_check_interval_ms", self.min_check_interval_ms, 1);
+        at_least(
+            "max_concurrent_checks",
+            u64::try_from(self.max_concurrent_checks).unwrap_or(u64::MAX),
+            1,
+        );
+        at_least(
+            "max_checks_per_host",
+            u64::try_from(self.max_checks_per_host).unwrap_or(u64::MAX),
+            1,
+        );
+        at_least("check_lease_secs", self.check_lease_secs, 1);
+        at_least("max_wait_secs", self.max_wait_secs, 1);
+        at_least(
+            "history_size",
+            u64::try_from(self.history_size).unwrap_or(u64::MAX),
+            1,
+        );
+        at_least("progress_interval_secs", self.progress_interval_secs, 1);
+        at_least(
+            "max_value_bytes",
+            u64::try_from(self.max_value_bytes).unwrap_or(u64::MAX),
+            1,
+        );
+        if !(0.0..=1.0).contains(&self.guard_expiry_share) {
+            errors.push(FieldError::new(
+                "guard_expiry_share",
+                "must be between 0 and 1 (1 turns the guard off)",
+            ));
+        }
+        if self.min_check_interval_ms > MAX_CHECK_INTERVAL_MS {
+            errors.push(FieldError::new(
+                "min_check_interval_ms",
+                format!("must be at most {MAX_CHECK_INTERVAL_MS}, the longest check interval"),
+            ));
+        }
+        errors.sort_by_key(|e| FIELD_ORDER.iter().position(|f| *f == e.field));
+        errors
+    }
+}
+
+/// The longest interval an active check may have, in milliseconds.
+pub const MAX_CHECK_INTERVAL_MS: u64 = 3_600_000;
+
+/// [`Config`]'s fields in declaration order, so errors come as a file
+/// lists them.
+const FIELD_ORDER: &[&str] = &[
+    "sweep_interval_ms",
+    "guard_expiry_share",
+    "min_check_interval_ms",
+    "max_concurrent_checks",
+    "max_checks_per_host",
+    "check_lease_secs",
+    "max_wait_secs",
+    "history_size",
+    "progress_interval_secs",
+    "max_value_bytes",
+];
 
 /// Which backend keeps the registry's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

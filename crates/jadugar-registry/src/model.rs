@@ -340,7 +340,9 @@ fn validate_check(check: &CheckSpec, config: &Config, errors: &mut Vec<FieldErro
             "HTTP statuses 100..=599",
         ));
     }
-    if check.interval_ms < config.min_check_interval_ms || check.interval_ms > 3_600_000 {
+    if check.interval_ms < config.min_check_interval_ms
+        || check.interval_ms > crate::MAX_CHECK_INTERVAL_MS
+    {
         errors.push(FieldError::new(
             "check.interval_ms",
             format!("between {} and 3600000", config.min_check_interval_ms),

@@ -102,6 +102,10 @@ impl Registry {
         clock: SharedClock,
         sealer: Sealer,
     ) -> Result<Self, Error> {
+        let invalid = config.validate();
+        if !invalid.is_empty() {
+            return Err(Error::Validation(invalid));
+        }
         let start = store.current_index().await?;
         let policy = config.address_policy();
         let inner = Inner {
