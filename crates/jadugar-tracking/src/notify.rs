@@ -1,5 +1,7 @@
 //! Hooks the host can plug in: where notifications go besides the in-app
 //! list ([`Notifier`]) and who may be assigned ([`AssigneeDirectory`]).
+//! The directory also decides who is notified: a watcher it no longer
+//! lets read the project gets no notification of the project's tasks.
 //!
 //! ```
 //! use jadugar_tracking::notify::{AssigneeDirectory, AssigneeStatus, MemoryDirectory};
@@ -114,6 +116,17 @@ impl MemoryDirectory {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        self.set_user(subject, permissions);
+        self
+    }
+
+    /// Adds a user, or replaces the permissions of one already here (a
+    /// grant or a revocation while the service runs).
+    pub fn set_user<I, S>(&self, subject: &str, permissions: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
         self.users
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -121,7 +134,6 @@ impl MemoryDirectory {
                 subject.to_owned(),
                 permissions.into_iter().map(Into::into).collect(),
             );
-        self
     }
 }
 

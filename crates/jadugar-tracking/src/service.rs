@@ -752,13 +752,15 @@ impl Tracking {
                 subject: w.clone(),
             });
         }
-        let notes = self.notifications(
-            p,
-            &task,
-            "task.created",
-            format!("{} created {:?}", p.subject, task.title),
-            watchers.iter(),
-        );
+        let notes = self
+            .notifications(
+                p,
+                &task,
+                "task.created",
+                format!("{} created {:?}", p.subject, task.title),
+                watchers.iter(),
+            )
+            .await;
         writes.extend(
             notes
                 .iter()
@@ -846,18 +848,20 @@ impl Tracking {
             self.store.watchers(new.id).await?.into_iter().collect();
         recipients.extend(added);
         let fields: Vec<&str> = changes.iter().map(|c| c.field.as_str()).collect();
-        let notes = self.notifications(
-            p,
-            &new,
-            "task.updated",
-            format!(
-                "{} changed {} of {:?}",
-                p.subject,
-                fields.join(", "),
-                new.title
-            ),
-            recipients.iter(),
-        );
+        let notes = self
+            .notifications(
+                p,
+                &new,
+                "task.updated",
+                format!(
+                    "{} changed {} of {:?}",
+                    p.subject,
+                    fields.join(", "),
+                    new.title
+                ),
+                recipients.iter(),
+            )
+            .await;
         writes.extend(
             notes
                 .iter()
@@ -1150,7 +1154,10 @@ impl Tracking {
         Err(Error::OpenBlockers(open.join(", ")))
     }
 
-    fn notifications<'a>(
+    /// One notification per recipient other than the actor who may still
+    /// read the project: a watcher whose access was taken away (or who is
+    /// gone from the directory) is told nothing more about its tasks.
+    async fn notifications<'a>(
         &self,
         p: &Principal,
         task: &Task,
@@ -1158,9 +1165,12 @@ impl Tracking {
         summary: String,
         recipients: impl Iterator<Item = &'a String>,
     ) -> Vec<Notification> {
-        recipients
-            .filter(|r| r.as_str() != &*p.subject)
-            .map(|r| Notification {
+        let mut notes = Vec::new();
+        for r in recipients.filter(|r| r.as_str() != &*p.subject) {
+            if self.directory.check(r, task.project_id).await != AssigneeStatus::Ok {
+                continue;
+            }
+            notes.push(Notification {
                 id: NotificationId::new(),
                 recipient: r.clone(),
                 project_id: task.project_id,
@@ -1170,8 +1180,9 @@ impl Tracking {
                 actor: p.subject.to_string(),
                 created_at: self.now(),
                 read_at: None,
-            })
-            .collect()
+            });
+        }
+        notes
     }
 
     async fn send_notifications(&self, notes: &[Notification]) {
@@ -1374,13 +1385,15 @@ impl Tracking {
             created_at: self.now(),
         };
         let watchers = self.store.watchers(task_id).await?;
-        let notes = self.notifications(
-            p,
-            &task,
-            "task.commented",
-            format!("{} commented on {:?}", p.subject, task.title),
-            watchers.iter(),
-        );
+        let notes = self
+            .notifications(
+                p,
+                &task,
+                "task.commented",
+                format!("{} commented on {:?}", p.subject, task.title),
+                watchers.iter(),
+            )
+            .await;
         let mut writes = vec![
             Write::Comment(Box::new(comment.clone())),
             self.activity(
@@ -1638,7 +1651,10 @@ impl Tracking {
     }
 
     /// Starts signing with a new secret (returned only here); the previous
-    /// one keeps signing too for `webhook_secret_overlap_secs`.
+    /// one keeps signing too for `webhook_secret_overlap_secs`. At most
+    /// [`MAX_WEBHOOK_SECRETS`] sign at once: rotating again within the
+    /// overlap retires the oldest at once, so repeated rotations cannot
+    /// grow every delivery's signature header.
     pub async fn rotate_secret(
         &self,
         p: &Principal,
@@ -1649,7 +1665,11 @@ impl Tracking {
         let until = now + secs(self.config.webhook_secret_overlap_secs);
         let (secret, sealed) = self.seal_new_secret(id);
         let mut secrets = vec![sealed];
+        // Newest first, as each rotation puts its secret in front.
         for mut old in w.secrets {
+            if secrets.len() == MAX_WEBHOOK_SECRETS {
+                break;
+            }
             if old.expires_at.is_none_or(|e| e > now) {
                 old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
                 secrets.push(old);
@@ -1844,6 +1864,10 @@ fn is_empty(v: &Value) -> bool {
         _ => false,
     }
 }
+
+/// Most secrets signing a webhook's deliveries at once: the current one
+/// and two earlier ones still in their overlap.
+pub const MAX_WEBHOOK_SECRETS: usize = 3;
 
 /// What a task-list cursor holds: the list it was issued for and the
 /// position after the last task of its page.

@@ -17,6 +17,7 @@ use tower::ServiceExt;
 struct App {
     router: Router,
     notifier: Arc<RecordingNotifier>,
+    directory: Arc<MemoryDirectory>,
 }
 
 fn user(name: &str, perms: &[&str]) -> Principal {
@@ -25,22 +26,25 @@ fn user(name: &str, perms: &[&str]) -> Principal {
 
 fn app() -> App {
     let notifier = Arc::new(RecordingNotifier::default());
-    let directory = MemoryDirectory::new()
-        .with_user("ana", ["tracking:admin"])
-        .with_user("bob", ["tracking:write"])
-        .with_user("cy", ["tracking:read"])
-        .with_user("outsider", ["auth:read"]);
+    let directory = Arc::new(
+        MemoryDirectory::new()
+            .with_user("ana", ["tracking:admin"])
+            .with_user("bob", ["tracking:write"])
+            .with_user("cy", ["tracking:read"])
+            .with_user("outsider", ["auth:read"]),
+    );
     let tracking = Tracking::new(
         Arc::new(MemoryStore::new()),
         ManualClock::default().shared(),
         Sealer::new(MasterKey::generate("k"), []),
         Config::default(),
     )
-    .with_directory(Arc::new(directory))
+    .with_directory(directory.clone())
     .with_notifier(notifier.clone());
     App {
         router: jadugar_tracking::http::router(tracking),
         notifier,
+        directory,
     }
 }
 
@@ -1010,6 +1014,24 @@ async fn watchers_get_notifications() {
         4,
         "the Notifier saw every in-app notification"
     );
+    // A watcher whose access is taken away hears nothing more of the task.
+    let (s, _, _) = app
+        .call(
+            Some(&cy),
+            "PUT",
+            &format!("/v1/tracking/tasks/{tid}/watchers"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::NO_CONTENT);
+    app.directory.set_user("cy", ["auth:read"]);
+    app.patch(&ana, tid, json!({"title": "secret plans"})).await;
+    let new: Vec<String> = app.notifier.sent()[4..]
+        .iter()
+        .map(|n| n.recipient.clone())
+        .collect();
+    assert_eq!(new, ["bob"], "cy lost access");
 }
 
 fn fields(v: &Value) -> Vec<&str> {

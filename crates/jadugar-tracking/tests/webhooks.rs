@@ -16,6 +16,7 @@ use jadugar_core::{
     Clock, ManualClock, MasterKey, Principal, PrincipalKind, Sealer, SharedClock, SystemClock,
 };
 use jadugar_tracking::model::*;
+use jadugar_tracking::service::MAX_WEBHOOK_SECRETS;
 use jadugar_tracking::store::{MemoryStore, SqlStore, TrackingStore};
 use jadugar_tracking::{Config, Tracking};
 
@@ -441,6 +442,33 @@ async fn persistent_failure_disables_the_endpoint_until_reenabled() {
     let got = rx.got();
     assert_eq!(got.len(), 1);
     assert_eq!(payload(&got[0])["data"]["task"]["title"], "two");
+}
+
+#[tokio::test]
+async fn repeated_rotations_keep_at_most_three_secrets_signing() {
+    let t = service(
+        Arc::new(MemoryStore::new()),
+        SystemClock::shared(),
+        config(),
+    );
+    let (_, hook) = setup(&t, "http://127.0.0.1:9/hook").await;
+    let mut issued = vec![hook.secret];
+    let mut last = hook.webhook;
+    for _ in 0..5 {
+        let rotated = t.rotate_secret(&admin(), last.id).await.unwrap();
+        issued.push(rotated.secret);
+        last = rotated.webhook;
+        assert!(last.secrets.len() <= MAX_WEBHOOK_SECRETS);
+    }
+    let aad = last.id.to_string();
+    let signing: Vec<String> = last
+        .secrets
+        .iter()
+        .map(|s| String::from_utf8(sealer().open(&s.sealed, aad.as_bytes()).unwrap()).unwrap())
+        .collect();
+    // The newest three, newest first; the older ones are retired.
+    let newest: Vec<String> = issued.iter().rev().take(3).cloned().collect();
+    assert_eq!(signing, newest);
 }
 
 #[tokio::test]
