@@ -543,6 +543,9 @@ impl Config {
         for e in self.registry.validate() {
             problems.push(origins.problem(&format!("registry.{}", e.field), e.message));
         }
+        for e in self.tracking.validate() {
+            problems.push(origins.problem(&format!("tracking.{}", e.field), e.message));
+        }
         // What can be checked of each route alone; how the routes fit
         // together is `check_gateway`'s.
         for (i, route) in self.gateway.routes.iter().enumerate() {

@@ -158,7 +158,7 @@ fn tls_needs_both_files() {
 }
 
 #[test]
-fn registry_settings_it_cannot_work_with_name_their_line() {
+fn component_settings_they_cannot_work_with_name_their_line() {
     let text = r#"
 [registry]
 sweep_interval_ms = 0
@@ -180,6 +180,17 @@ check_lease_secs = 0
     );
     assert!(problems[1].message.contains("between 0 and 1"));
     assert!(problems[2].message.contains("at least 1"));
+
+    let text = "[tracking]\nwebhook_request_timeout_ms = 30000\nwebhook_lease_secs = 20\n";
+    let problems = Config::load_from(Some(("j.toml", text)), []).unwrap_err();
+    assert_eq!(problems.len(), 1, "{problems:#?}");
+    assert_eq!(problems[0].key, "tracking.webhook_lease_secs");
+    assert_eq!(problems[0].line, Some(3));
+    assert!(
+        problems[0]
+            .message
+            .contains("must exceed webhook_request_timeout_ms")
+    );
 }
 
 #[test]

@@ -166,6 +166,56 @@ impl Default for Config {
 }
 
 impl Config {
+    /// One error per setting the service cannot work with: a zero count or
+    /// interval, or a delivery lease that ends before its request's timeout
+    /// (another dispatcher would claim the delivery while it is still being
+    /// sent, and the receiver would get it twice). The host's config check
+    /// reports them; an embedder calls it before [`Tracking::new`].
+    ///
+    /// ```
+    /// let mut config = jadugar_tracking::Config::default();
+    /// assert!(config.validate().is_empty());
+    /// config.webhook_lease_secs = 5;
+    /// config.webhook_request_timeout_ms = 10_000;
+    /// assert_eq!(config.validate()[0].field, "webhook_lease_secs");
+    /// ```
+    pub fn validate(&self) -> Vec<jadugar_core::FieldError> {
+        let mut errors = Vec::new();
+        let counts = [
+            ("bulk_max", self.bulk_max as u64),
+            ("max_body_bytes", self.max_body_bytes as u64),
+            (
+                "webhook_request_timeout_ms",
+                self.webhook_request_timeout_ms,
+            ),
+            ("webhook_lease_secs", self.webhook_lease_secs),
+            ("webhook_retry_base_ms", self.webhook_retry_base_ms),
+            (
+                "webhook_retry_max_backoff_secs",
+                self.webhook_retry_max_backoff_secs,
+            ),
+            ("webhook_batch", u64::from(self.webhook_batch)),
+            ("webhook_poll_interval_ms", self.webhook_poll_interval_ms),
+        ];
+        for (field, value) in counts {
+            if value == 0 {
+                errors.push(jadugar_core::FieldError::new(field, "must be at least 1"));
+            }
+        }
+        if self.webhook_lease_secs > 0
+            && self.webhook_lease_secs.saturating_mul(1000) <= self.webhook_request_timeout_ms
+        {
+            errors.push(jadugar_core::FieldError::new(
+                "webhook_lease_secs",
+                format!(
+                    "must exceed webhook_request_timeout_ms ({} ms): a delivery still being sent would be claimed again",
+                    self.webhook_request_timeout_ms
+                ),
+            ));
+        }
+        errors
+    }
+
     /// The outbound address policy these settings describe.
     pub fn address_policy(&self) -> jadugar_core::outbound::AddressPolicy {
         jadugar_core::outbound::AddressPolicy::strict()
