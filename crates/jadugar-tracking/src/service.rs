@@ -1565,7 +1565,7 @@ impl Tracking {
             updated_at: now,
             secrets: vec![sealed],
         };
-        self.store.put_webhook(&webhook, true).await?;
+        self.store.put_webhook(&webhook, None).await?;
         Ok(WebhookWithSecret { webhook, secret })
     }
 
@@ -1604,7 +1604,7 @@ impl Tracking {
         id: WebhookId,
         patch: WebhookPatch,
     ) -> Result<Webhook, Error> {
-        let mut w = self.webhook_for(p, id).await?;
+        self.webhook_for(p, id).await?;
         let mut errors = validate_webhook_fields(
             patch.url.as_deref(),
             patch.event_types.as_deref(),
@@ -1618,18 +1618,34 @@ impl Tracking {
         if !errors.is_empty() {
             return Err(Error::Validation(errors));
         }
-        if let Some(u) = patch.url {
-            w.url = u;
-        }
-        if let Some(t) = patch.event_types {
-            w.event_types = normalise_list(&t);
-        }
-        if let Some(d) = patch.description {
-            w.description = d;
-        }
-        w.updated_at = self.now();
-        self.store.put_webhook(&w, false).await?;
-        Ok(w)
+        let now = self.now();
+        let event_types = patch.event_types.as_deref().map(normalise_list);
+        self.modify_webhook(id, |w| {
+            if let Some(u) = &patch.url {
+                w.url.clone_from(u);
+            }
+            if let Some(t) = &event_types {
+                w.event_types.clone_from(t);
+            }
+            if let Some(d) = &patch.description {
+                w.description.clone_from(d);
+            }
+            w.updated_at = now;
+            Ok(())
+        })
+        .await
+    }
+
+    /// [`store::modify_webhook`](crate::store::modify_webhook), with a
+    /// webhook deleted meanwhile as a 404.
+    async fn modify_webhook(
+        &self,
+        id: WebhookId,
+        change: impl FnMut(&mut Webhook) -> Result<(), Error>,
+    ) -> Result<Webhook, Error> {
+        crate::store::modify_webhook(&*self.store, id, change)
+            .await?
+            .ok_or(Error::NotFound("webhook"))
     }
 
     /// Deletes a webhook and its queued deliveries.
@@ -1642,12 +1658,15 @@ impl Tracking {
     /// Re-enables a webhook disabled after persistent failure; its queued
     /// deliveries resume in order.
     pub async fn enable_webhook(&self, p: &Principal, id: WebhookId) -> Result<Webhook, Error> {
-        let mut w = self.webhook_for(p, id).await?;
-        w.enabled = true;
-        w.disabled_reason = None;
-        w.updated_at = self.now();
-        self.store.put_webhook(&w, false).await?;
-        Ok(w)
+        self.webhook_for(p, id).await?;
+        let now = self.now();
+        self.modify_webhook(id, |w| {
+            w.enabled = true;
+            w.disabled_reason = None;
+            w.updated_at = now;
+            Ok(())
+        })
+        .await
     }
 
     /// Starts signing with a new secret (returned only here); the previous
@@ -1660,25 +1679,30 @@ impl Tracking {
         p: &Principal,
         id: WebhookId,
     ) -> Result<WebhookWithSecret, Error> {
-        let mut w = self.webhook_for(p, id).await?;
+        self.webhook_for(p, id).await?;
         let now = self.now();
         let until = now + secs(self.config.webhook_secret_overlap_secs);
         let (secret, sealed) = self.seal_new_secret(id);
-        let mut secrets = vec![sealed];
-        // Newest first, as each rotation puts its secret in front.
-        for mut old in w.secrets {
-            if secrets.len() == MAX_WEBHOOK_SECRETS {
-                break;
-            }
-            if old.expires_at.is_none_or(|e| e > now) {
-                old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
-                secrets.push(old);
-            }
-        }
-        w.secrets = secrets;
-        w.updated_at = now;
-        self.store.put_webhook(&w, false).await?;
-        Ok(WebhookWithSecret { webhook: w, secret })
+        let webhook = self
+            .modify_webhook(id, |w| {
+                let mut secrets = vec![sealed.clone()];
+                // Newest first, as each rotation puts its secret in front.
+                for old in &w.secrets {
+                    if secrets.len() == MAX_WEBHOOK_SECRETS {
+                        break;
+                    }
+                    if old.expires_at.is_none_or(|e| e > now) {
+                        let mut old = old.clone();
+                        old.expires_at = Some(old.expires_at.map_or(until, |e| e.min(until)));
+                        secrets.push(old);
+                    }
+                }
+                w.secrets = secrets;
+                w.updated_at = now;
+                Ok(())
+            })
+            .await?;
+        Ok(WebhookWithSecret { webhook, secret })
     }
 
     /// A webhook's delivery log, newest first.

@@ -308,15 +308,20 @@ impl Dispatcher {
     }
 
     async fn disable(&self, id: WebhookId, claimed: &ClaimedDelivery) -> Result<(), Error> {
-        if let Some(mut w) = self.store.get_webhook(id).await? {
+        let reason = format!(
+            "delivery {} failed for {} attempts over the retry window; re-enable it to resume",
+            claimed.delivery.id, claimed.delivery.attempts
+        );
+        let now = self.clock.now();
+        let disabled = crate::store::modify_webhook(&*self.store, id, |w| {
             w.enabled = false;
-            w.disabled_reason = Some(format!(
-                "delivery {} failed for {} attempts over the retry window; re-enable it to resume",
-                claimed.delivery.id, claimed.delivery.attempts
-            ));
-            w.updated_at = self.clock.now();
+            w.disabled_reason = Some(reason.clone());
+            w.updated_at = now;
+            Ok::<_, Error>(())
+        })
+        .await?;
+        if disabled.is_some() {
             tracing::warn!(webhook = %id, "webhook disabled after persistent delivery failure");
-            self.store.put_webhook(&w, false).await?;
             self.hooks
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner)

@@ -616,16 +616,40 @@ async fn webhooks_and_deliveries(s: &dyn TrackingStore) {
     let b = webhook(p.id, true);
     let off = webhook(p.id, false);
     for w in [&a, &b, &off] {
-        s.put_webhook(w, true).await.unwrap();
+        s.put_webhook(w, None).await.unwrap();
     }
     assert!(matches!(
-        s.put_webhook(&a, true).await,
+        s.put_webhook(&a, None).await,
         Err(StoreError::Conflict(_))
     ));
+    let absent = webhook(p.id, true);
     assert!(matches!(
-        s.put_webhook(&webhook(p.id, true), false).await,
+        s.put_webhook(&absent, Some(&absent)).await,
         Err(StoreError::NotFound(_))
     ));
+    // A replacement applies only over the version it was made from.
+    let mut renamed = a.clone();
+    renamed.description = "renamed".into();
+    s.put_webhook(&renamed, Some(&a)).await.unwrap();
+    let mut lost = a.clone();
+    lost.url = "https://lost.example.com/hook".into();
+    assert!(matches!(
+        s.put_webhook(&lost, Some(&a)).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_webhook(a.id).await.unwrap(), Some(renamed.clone()));
+    s.put_webhook(&a, Some(&renamed)).await.unwrap();
+    // modify_webhook applies a change to what is stored.
+    let changed = crate::store::modify_webhook(s, b.id, |w| {
+        w.description = "changed".into();
+        Ok::<_, StoreError>(())
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(changed.description, "changed");
+    let b = s.get_webhook(b.id).await.unwrap().unwrap();
+    assert_eq!(b, changed);
     assert_eq!(s.get_webhook(a.id).await.unwrap(), Some(a.clone()));
     assert_eq!(s.list_webhooks(p.id).await.unwrap().len(), 3);
 
@@ -796,7 +820,7 @@ async fn webhooks_and_deliveries(s: &dyn TrackingStore) {
         .unwrap();
     let mut enabled = off.clone();
     enabled.enabled = true;
-    s.put_webhook(&enabled, false).await.unwrap();
+    s.put_webhook(&enabled, Some(&off)).await.unwrap();
     let mut got: Vec<DeliveryId> = s
         .claim_deliveries(after_lease, after_lease + Duration::seconds(60), 10)
         .await

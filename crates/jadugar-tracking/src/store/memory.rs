@@ -390,11 +390,18 @@ impl TrackingStore for MemoryStore {
             .cloned())
     }
 
-    async fn put_webhook(&self, webhook: &Webhook, insert: bool) -> Result<(), StoreError> {
+    async fn put_webhook(
+        &self,
+        webhook: &Webhook,
+        previous: Option<&Webhook>,
+    ) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        match (inner.webhooks.contains_key(&webhook.id), insert) {
-            (true, true) => return Err(StoreError::Conflict("webhook exists".into())),
-            (false, false) => return Err(StoreError::NotFound("webhook".into())),
+        match (inner.webhooks.get(&webhook.id), previous) {
+            (Some(_), None) => return Err(StoreError::Conflict("webhook exists".into())),
+            (None, Some(_)) => return Err(StoreError::NotFound("webhook".into())),
+            (Some(stored), Some(previous)) if stored != previous => {
+                return Err(StoreError::Conflict("webhook changed".into()));
+            }
             _ => {}
         }
         inner.webhooks.insert(webhook.id, webhook.clone());

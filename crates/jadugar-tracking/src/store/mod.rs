@@ -43,6 +43,35 @@ pub enum StoreError {
     Corrupt(#[from] serde_json::Error),
 }
 
+/// Applies `change` to a webhook as stored and writes it back; when another
+/// writer (an administrator, a dispatcher disabling the endpoint) changed it
+/// in between, applies `change` again to the fresh copy, so neither change
+/// is lost. `None` when the webhook is gone; `change` may refuse with an
+/// error, which is returned as is.
+pub async fn modify_webhook<E: From<StoreError>>(
+    store: &dyn TrackingStore,
+    id: WebhookId,
+    mut change: impl FnMut(&mut Webhook) -> Result<(), E>,
+) -> Result<Option<Webhook>, E> {
+    // Each retry follows a write that succeeded elsewhere: a handful
+    // suffices unless the webhook is written in a tight loop.
+    const ATTEMPTS: usize = 8;
+    for _ in 0..ATTEMPTS {
+        let Some(current) = store.get_webhook(id).await? else {
+            return Ok(None);
+        };
+        let mut next = current.clone();
+        change(&mut next)?;
+        match store.put_webhook(&next, Some(&current)).await {
+            Ok(()) => return Ok(Some(next)),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(StoreError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(StoreError::Conflict("the webhook kept changing; try again".into()).into())
+}
+
 /// One write of a [`TrackingStore::commit`].
 #[derive(Debug, Clone)]
 pub enum Write {
@@ -280,8 +309,16 @@ pub trait TrackingStore: Debug + Send + Sync + 'static {
         key: &str,
     ) -> Result<Option<IdempotencyRecord>, StoreError>;
 
-    /// Inserts (`insert`) or replaces a webhook.
-    async fn put_webhook(&self, webhook: &Webhook, insert: bool) -> Result<(), StoreError>;
+    /// Inserts a webhook (`previous: None`; [`StoreError::Conflict`] when
+    /// its id is taken), or replaces it if it is still stored as
+    /// `previous` ([`StoreError::Conflict`] when another write came first,
+    /// [`StoreError::NotFound`] when it is gone). Use [`modify_webhook`]
+    /// for a read-modify-write that loses no concurrent change.
+    async fn put_webhook(
+        &self,
+        webhook: &Webhook,
+        previous: Option<&Webhook>,
+    ) -> Result<(), StoreError>;
     /// A webhook.
     async fn get_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError>;
     /// A project's webhooks.
@@ -348,4 +385,59 @@ pub trait TrackingStore: Debug + Send + Sync + 'static {
     /// The oldest `next_attempt_at` among pending deliveries of enabled
     /// webhooks (for the lag metric).
     async fn oldest_due(&self) -> Result<Option<DateTime<Utc>>, StoreError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt as _;
+
+    use super::*;
+
+    fn webhook() -> Webhook {
+        let at = DateTime::<Utc>::UNIX_EPOCH;
+        Webhook {
+            id: WebhookId::new(),
+            project_id: ProjectId::new(),
+            url: "https://example.com/hook".into(),
+            event_types: vec!["*".into()],
+            description: String::new(),
+            enabled: true,
+            disabled_reason: None,
+            created_by: "ana".into(),
+            created_at: at,
+            updated_at: at,
+            secrets: Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn modify_webhook_applies_its_change_again_over_a_concurrent_write() {
+        let store = MemoryStore::new();
+        let original = webhook();
+        store.put_webhook(&original, None).await.unwrap();
+        let mut calls = 0;
+        let changed = modify_webhook(&store, original.id, |w| {
+            calls += 1;
+            if calls == 1 {
+                // Another writer (a dispatcher disabling the endpoint)
+                // commits between this read and its write.
+                let mut disabled = original.clone();
+                disabled.enabled = false;
+                let raced = store.put_webhook(&disabled, Some(&original)).now_or_never();
+                assert!(matches!(raced, Some(Ok(()))));
+            }
+            w.description = "renamed".into();
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap()
+        .unwrap();
+        assert_eq!(calls, 2, "the change was made again on the fresh copy");
+        assert!(!changed.enabled, "the concurrent write is kept");
+        assert_eq!(changed.description, "renamed");
+        assert_eq!(store.get_webhook(original.id).await.unwrap(), Some(changed));
+
+        let gone = modify_webhook(&store, WebhookId::new(), |_| Ok::<_, StoreError>(()));
+        assert_eq!(gone.await.unwrap(), None);
+    }
 }

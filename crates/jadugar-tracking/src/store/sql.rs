@@ -643,24 +643,48 @@ impl TrackingStore for SqlStore {
         })
     }
 
-    async fn put_webhook(&self, webhook: &Webhook, insert: bool) -> Result<(), StoreError> {
+    async fn put_webhook(
+        &self,
+        webhook: &Webhook,
+        previous: Option<&Webhook>,
+    ) -> Result<(), StoreError> {
         let d = doc(&WebhookDoc::from(webhook));
-        let n = with_pool!(&self.db, pool => {
-            if insert {
+        let id = webhook.id.to_string();
+        let Some(previous) = previous else {
+            let n = with_pool!(&self.db, pool => {
                 sqlx::query("INSERT INTO trk_webhooks (id, project_id, enabled, doc) VALUES ($1, $2, $3, $4) ON CONFLICT (id) DO NOTHING")
-                    .bind(webhook.id.to_string()).bind(webhook.project_id.to_string()).bind(webhook.enabled).bind(d)
+                    .bind(&id).bind(webhook.project_id.to_string()).bind(webhook.enabled).bind(d)
                     .execute(pool).await?.rows_affected()
+            });
+            return if n == 0 {
+                Err(conflict("webhook exists"))
             } else {
-                sqlx::query("UPDATE trk_webhooks SET enabled = $2, doc = $3 WHERE id = $1")
-                    .bind(webhook.id.to_string()).bind(webhook.enabled).bind(d)
-                    .execute(pool).await?.rows_affected()
-            }
+                Ok(())
+            };
+        };
+        // Compared as read, then replaced only if the stored text is still
+        // what was compared: documents written by another version of this
+        // code may serialise differently, so `previous` is not re-encoded.
+        let stored: Option<String> = with_pool!(&self.db, pool => {
+            sqlx::query_scalar("SELECT doc FROM trk_webhooks WHERE id = $1")
+                .bind(&id).fetch_optional(pool).await?
         });
-        match (n, insert) {
-            (0, true) => Err(conflict("webhook exists")),
-            (0, false) => Err(StoreError::NotFound("webhook".into())),
-            _ => Ok(()),
+        let Some(stored) = stored else {
+            return Err(StoreError::NotFound("webhook".into()));
+        };
+        let current = Webhook::from(serde_json::from_str::<WebhookDoc>(&stored)?);
+        if current != *previous {
+            return Err(conflict("webhook changed"));
         }
+        let n = with_pool!(&self.db, pool => {
+            sqlx::query("UPDATE trk_webhooks SET enabled = $2, doc = $3 WHERE id = $1 AND doc = $4")
+                .bind(&id).bind(webhook.enabled).bind(d).bind(&stored)
+                .execute(pool).await?.rows_affected()
+        });
+        if n == 0 {
+            return Err(conflict("webhook changed"));
+        }
+        Ok(())
     }
 
     async fn get_webhook(&self, id: WebhookId) -> Result<Option<Webhook>, StoreError> {
