@@ -814,6 +814,7 @@ pub fn router(auth: AuthService) -> Router {
             "/.well-known/openid-configuration",
             get(openid_configuration),
         )
+        .method_not_allowed_fallback(jadugar_core::problem::method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(
             auth.clone(),
             meta_scope,

@@ -85,6 +85,21 @@ async fn login(app: &Router, cookies: bool) -> (http::HeaderMap, Value) {
 }
 
 #[tokio::test]
+async fn a_wrong_method_is_a_405_problem_with_allow() {
+    let (_, app) = setup(Config::default()).await;
+    let req = Request::builder()
+        .method("DELETE")
+        .uri("/v1/auth/login")
+        .body(Body::empty())
+        .unwrap();
+    let (status, headers, problem) = send(&app, req).await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers[header::CONTENT_TYPE], "application/problem+json");
+    assert_eq!(headers[header::ALLOW], "POST");
+    assert_eq!(problem["status"], 405);
+}
+
+#[tokio::test]
 async fn garbage_and_oversized_credentials_are_401_not_500() {
     let (_, app) = setup(Config::default()).await;
     let huge = format!("Bearer {}", "a".repeat(100_000));

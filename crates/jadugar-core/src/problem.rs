@@ -161,6 +161,17 @@ impl Problem {
         Self::new(StatusCode::NOT_FOUND, "not-found", "Not found").with_detail(detail)
     }
 
+    /// 405: the path exists, but not for this method. The caller adds
+    /// `Allow`; see [`method_not_allowed`] for a router's fallback.
+    pub fn method_not_allowed(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "Method not allowed",
+        )
+        .with_detail(detail)
+    }
+
     /// 409: the request conflicts with the current state.
     pub fn conflict(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", "Conflict").with_detail(detail)
@@ -298,6 +309,23 @@ impl axum_core::response::IntoResponse for Problem {
     fn into_response(self) -> axum_core::response::Response {
         self.to_response::<axum_core::body::Body>()
     }
+}
+
+/// The answer for a path that exists without the request's method, as an
+/// axum `Router::method_not_allowed_fallback`: a problem instead of axum's
+/// empty 405 (axum still adds `Allow`). Each component's router mounts it
+/// last, so it holds wherever the router is embedded.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let problem = jadugar_core::problem::method_not_allowed().await;
+/// assert_eq!(problem.status, http::StatusCode::METHOD_NOT_ALLOWED);
+/// # });
+/// ```
+pub async fn method_not_allowed() -> Problem {
+    Problem::method_not_allowed(
+        "this path does not accept the request's method; Allow lists those it does",
+    )
 }
 
 #[cfg(test)]

@@ -71,6 +71,7 @@ pub fn router(gateway: Gateway) -> axum::Router {
             "/v1/gateway/routes/{id}",
             get(get_route).put(update_route).delete(delete_route),
         )
+        .method_not_allowed_fallback(jadugar_core::problem::method_not_allowed)
         .with_state(gateway)
 }
 

@@ -438,6 +438,13 @@ async fn admin_api_enforces_permissions_and_validates() {
     let nobody = || Some(Principal::new("u", PrincipalKind::User));
     let r = serde_json::to_value(route("r1", "/r1", &[a])).unwrap();
 
+    // A wrong method is a problem naming what is allowed, not an empty 405.
+    let (s, h, v) = send("PATCH", "/v1/gateway/routes", admin(), None, None).await;
+    assert_eq!(s, 405);
+    assert_eq!(h["content-type"], "application/problem+json");
+    assert_eq!(h["allow"], "GET,HEAD,POST");
+    assert_eq!(v["status"], 405);
+
     let (s, h, _) = send("GET", "/v1/gateway/routes", None, None, None).await;
     assert_eq!(s, 401);
     assert!(h.contains_key("www-authenticate"));

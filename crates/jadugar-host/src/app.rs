@@ -565,15 +565,11 @@ async fn problem_for_bare_errors(response: Response) -> Response {
         }
         StatusCode::METHOD_NOT_ALLOWED => {
             let allow = response.headers().get(header::ALLOW).cloned();
-            let mut problem = Problem::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method-not-allowed",
-                "Method not allowed",
+            let detail = allow.as_ref().and_then(|v| v.to_str().ok()).map_or_else(
+                || "this path does not accept the request's method".to_owned(),
+                |allow| format!("allowed: {allow}"),
             );
-            if let Some(allow) = allow.as_ref().and_then(|v| v.to_str().ok()) {
-                problem = problem.with_detail(format!("allowed: {allow}"));
-            }
-            let mut response = problem.into_response();
+            let mut response = Problem::method_not_allowed(detail).into_response();
             if let Some(allow) = allow {
                 response.headers_mut().insert(header::ALLOW, allow);
             }

@@ -105,6 +105,7 @@ pub fn router(registry: Registry) -> Router {
             "/v1/config/namespaces/{namespace}/keys/{key}/rollback",
             post(config_rollback),
         )
+        .method_not_allowed_fallback(jadugar_core::problem::method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(registry)
 }

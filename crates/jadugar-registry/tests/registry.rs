@@ -509,6 +509,24 @@ async fn event_stream_sends_changes_and_progress() {
 }
 
 #[tokio::test]
+async fn a_wrong_method_is_a_405_problem_with_allow() {
+    let clock = ManualClock::default();
+    let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);
+    let (status, headers, problem) = call(
+        &app,
+        "POST",
+        "/v1/config/namespaces/prod/keys/flag",
+        Some(ALL),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(headers["allow"].to_str().unwrap().contains("PUT"));
+    assert_eq!(problem["status"], 405);
+}
+
+#[tokio::test]
 async fn star_preconditions_on_config_writes() {
     let clock = ManualClock::default();
     let app = jadugar_registry::http::router(registry(Config::default(), &clock).await);

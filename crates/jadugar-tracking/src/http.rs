@@ -184,6 +184,7 @@ pub fn router(tracking: Tracking) -> Router {
             post(redeliver),
         )
         .route("/v1/tracking/webhooks/{webhook_id}/replay", post(replay))
+        .method_not_allowed_fallback(jadugar_core::problem::method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .with_state(tracking)
 }

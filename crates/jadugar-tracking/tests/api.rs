@@ -1187,6 +1187,19 @@ async fn a_workflow_change_moves_categories_and_strands_no_task() {
     assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
 }
 
+#[tokio::test]
+async fn a_wrong_method_is_a_405_problem_with_allow() {
+    let app = app();
+    let ana = user("ana", &["tracking:admin"]);
+    let (s, h, v) = app
+        .call(Some(&ana), "DELETE", "/v1/tracking/projects", None, &[])
+        .await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(h["content-type"], "application/problem+json");
+    assert!(h["allow"].to_str().unwrap().contains("POST"), "{h:?}");
+    assert_eq!(v["status"], 405);
+}
+
 #[test]
 fn openapi_describes_every_route() {
     let doc = jadugar_tracking::http::openapi();
