@@ -244,6 +244,7 @@ async fn probe_loop(registry: Registry, prober: Prober, key: Key, cancel: Cancel
     }
     let mut successes: u32 = 0;
     let mut failures: u32 = 0;
+    let mut target: Option<(Address, CheckSpec)> = None;
     loop {
         let Ok(instance) = registry.instance(&service, &id) else {
             return;
@@ -251,6 +252,16 @@ async fn probe_loop(registry: Registry, prober: Prober, key: Key, cancel: Cancel
         let Some(spec) = instance.check.clone() else {
             return;
         };
+        // A re-registration with another address or check starts the
+        // thresholds afresh: earlier results were about something else.
+        if target
+            .as_ref()
+            .is_none_or(|(a, c)| *a != instance.address || *c != spec)
+        {
+            successes = 0;
+            failures = 0;
+            target = Some((instance.address.clone(), spec.clone()));
+        }
         let probe = {
             let Ok(_permit) = registry.inner.probes.acquire().await else {
                 return;
@@ -280,7 +291,13 @@ async fn probe_loop(registry: Registry, prober: Prober, key: Key, cancel: Cancel
         let output_changed = instance.check_output.as_deref() != Some(probe.output.as_str());
         if (next.is_some() || output_changed)
             && let Err(err) = registry
-                .set_check_status(&service, &id, status, &probe.output)
+                .set_check_status(
+                    &service,
+                    &id,
+                    (&instance.address, &spec),
+                    status,
+                    &probe.output,
+                )
                 .await
         {
             tracing::warn!(error = %err, service, id, "could not record a check result");

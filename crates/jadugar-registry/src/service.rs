@@ -24,9 +24,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::discovery::Snapshot;
 use crate::model::{
-    Change, ConfigEntry, ConfigPut, Instance, InstanceFilter, NewConfig, Registration,
-    ServiceSummary, Status, StoredConfig, Topic, ValueKind, validate_instance_id, validate_key,
-    validate_namespace, validate_service_name,
+    Address, Change, CheckSpec, ConfigEntry, ConfigPut, Instance, InstanceFilter, NewConfig,
+    Registration, ServiceSummary, Status, StoredConfig, Topic, ValueKind, validate_instance_id,
+    validate_key, validate_namespace, validate_service_name,
 };
 use crate::store::{MemoryStore, RegistryStore, RemoteEvent};
 use crate::watch::Hub;
@@ -565,16 +565,22 @@ impl Registry {
     }
 
     /// Records an active-check outcome (used by the checker).
+    /// Records the result of a probe of `probed` with `spec`. A result for
+    /// an address or check the instance no longer has (it re-registered
+    /// while the probe ran) says nothing about it and is dropped.
     pub(crate) async fn set_check_status(
         &self,
         service: &str,
         id: &str,
+        probed: (&Address, &CheckSpec),
         status: Status,
         output: &str,
     ) -> Result<(), Error> {
         let output = output.to_owned();
+        let (address, spec) = (probed.0.clone(), probed.1.clone());
         self.update_instance(service, id, move |i, _| {
-            if i.check.is_none()
+            if i.address != address
+                || i.check.as_ref() != Some(&spec)
                 || (i.check_status == Some(status) && i.check_output.as_ref() == Some(&output))
             {
                 return false;
@@ -1269,5 +1275,47 @@ impl Discovery for Registry {
 
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.snapshot.changes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use jadugar_core::{ManualClock, MasterKey};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_result_for_a_replaced_registration_is_dropped() {
+        let clock = ManualClock::default();
+        let registry = Registry::in_memory(
+            Config::default(),
+            clock.shared(),
+            Sealer::new(MasterKey::generate("k"), []),
+        )
+        .await
+        .unwrap();
+        let old = Address::new("http", "10.0.0.1", 8080);
+        let check = CheckSpec::http("/health");
+        let registration = Registration::new(old.clone()).with_check(check.clone());
+        registry.register("web", "w1", registration).await.unwrap();
+        // The instance re-registers elsewhere while a probe of the old
+        // address is in flight.
+        let new = Address::new("http", "10.0.0.2", 8080);
+        let moved = Registration::new(new.clone()).with_check(check.clone());
+        let before = registry.register("web", "w1", moved).await.unwrap();
+        registry
+            .set_check_status("web", "w1", (&old, &check), Status::Passing, "200 OK")
+            .await
+            .unwrap();
+        let after = registry.instance_latest("web", "w1").await.unwrap();
+        assert_eq!(after.check_status, before.check_status);
+        assert_eq!(after.modify_index, before.modify_index, "nothing written");
+        // A result for the registration as it is now is recorded.
+        registry
+            .set_check_status("web", "w1", (&new, &check), Status::Passing, "200 OK")
+            .await
+            .unwrap();
+        let after = registry.instance_latest("web", "w1").await.unwrap();
+        assert_eq!(after.check_status, Some(Status::Passing));
     }
 }
