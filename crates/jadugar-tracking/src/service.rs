@@ -689,7 +689,8 @@ impl Tracking {
                 .await?;
         }
         let blocked_by = dedupe_ids(&input.blocked_by);
-        self.check_blockers(id, &input.blocked_by, project_id, &mut errors)
+        let mut checked = Vec::new();
+        self.check_blockers(id, &input.blocked_by, project_id, &mut errors, &mut checked)
             .await?;
         if let Some(m) = input.milestone_id {
             self.check_milestone(m, project_id, &mut errors).await?;
@@ -744,6 +745,12 @@ impl Tracking {
             self.event_write(project_id, "task.created", json!({ "task": task }))
                 .await?,
         ];
+        let mut guards: Vec<Write> = unchanged(checked).collect();
+        guards.sort_by_key(|w| match w {
+            Write::TaskUnchanged { id, .. } => Some(*id),
+            _ => None,
+        });
+        writes.extend(guards);
         let mut watchers: BTreeSet<String> = assignees.iter().cloned().collect();
         watchers.insert(p.subject.to_string());
         for w in &watchers {
@@ -798,11 +805,12 @@ impl Tracking {
             .get_project(old.project_id)
             .await?
             .ok_or(Error::NotFound("project"))?;
-        let (new, changes) = self.prepare_update(p, &old, &project, patch).await?;
+        let (new, changes, checked) = self.prepare_update(p, &old, &project, patch).await?;
         if changes.is_empty() {
             return Ok(old);
         }
-        self.commit_update(p, &old, new, changes, if_match).await
+        self.commit_update(p, &old, new, changes, checked, if_match)
+            .await
     }
 
     async fn commit_update(
@@ -811,27 +819,38 @@ impl Tracking {
         old: &Task,
         new: Task,
         changes: Vec<FieldChange>,
+        checked: Vec<(TaskId, i64)>,
         if_match: Option<i64>,
     ) -> Result<Task, Error> {
-        let mut writes = vec![
-            Write::Task {
-                task: Box::new(new.clone()),
-                expected_version: Some(old.version),
-            },
-            self.activity(
-                p,
-                new.project_id,
-                Some(new.id),
-                "task.updated",
-                changes.clone(),
-            ),
+        // The task and the tasks guarded as unchanged, in task-id order:
+        // two commits that each guard the other's task then lock the rows
+        // in one order, and the later one waits and conflicts instead of
+        // deadlocking.
+        let mut writes: Vec<Write> = unchanged(checked).collect();
+        writes.push(Write::Task {
+            task: Box::new(new.clone()),
+            expected_version: Some(old.version),
+        });
+        writes.sort_by_key(|w| match w {
+            Write::Task { task, .. } => Some(task.id),
+            Write::TaskUnchanged { id, .. } => Some(*id),
+            _ => None,
+        });
+        writes.push(self.activity(
+            p,
+            new.project_id,
+            Some(new.id),
+            "task.updated",
+            changes.clone(),
+        ));
+        writes.push(
             self.event_write(
                 new.project_id,
                 "task.updated",
                 json!({ "task": new, "changes": changes }),
             )
             .await?,
-        ];
+        );
         let added: Vec<String> = new
             .assignees
             .iter()
@@ -884,8 +903,11 @@ impl Tracking {
         old: &Task,
         project: &Project,
         patch: TaskPatch,
-    ) -> Result<(Task, Vec<FieldChange>), Error> {
+    ) -> Result<(Task, Vec<FieldChange>, Vec<(TaskId, i64)>), Error> {
         let mut errors = patch.validate();
+        // The tasks a blocker check read: they must not change before the
+        // commit (see `Write::TaskUnchanged`).
+        let mut checked = Vec::new();
         let mut new = old.clone();
         if let Some(t) = &patch.title {
             new.title = t.trim().to_owned();
@@ -917,7 +939,7 @@ impl Tracking {
         if let Some(b) = &patch.blocked_by {
             new.blocked_by = dedupe_ids(b);
             if new.blocked_by != old.blocked_by {
-                self.check_blockers(old.id, b, old.project_id, &mut errors)
+                self.check_blockers(old.id, b, old.project_id, &mut errors, &mut checked)
                     .await?;
             }
         }
@@ -969,7 +991,7 @@ impl Tracking {
             new.updated_at = self.now();
             new.updated_by = p.subject.to_string();
         }
-        Ok((new, changes))
+        Ok((new, changes, checked))
     }
 
     async fn check_parent(
@@ -1021,6 +1043,7 @@ impl Tracking {
         blockers: &[TaskId],
         project: ProjectId,
         errors: &mut Vec<FieldError>,
+        checked: &mut Vec<(TaskId, i64)>,
     ) -> Result<(), Error> {
         let mut seen = HashSet::new();
         for (i, b) in blockers.iter().enumerate() {
@@ -1038,7 +1061,7 @@ impl Tracking {
                     errors.push(FieldError::new(field, "must be a task of the same project"))
                 }
                 Some(_) => {
-                    if let Some(path) = self.blocking_path(*b, id).await? {
+                    if let Some(path) = self.blocking_path(*b, id, checked).await? {
                         let path: Vec<String> = path.iter().map(ToString::to_string).collect();
                         errors.push(FieldError::new(
                             field,
@@ -1055,11 +1078,13 @@ impl Tracking {
         Ok(())
     }
 
-    /// If `target` is reachable from `start` along blocked-by links, the path.
+    /// If `target` is reachable from `start` along blocked-by links, the
+    /// path. Each task read is added to `checked` with its version.
     async fn blocking_path(
         &self,
         start: TaskId,
         target: TaskId,
+        checked: &mut Vec<(TaskId, i64)>,
     ) -> Result<Option<Vec<TaskId>>, Error> {
         let mut seen = HashSet::from([start]);
         let mut queue = VecDeque::from([(start, vec![start])]);
@@ -1070,6 +1095,7 @@ impl Tracking {
             let Some(t) = self.store.get_task(cur).await? else {
                 continue;
             };
+            checked.push((t.id, t.version));
             for next in t.blocked_by {
                 let mut p = path.clone();
                 p.push(next);
@@ -1315,11 +1341,12 @@ impl Tracking {
             .get_project(old.project_id)
             .await?
             .ok_or(Error::NotFound("project"))?;
-        let (new, changes) = self.prepare_update(p, &old, &project, patch).await?;
+        let (new, changes, checked) = self.prepare_update(p, &old, &project, patch).await?;
         if dry_run || changes.is_empty() {
             return Ok(new);
         }
-        self.commit_update(p, &old, new, changes, None).await
+        self.commit_update(p, &old, new, changes, checked, None)
+            .await
     }
 
     // ----- activity, comments, watching --------------------------------
@@ -1887,6 +1914,17 @@ fn is_empty(v: &Value) -> bool {
         Value::Array(a) => a.is_empty(),
         _ => false,
     }
+}
+
+/// Guards for the tasks a change was checked against: each once, and the
+/// version first seen (a later read of the same task in one check is the
+/// same row unless it changed, which the guard then catches anyway).
+fn unchanged(checked: Vec<(TaskId, i64)>) -> impl Iterator<Item = Write> {
+    let mut seen = HashSet::new();
+    checked
+        .into_iter()
+        .filter(move |(id, _)| seen.insert(*id))
+        .map(|(id, version)| Write::TaskUnchanged { id, version })
 }
 
 /// Most secrets signing a webhook's deliveries at once: the current one

@@ -187,6 +187,34 @@ async fn versions_and_atomicity(s: &dyn TrackingStore) {
         1
     );
     assert!(s.project_ids().await.unwrap().contains(&p.id));
+
+    // A task guarded as unchanged: at its version the commit goes through
+    // and the guard writes nothing; at another, nothing of the commit does.
+    let guarded = task(p.id, 2);
+    s.commit(vec![insert_task(&guarded)]).await.unwrap();
+    let other = task(p.id, 3);
+    s.commit(vec![
+        insert_task(&other),
+        Write::TaskUnchanged {
+            id: guarded.id,
+            version: guarded.version,
+        },
+    ])
+    .await
+    .unwrap();
+    assert_eq!(s.get_task(guarded.id).await.unwrap(), Some(guarded.clone()));
+    let third = task(p.id, 4);
+    let stale = s
+        .commit(vec![
+            insert_task(&third),
+            Write::TaskUnchanged {
+                id: guarded.id,
+                version: guarded.version + 1,
+            },
+        ])
+        .await;
+    assert!(matches!(stale, Err(StoreError::Conflict(_))), "{stale:?}");
+    assert!(s.get_task(third.id).await.unwrap().is_none());
 }
 
 async fn task_queries(s: &dyn TrackingStore) {

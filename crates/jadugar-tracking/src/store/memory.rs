@@ -132,6 +132,9 @@ impl TrackingStore for MemoryStore {
                     |t| t.version,
                     "task",
                 )?,
+                Write::TaskUnchanged { id, version } => {
+                    check_version(&guard.tasks, id, Some(*version), |t| t.version, "task")?;
+                }
                 Write::Idempotency {
                     record,
                     expired_before,
@@ -167,6 +170,7 @@ impl TrackingStore for MemoryStore {
                 } => {
                     next.tasks.insert(task.id, *task);
                 }
+                Write::TaskUnchanged { .. } => {}
                 Write::Watch { task_id, subject } => {
                     next.watchers.entry(task_id).or_default().insert(subject);
                 }

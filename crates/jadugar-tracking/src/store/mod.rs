@@ -97,6 +97,17 @@ pub enum Write {
         /// The version it replaces.
         expected_version: Option<i64>,
     },
+    /// Fails the commit unless the task is still at `version`: a task the
+    /// change was checked against but does not write (one on the path of a
+    /// blocker cycle check). Two changes each checked against the other's
+    /// old state, which together would close a cycle, cannot both commit.
+    /// On SQL the check takes the row's write lock until the commit ends.
+    TaskUnchanged {
+        /// The task.
+        id: TaskId,
+        /// The version the change saw.
+        version: i64,
+    },
     /// Adds a watcher (no-op if present).
     Watch {
         /// The task.

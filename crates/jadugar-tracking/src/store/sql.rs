@@ -82,6 +82,20 @@ fn parse<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, StoreError> {
     Ok(serde_json::from_str(s)?)
 }
 
+/// Postgres aborts one of two transactions that lock the same task rows in
+/// opposite orders (a deadlock, 40P01) or cannot be serialised (40001):
+/// for the caller that is a concurrent change, not a failure.
+fn concurrent_as_conflict(err: StoreError) -> StoreError {
+    match &err {
+        StoreError::Database(sqlx::Error::Database(db))
+            if matches!(db.code().as_deref(), Some("40P01" | "40001")) =>
+        {
+            conflict("a concurrent change")
+        }
+        _ => err,
+    }
+}
+
 fn conflict(what: &str) -> StoreError {
     StoreError::Conflict(what.to_owned())
 }
@@ -228,6 +242,16 @@ macro_rules! apply_writes {
                         }
                     }
                 }
+                Write::TaskUnchanged { id, version } => {
+                    // A write that changes nothing: it fails on another
+                    // version and holds the row's lock, so a concurrent
+                    // commit writing this task waits and then conflicts.
+                    let n = sqlx::query("UPDATE trk_tasks SET version = version WHERE id = $1 AND version = $2")
+                        .bind(id.to_string()).bind(version).execute(&mut *$tx).await?.rows_affected();
+                    if n == 0 {
+                        return Err(conflict("task"));
+                    }
+                }
                 Write::Watch { task_id, subject } => {
                     sqlx::query("INSERT INTO trk_watchers (task_id, subject) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                         .bind(task_id.to_string()).bind(subject.clone()).execute(&mut *$tx).await?;
@@ -318,15 +342,25 @@ fn in_list(start: usize, n: usize) -> String {
         .join(", ")
 }
 
-#[async_trait]
-impl TrackingStore for SqlStore {
-    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+impl SqlStore {
+    /// [`TrackingStore::commit`] in one transaction (the macros return
+    /// from here on the first failure).
+    async fn commit_writes(&self, writes: Vec<Write>) -> Result<(), StoreError> {
         with_pool!(&self.db, pool => {
             let mut tx = pool.begin().await?;
             apply_writes!(tx, writes);
             tx.commit().await?;
             Ok(())
         })
+    }
+}
+
+#[async_trait]
+impl TrackingStore for SqlStore {
+    async fn commit(&self, writes: Vec<Write>) -> Result<(), StoreError> {
+        self.commit_writes(writes)
+            .await
+            .map_err(concurrent_as_conflict)
     }
 
     async fn get_project(&self, id: ProjectId) -> Result<Option<Project>, StoreError> {
