@@ -553,19 +553,25 @@ async fn create_webhook(
     params(("webhook_id" = WebhookId, Path)),
     responses((status = 200, body = Webhook), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn get_webhook(State(t): State<Tracking>, p: Principal, Path(wid): Path<String>) -> Res {
-    json(&t.get_webhook(&p, id(&wid, "webhook")?).await?)
+    let webhook = t.get_webhook(&p, id(&wid, "webhook")?).await?;
+    Ok(with_etag(StatusCode::OK, webhook.version, &webhook))
 }
 
 #[utoipa::path(patch, path = "/v1/tracking/webhooks/{webhook_id}", tag = "tracking", request_body = WebhookPatch,
-    params(("webhook_id" = WebhookId, Path)),
-    responses((status = 200, body = Webhook), (status = "4XX", body = Problem, content_type = "application/problem+json")))]
+    params(("webhook_id" = WebhookId, Path), ("If-Match" = Option<String>, Header)),
+    responses((status = 200, body = Webhook), (status = 412, body = Problem, content_type = "application/problem+json"),
+        (status = "4XX", body = Problem, content_type = "application/problem+json")))]
 async fn update_webhook(
     State(t): State<Tracking>,
     p: Principal,
     Path(wid): Path<String>,
+    headers: HeaderMap,
     JsonBody(patch): JsonBody<WebhookPatch>,
 ) -> Res {
-    json(&t.update_webhook(&p, id(&wid, "webhook")?, patch).await?)
+    let webhook = t
+        .update_webhook(&p, id(&wid, "webhook")?, patch, if_match_version(&headers)?)
+        .await?;
+    Ok(with_etag(StatusCode::OK, webhook.version, &webhook))
 }
 
 #[utoipa::path(delete, path = "/v1/tracking/webhooks/{webhook_id}", tag = "tracking",

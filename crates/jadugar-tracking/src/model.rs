@@ -1177,6 +1177,10 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// Starts at 1 and grows with every change; the `ETag`, and what
+    /// `If-Match` names.
+    #[serde(default)]
+    pub version: i64,
     /// The signing secrets, sealed; the first is current, later ones are
     /// kept until they expire during rotation.
     #[serde(skip_serializing, default)]

@@ -1590,6 +1590,7 @@ impl Tracking {
             created_by: p.subject.to_string(),
             created_at: now,
             updated_at: now,
+            version: 1,
             secrets: vec![sealed],
         };
         self.store.put_webhook(&webhook, None).await?;
@@ -1624,12 +1625,15 @@ impl Tracking {
         self.webhook_for(p, id).await
     }
 
-    /// Changes a webhook's URL, event types or description.
+    /// Changes a webhook's URL, event types or description. `if_match` is
+    /// the version the caller last saw; a stale one is
+    /// [`Error::PreconditionFailed`].
     pub async fn update_webhook(
         &self,
         p: &Principal,
         id: WebhookId,
         patch: WebhookPatch,
+        if_match: Option<i64>,
     ) -> Result<Webhook, Error> {
         self.webhook_for(p, id).await?;
         let mut errors = validate_webhook_fields(
@@ -1648,6 +1652,11 @@ impl Tracking {
         let now = self.now();
         let event_types = patch.event_types.as_deref().map(normalise_list);
         self.modify_webhook(id, |w| {
+            if let Some(expected) = if_match
+                && w.version != expected
+            {
+                return Err(Error::PreconditionFailed(expected.to_string()));
+            }
             if let Some(u) = &patch.url {
                 w.url.clone_from(u);
             }

@@ -1188,6 +1188,66 @@ async fn a_workflow_change_moves_categories_and_strands_no_task() {
 }
 
 #[tokio::test]
+async fn webhook_writes_honour_if_match() {
+    let app = app();
+    let ana = user("ana", &["tracking:admin"]);
+    let pid = app.project(&ana).await;
+    let (s, _, created) = app
+        .call(
+            Some(&ana),
+            "POST",
+            &format!("/v1/tracking/projects/{pid}/webhooks"),
+            Some(json!({"url": "https://hooks.example.com/in", "event_types": ["*"]})),
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{created}");
+    let uri = format!("/v1/tracking/webhooks/{}", created["id"].as_str().unwrap());
+    let (s, h, _) = app.call(Some(&ana), "GET", &uri, None, &[]).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(h["etag"], "\"1\"");
+    let patch = |d: &str| Some(json!({ "description": d }));
+    let (s, h, v) = app
+        .call(
+            Some(&ana),
+            "PATCH",
+            &uri,
+            patch("first"),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(h["etag"], "\"2\"");
+    assert_eq!(v["version"], 2);
+    // A writer that saw version 1 loses: 412, nothing written.
+    let (s, h, _) = app
+        .call(
+            Some(&ana),
+            "PATCH",
+            &uri,
+            patch("stale"),
+            &[("if-match", "\"1\"")],
+        )
+        .await;
+    assert_eq!(s, StatusCode::PRECONDITION_FAILED);
+    assert_eq!(h["content-type"], "application/problem+json");
+    let (_, _, v) = app.call(Some(&ana), "GET", &uri, None, &[]).await;
+    assert_eq!(v["description"], "first");
+    // Every write takes a version, a secret rotation too.
+    let (s, _, rotated) = app
+        .call(
+            Some(&ana),
+            "POST",
+            &format!("{uri}/rotate-secret"),
+            None,
+            &[],
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{rotated}");
+    assert_eq!(rotated["version"], 3);
+}
+
+#[tokio::test]
 async fn a_wrong_method_is_a_405_problem_with_allow() {
     let app = app();
     let ana = user("ana", &["tracking:admin"]);

@@ -79,6 +79,7 @@ fn webhook(project: ProjectId, enabled: bool) -> Webhook {
         created_by: "ana".into(),
         created_at: t0(),
         updated_at: t0(),
+        version: 1,
         secrets: vec![SealedSecret {
             sealed: "sealed-secret".into(),
             expires_at: None,

@@ -46,8 +46,8 @@ pub enum StoreError {
 /// Applies `change` to a webhook as stored and writes it back; when another
 /// writer (an administrator, a dispatcher disabling the endpoint) changed it
 /// in between, applies `change` again to the fresh copy, so neither change
-/// is lost. `None` when the webhook is gone; `change` may refuse with an
-/// error, which is returned as is.
+/// is lost. Each write takes the next version. `None` when the webhook is
+/// gone; `change` may refuse with an error, which is returned as is.
 pub async fn modify_webhook<E: From<StoreError>>(
     store: &dyn TrackingStore,
     id: WebhookId,
@@ -62,6 +62,7 @@ pub async fn modify_webhook<E: From<StoreError>>(
         };
         let mut next = current.clone();
         change(&mut next)?;
+        next.version = current.version + 1;
         match store.put_webhook(&next, Some(&current)).await {
             Ok(()) => return Ok(Some(next)),
             Err(StoreError::Conflict(_)) => continue,
@@ -417,6 +418,7 @@ mod tests {
             created_by: "ana".into(),
             created_at: at,
             updated_at: at,
+            version: 1,
             secrets: Vec::new(),
         }
     }
