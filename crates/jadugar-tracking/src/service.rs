@@ -745,12 +745,7 @@ impl Tracking {
             self.event_write(project_id, "task.created", json!({ "task": task }))
                 .await?,
         ];
-        let mut guards: Vec<Write> = unchanged(checked).collect();
-        guards.sort_by_key(|w| match w {
-            Write::TaskUnchanged { id, .. } => Some(*id),
-            _ => None,
-        });
-        writes.extend(guards);
+        writes.extend(unchanged(checked));
         let mut watchers: BTreeSet<String> = assignees.iter().cloned().collect();
         watchers.insert(p.subject.to_string());
         for w in &watchers {
@@ -826,16 +821,12 @@ impl Tracking {
         // two commits that each guard the other's task then lock the rows
         // in one order, and the later one waits and conflicts instead of
         // deadlocking.
-        let mut writes: Vec<Write> = unchanged(checked).collect();
+        let mut writes = unchanged(checked);
         writes.push(Write::Task {
             task: Box::new(new.clone()),
             expected_version: Some(old.version),
         });
-        writes.sort_by_key(|w| match w {
-            Write::Task { task, .. } => Some(task.id),
-            Write::TaskUnchanged { id, .. } => Some(*id),
-            _ => None,
-        });
+        writes.sort_by_key(task_row);
         writes.push(self.activity(
             p,
             new.project_id,
@@ -1925,15 +1916,28 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
-/// Guards for the tasks a change was checked against: each once, and the
-/// version first seen (a later read of the same task in one check is the
-/// same row unless it changed, which the guard then catches anyway).
-fn unchanged(checked: Vec<(TaskId, i64)>) -> impl Iterator<Item = Write> {
+/// Guards for the tasks a change was checked against, in [`task_row`]
+/// order: each once, at the version first seen (a later read of the same
+/// task in one check is the same row unless it changed, which the guard
+/// then catches anyway).
+fn unchanged(checked: Vec<(TaskId, i64)>) -> Vec<Write> {
     let mut seen = HashSet::new();
-    checked
+    let mut guards: Vec<Write> = checked
         .into_iter()
-        .filter(move |(id, _)| seen.insert(*id))
+        .filter(|(id, _)| seen.insert(*id))
         .map(|(id, version)| Write::TaskUnchanged { id, version })
+        .collect();
+    guards.sort_by_key(task_row);
+    guards
+}
+
+/// The task row a write locks, the order commits take them in.
+fn task_row(write: &Write) -> Option<TaskId> {
+    match write {
+        Write::Task { task, .. } => Some(task.id),
+        Write::TaskUnchanged { id, .. } => Some(*id),
+        _ => None,
+    }
 }
 
 /// Most secrets signing a webhook's deliveries at once: the current one
