@@ -101,7 +101,21 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T>
     type Rejection = Problem;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Problem> {
-        let query = parts.uri.query().unwrap_or_default();
+        Self::parse(parts.uri.query().unwrap_or_default())
+    }
+}
+
+impl<T: DeserializeOwned> QueryParams<T> {
+    /// Parses a raw query string (without `?`) as the extractor does, for
+    /// handlers that take the query as they received it.
+    ///
+    /// ```
+    /// use jadugar_core::extract::QueryParams;
+    /// let page = QueryParams::<std::collections::HashMap<String, u32>>::parse("limit=10").unwrap();
+    /// assert_eq!(page.0["limit"], 10);
+    /// assert_eq!(QueryParams::<std::collections::HashMap<String, u32>>::parse("limit=x").unwrap_err().errors[0].field, "limit");
+    /// ```
+    pub fn parse(query: &str) -> Result<Self, Problem> {
         let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(de)
             .map(QueryParams)

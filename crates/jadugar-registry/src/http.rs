@@ -310,16 +310,9 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
 }
 
 /// Parses a query string; a bad parameter is a 422 naming it.
-async fn parse_query<T: DeserializeOwned>(raw: Option<String>) -> Result<T, Problem> {
+fn parse_query<T: DeserializeOwned>(raw: Option<String>) -> Result<T, Problem> {
     // No query at all still has to pass (`/changes` requires `index`).
-    let raw = raw.unwrap_or_default();
-    let bad = |message: String| Problem::validation(vec![FieldError::new("query", message)]);
-    let (mut parts, ()) = http::Request::builder()
-        .uri(format!("/?{raw}"))
-        .body(())
-        .map_err(|_| bad("not a valid query string".to_owned()))?
-        .into_parts();
-    match QueryParams::<T>::from_request_parts(&mut parts, &()).await {
+    match QueryParams::<T>::parse(raw.as_deref().unwrap_or_default()) {
         Ok(QueryParams(query)) => Ok(query),
         Err(mut problem) => {
             // Unknown, missing and repeated parameters are named only in
@@ -530,7 +523,7 @@ async fn list_instances(
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
     crate::model::validate_service_name(&service).map_err(|e| Problem::validation(vec![e]))?;
-    let query: InstancesQuery = parse_query(raw).await?;
+    let query: InstancesQuery = parse_query(raw)?;
     let filter = filter_from(&query)?;
     let list = match query.index {
         Some(since) => {
@@ -650,7 +643,7 @@ async fn changes(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
-    let query: ChangesQuery = parse_query(raw).await?;
+    let query: ChangesQuery = parse_query(raw)?;
     let filter = EventFilter::Service(query.service);
     let hub = registry.hub();
     let wait = registry.blocking_wait(parse_wait(query.wait.as_deref())?);
@@ -810,7 +803,7 @@ async fn registry_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("registry:read")?;
-    let query: RegistryEventsQuery = parse_query(raw).await?;
+    let query: RegistryEventsQuery = parse_query(raw)?;
     let stream = event_stream(
         registry,
         EventFilter::Service(query.service),
@@ -833,7 +826,7 @@ async fn config_events(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:read")?;
-    let query: ConfigEventsQuery = parse_query(raw).await?;
+    let query: ConfigEventsQuery = parse_query(raw)?;
     crate::model::validate_namespace(&query.namespace).map_err(|e| Problem::validation(vec![e]))?;
     let filter = EventFilter::Config {
         namespace: query.namespace,
@@ -856,7 +849,7 @@ async fn config_list(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:read")?;
-    let query: ListQuery = parse_query(raw).await?;
+    let query: ListQuery = parse_query(raw)?;
     let prefix = query.prefix.unwrap_or_default();
     let list = match query.index {
         Some(since) => {
@@ -887,7 +880,7 @@ async fn config_get(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:read")?;
-    let query: BlockingQuery = parse_query(raw).await?;
+    let query: BlockingQuery = parse_query(raw)?;
     let reveal = Registry::may_reveal(&principal);
     let result = match query.index {
         Some(since) => {
@@ -993,7 +986,7 @@ async fn config_delete(
     RawQuery(raw): RawQuery,
 ) -> Result<Response, Problem> {
     principal.require("config:write")?;
-    let query: DeleteQuery = parse_query(raw).await?;
+    let query: DeleteQuery = parse_query(raw)?;
     let (expected, from_if_match) = match query.version {
         Some(v) => (Some(v), false),
         None => {

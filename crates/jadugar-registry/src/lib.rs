@@ -168,71 +168,62 @@ impl Config {
     /// assert_eq!(fields, ["guard_expiry_share", "check_lease_secs"]);
     /// ```
     pub fn validate(&self) -> Vec<FieldError> {
-        let mut errors = Vec::new();
-        let mut at_least = |field: &str, value: u64, min: u64| {
-            if value < min {
-                errors.push(FieldError::new(field, format!("must be at least {min}")));
-            }
-        };
-        at_least("sweep_interval_ms", self.sweep_interval_ms, 10);
-        at_least("min_check_interval_ms", self.min_check_interval_ms, 1);
-        at_least(
-            "max_concurrent_checks",
-            u64::try_from(self.max_concurrent_checks).unwrap_or(u64::MAX),
-            1,
-        );
-        at_least(
-            "max_checks_per_host",
-            u64::try_from(self.max_checks_per_host).unwrap_or(u64::MAX),
-            1,
-        );
-        at_least("check_lease_secs", self.check_lease_secs, 1);
-        at_least("max_wait_secs", self.max_wait_secs, 1);
-        at_least(
-            "history_size",
-            u64::try_from(self.history_size).unwrap_or(u64::MAX),
-            1,
-        );
-        at_least("progress_interval_secs", self.progress_interval_secs, 1);
-        at_least(
-            "max_value_bytes",
-            u64::try_from(self.max_value_bytes).unwrap_or(u64::MAX),
-            1,
-        );
-        if !(0.0..=1.0).contains(&self.guard_expiry_share) {
-            errors.push(FieldError::new(
+        // Checked in declaration order, so errors come as a file lists them.
+        let checks: [(&str, bool, String); 11] = [
+            (
+                "sweep_interval_ms",
+                self.sweep_interval_ms < 10,
+                at_least(10),
+            ),
+            (
                 "guard_expiry_share",
-                "must be between 0 and 1 (1 turns the guard off)",
-            ));
-        }
-        if self.min_check_interval_ms > MAX_CHECK_INTERVAL_MS {
-            errors.push(FieldError::new(
+                !(0.0..=1.0).contains(&self.guard_expiry_share),
+                "must be between 0 and 1 (1 turns the guard off)".to_owned(),
+            ),
+            (
                 "min_check_interval_ms",
+                self.min_check_interval_ms == 0,
+                at_least(1),
+            ),
+            (
+                "min_check_interval_ms",
+                self.min_check_interval_ms > MAX_CHECK_INTERVAL_MS,
                 format!("must be at most {MAX_CHECK_INTERVAL_MS}, the longest check interval"),
-            ));
-        }
-        errors.sort_by_key(|e| FIELD_ORDER.iter().position(|f| *f == e.field));
-        errors
+            ),
+            (
+                "max_concurrent_checks",
+                self.max_concurrent_checks == 0,
+                at_least(1),
+            ),
+            (
+                "max_checks_per_host",
+                self.max_checks_per_host == 0,
+                at_least(1),
+            ),
+            ("check_lease_secs", self.check_lease_secs == 0, at_least(1)),
+            ("max_wait_secs", self.max_wait_secs == 0, at_least(1)),
+            ("history_size", self.history_size == 0, at_least(1)),
+            (
+                "progress_interval_secs",
+                self.progress_interval_secs == 0,
+                at_least(1),
+            ),
+            ("max_value_bytes", self.max_value_bytes == 0, at_least(1)),
+        ];
+        checks
+            .into_iter()
+            .filter(|(_, bad, _)| *bad)
+            .map(|(field, _, message)| FieldError::new(field, message))
+            .collect()
     }
+}
+
+fn at_least(min: u64) -> String {
+    format!("must be at least {min}")
 }
 
 /// The longest interval an active check may have, in milliseconds.
 pub const MAX_CHECK_INTERVAL_MS: u64 = 3_600_000;
-
-/// [`Config`]'s fields in declaration order, so errors come as a file
-/// lists them.
-const FIELD_ORDER: &[&str] = &[
-    "sweep_interval_ms",
-    "guard_expiry_share",
-    "min_check_interval_ms",
-    "max_concurrent_checks",
-    "max_checks_per_host",
-    "check_lease_secs",
-    "max_wait_secs",
-    "history_size",
-    "progress_interval_secs",
-    "max_value_bytes",
-];
 
 /// Which backend keeps the registry's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]

@@ -564,7 +564,6 @@ impl Registry {
         .await
     }
 
-    /// Records an active-check outcome (used by the checker).
     /// Records the result of a probe of `probed` with `spec`. A result for
     /// an address or check the instance no longer has (it re-registered
     /// while the probe ran) says nothing about it and is dropped.

@@ -434,6 +434,8 @@ impl Tracking {
         project: ProjectId,
         workflow: &Workflow,
     ) -> Result<Vec<Write>, Error> {
+        // The store lists tasks a page at a time.
+        const PAGE: u32 = 500;
         let now = self.now();
         let mut writes = Vec::new();
         for status in &workflow.statuses {
@@ -444,11 +446,11 @@ impl Tracking {
                     status: Some(status.key.clone()),
                     sort: TaskSort::Created,
                     after,
-                    limit: 500,
+                    limit: PAGE,
                     ..TaskQuery::default()
                 };
                 let rows = self.store.list_tasks(&query).await?;
-                let full = rows.len() == 500;
+                let full = rows.len() == PAGE as usize;
                 after = rows.last().map(|t| (sort_key(t, TaskSort::Created), t.id));
                 for old in rows {
                     if old.category == status.category {
